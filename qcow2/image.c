@@ -1,0 +1,498 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * Opening an image: header, external data file, L1 table, L2 slice cache and
+ * the backing chain. Opening is synchronous (a control-plane operation);
+ * only requests are asynchronous.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+#define MAX_CHAIN_DEPTH 64
+#define DEFAULT_SLICE_SIZE 4096u
+#define MAX_DEFAULT_CACHE (32ull << 20)
+#define MIN_CACHE_SLICES 16u
+
+struct chain_id {
+	dev_t dev;
+	ino_t ino;
+};
+
+void image_set_error(struct qcow2_image *img, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(img->last_error, sizeof(img->last_error), fmt, ap);
+	va_end(ap);
+}
+
+const char *qcow2_last_error(const struct qcow2_image *img)
+{
+	return img->last_error;
+}
+
+static void set_err(struct qcow2_error *err, const char *fmt, ...)
+	QCOW2_PRINTF(2, 3);
+
+static void set_err(struct qcow2_error *err, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	va_end(ap);
+}
+
+/* A path recorded in an image is relative to the image's directory. */
+static char *resolve_relative(const char *image_path, const char *name)
+{
+	char *copy, *dir, *out;
+
+	if (name[0] == '/')
+		return strdup(name);
+	copy = strdup(image_path);
+	if (!copy)
+		return NULL;
+	dir = dirname(copy);
+	if (asprintf(&out, "%s/%s", dir, name) < 0)
+		out = NULL;
+	free(copy);
+	return out;
+}
+
+struct l2_load_io {
+	struct file_read fr;
+	struct iovec iov;
+	struct slice_cache *cache;
+	struct slice *slice;
+};
+
+static void l2_load_done(struct file_read *fr, int err)
+{
+	struct l2_load_io *io = (struct l2_load_io *)fr;
+	struct slice_cache *c = io->cache;
+	struct slice *s = io->slice;
+
+	free(io);
+	slice_cache_load_done(c, s, err);
+}
+
+static int l2_load(void *opaque, struct slice_cache *c, struct slice *s)
+{
+	struct qcow2_image *img = opaque;
+	struct l2_load_io *io = malloc(sizeof(*io));
+	int ret;
+
+	if (!io)
+		return -ENOMEM;
+	io->cache = c;
+	io->slice = s;
+	io->iov.iov_base = s->data;
+	io->iov.iov_len = img->l2_slice_size;
+	ret = file_read_start(img->ctx, &img->file, s->key, &io->iov, 1,
+			      img->l2_slice_size, false, &io->fr, l2_load_done);
+	if (ret < 0)
+		free(io);
+	return ret;
+}
+
+static int setup_l2_cache(struct qcow2_image *img,
+			  const struct qcow2_open_opts *opts,
+			  struct qcow2_error *err)
+{
+	uint64_t slice = opts && opts->l2_slice_size ? opts->l2_slice_size :
+						       DEFAULT_SLICE_SIZE;
+	uint64_t cache, nslots;
+
+	if (slice & (slice - 1)) {
+		set_err(err, "L2 slice size %llu is not a power of two",
+			(unsigned long long)slice);
+		return -EINVAL;
+	}
+	if (slice < 512)
+		slice = 512;
+	if (slice > img->cluster_size)
+		slice = img->cluster_size;
+	img->l2_slice_size = (uint32_t)slice;
+
+	if (opts && opts->l2_cache_size) {
+		cache = opts->l2_cache_size;
+	} else {
+		/* Enough to map the whole disk, within reason. */
+		uint64_t clusters = (img->virtual_size + img->cluster_size - 1) >>
+				    img->cluster_bits;
+		cache = clusters * img->l2_entry_size;
+		if (cache > MAX_DEFAULT_CACHE)
+			cache = MAX_DEFAULT_CACHE;
+	}
+	nslots = (cache + slice - 1) / slice;
+	if (!(opts && opts->l2_cache_size) && nslots < MIN_CACHE_SLICES)
+		nslots = MIN_CACHE_SLICES;
+	if (nslots < 2)
+		nslots = 2;
+	if (nslots > (1u << 24)) {
+		set_err(err, "L2 cache size %llu is too large",
+			(unsigned long long)cache);
+		return -EINVAL;
+	}
+	return slice_cache_new((uint32_t)slice, (uint32_t)nslots,
+			       img->file.mem_align, l2_load, img, &img->l2_cache);
+}
+
+static int load_l1(struct qcow2_image *img, struct qcow2_error *err)
+{
+	uint64_t bytes = (uint64_t)img->l1_size * 8;
+	int ret;
+
+	if (!img->l1_size)
+		return 0;
+	img->l1 = malloc(bytes);
+	if (!img->l1)
+		return -ENOMEM;
+	ret = qfile_pread_sync(&img->file, img->l1, bytes,
+			       img->hdr.l1_table_offset);
+	if (ret < 0) {
+		set_err(err, "cannot read the L1 table: %s", strerror(-ret));
+		return ret;
+	}
+	for (uint32_t i = 0; i < img->l1_size; i++)
+		img->l1[i] = be64toh(img->l1[i]);
+	return 0;
+}
+
+static int open_chain(struct qcow2_ctx *ctx, const char *path,
+		      const struct qcow2_open_opts *opts,
+		      struct qcow2_image **out, struct qcow2_error *err,
+		      struct chain_id *ids, int depth);
+
+static int open_backing(struct qcow2_image *img,
+			const struct qcow2_open_opts *opts,
+			struct qcow2_error *err, struct chain_id *ids,
+			int depth)
+{
+	const char *fmt = img->hdr.backing_format;
+	struct qcow2_open_opts bopts = { 0 };
+	char *path;
+	int ret;
+
+	if (!fmt) {
+		set_err(err,
+			"the image names backing file '%s' without its format, and "
+			"formats are never probed; record it with: qemu-img rebase -u "
+			"-b '%s' -F qcow2|raw",
+			img->hdr.backing_file, img->hdr.backing_file);
+		return -EINVAL;
+	}
+	if (strcmp(fmt, "qcow2") == 0) {
+		bopts.flags = 0;
+	} else if (strcmp(fmt, "raw") == 0) {
+		bopts.flags = QCOW2_OPEN_RAW;
+	} else {
+		set_err(err, "backing file '%s' has format '%s'; only qcow2 and raw "
+			"backing files are supported", img->hdr.backing_file, fmt);
+		return -ENOTSUP;
+	}
+	bopts.flags |= opts ? (opts->flags & QCOW2_OPEN_BUFFERED) : 0;
+	bopts.l2_slice_size = opts ? opts->l2_slice_size : 0;
+	path = resolve_relative(img->filename, img->hdr.backing_file);
+	if (!path)
+		return -ENOMEM;
+	ret = open_chain(img->ctx, path, &bopts, &img->backing, err, ids,
+			 depth + 1);
+	if (ret < 0 && err) {
+		char inner[sizeof(err->msg)];
+		memcpy(inner, err->msg, sizeof(inner));
+		set_err(err, "backing file %s: %s", path, inner);
+	}
+	free(path);
+	return ret;
+}
+
+static int open_data_file(struct qcow2_image *img,
+			  const struct qcow2_open_opts *opts,
+			  struct qcow2_error *err)
+{
+	char *path;
+	int ret;
+
+	if (opts && opts->data_file)
+		path = strdup(opts->data_file);
+	else if (img->hdr.data_file)
+		path = resolve_relative(img->filename, img->hdr.data_file);
+	else {
+		set_err(err, "the image needs an external data file but does not "
+			"name one; pass its path explicitly");
+		return -EINVAL;
+	}
+	if (!path)
+		return -ENOMEM;
+	ret = qfile_open(&img->data_store, path, img->flags & QCOW2_OPEN_RDWR,
+			 !(img->flags & QCOW2_OPEN_BUFFERED), err ? err->msg : NULL,
+			 err ? sizeof(err->msg) : 0);
+	if (ret < 0 && err) {
+		char inner[sizeof(err->msg)];
+		memcpy(inner, err->msg, sizeof(inner));
+		set_err(err, "external data file: %s", inner);
+	}
+	free(path);
+	if (ret < 0)
+		return ret;
+	img->data = &img->data_store;
+	img->has_data_file = true;
+	return 0;
+}
+
+static int open_qcow2(struct qcow2_image *img,
+		      const struct qcow2_open_opts *opts,
+		      struct qcow2_error *err)
+{
+	uint64_t want = 4096, have;
+	uint8_t *buf;
+	int ret;
+
+	/* The header cluster: its first 4 KiB say how big it is. */
+	if (img->file.size >= 24) {
+		uint8_t peek[24];
+		ret = qfile_pread_sync(&img->file, peek, sizeof(peek), 0);
+		if (ret < 0) {
+			set_err(err, "cannot read the header: %s", strerror(-ret));
+			return ret;
+		}
+		uint32_t cb = (uint32_t)peek[20] << 24 | (uint32_t)peek[21] << 16 |
+			      (uint32_t)peek[22] << 8 | peek[23];
+		if (cb >= QCOW2_MIN_CLUSTER_BITS && cb <= QCOW2_MAX_CLUSTER_BITS &&
+		    (1ull << cb) > want)
+			want = 1ull << cb;
+	}
+	have = want < img->file.size ? want : img->file.size;
+	buf = malloc(want);
+	if (!buf)
+		return -ENOMEM;
+	ret = qfile_pread_sync(&img->file, buf, want, 0);
+	if (ret < 0) {
+		set_err(err, "cannot read the header: %s", strerror(-ret));
+		free(buf);
+		return ret;
+	}
+	ret = qcow2_header_parse(buf, have, img->file.size, &img->hdr,
+				 err ? err->msg : NULL, err ? sizeof(err->msg) : 0);
+	free(buf);
+	if (ret < 0)
+		return ret;
+
+	if (img->flags & QCOW2_OPEN_RDWR) {
+		if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+			set_err(err, "the image is marked corrupt; it can only be opened "
+				"read-only (repair it with qcow2-img check -r all)");
+			return -EACCES;
+		}
+		set_err(err, "read-write access is not implemented yet; open the "
+			"image read-only");
+		return -ENOTSUP;
+	}
+
+	img->virtual_size = img->hdr.size;
+	img->cluster_bits = img->hdr.cluster_bits;
+	img->cluster_size = 1ull << img->cluster_bits;
+	img->extl2 = img->hdr.incompatible_features & QCOW2_INCOMPAT_EXTL2;
+	img->l2_entry_size = img->extl2 ? 16 : 8;
+	img->l2_bits = img->cluster_bits - (img->extl2 ? 4 : 3);
+	img->subcluster_bits = img->extl2 ? img->cluster_bits - 5 : img->cluster_bits;
+	img->l1_size = img->hdr.l1_size;
+	img->data = &img->file;
+
+	if (img->hdr.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+		ret = open_data_file(img, opts, err);
+		if (ret < 0)
+			return ret;
+	}
+	if (img->data->align > img->block_size)
+		img->block_size = img->data->align;
+	ret = load_l1(img, err);
+	if (ret < 0)
+		return ret;
+	ret = setup_l2_cache(img, opts, err);
+	if (ret < 0)
+		return ret;
+	return 0;
+}
+
+static int open_chain(struct qcow2_ctx *ctx, const char *path,
+		      const struct qcow2_open_opts *opts,
+		      struct qcow2_image **out, struct qcow2_error *err,
+		      struct chain_id *ids, int depth)
+{
+	unsigned flags = opts ? opts->flags : 0;
+	struct qcow2_image *img;
+	struct stat st;
+	int ret;
+
+	if (depth >= MAX_CHAIN_DEPTH) {
+		set_err(err, "backing chain is deeper than %d images", MAX_CHAIN_DEPTH);
+		return -ELOOP;
+	}
+	img = calloc(1, sizeof(*img));
+	if (!img)
+		return -ENOMEM;
+	img->ctx = ctx;
+	img->flags = flags;
+	img->file.fd = -1;
+	img->data_store.fd = -1;
+	img->filename = strdup(path);
+	if (!img->filename) {
+		free(img);
+		return -ENOMEM;
+	}
+	ret = qfile_open(&img->file, path, flags & QCOW2_OPEN_RDWR,
+			 !(flags & QCOW2_OPEN_BUFFERED), err ? err->msg : NULL,
+			 err ? sizeof(err->msg) : 0);
+	if (ret < 0)
+		goto fail;
+	if (fstat(img->file.fd, &st) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	for (int i = 0; i < depth; i++) {
+		if (ids[i].dev == st.st_dev && ids[i].ino == st.st_ino) {
+			set_err(err, "backing chain loop: %s is its own backing file "
+				"(directly or through others)", path);
+			ret = -ELOOP;
+			goto fail;
+		}
+	}
+	ids[depth].dev = st.st_dev;
+	ids[depth].ino = st.st_ino;
+	img->block_size = img->file.align;
+	img->data = &img->file;
+
+	if (flags & QCOW2_OPEN_RAW) {
+		if (flags & QCOW2_OPEN_RDWR) {
+			set_err(err, "read-write access is not implemented yet");
+			ret = -ENOTSUP;
+			goto fail;
+		}
+		img->raw = true;
+		img->virtual_size = img->file.size;
+		*out = img;
+		return 0;
+	}
+	ret = open_qcow2(img, opts, err);
+	if (ret < 0)
+		goto fail;
+	if (img->hdr.backing_file && !(flags & QCOW2_OPEN_NO_BACKING)) {
+		ret = open_backing(img, opts, err, ids, depth);
+		if (ret < 0)
+			goto fail;
+	}
+	*out = img;
+	return 0;
+fail:
+	qcow2_close(img);
+	return ret;
+}
+
+int qcow2_open(struct qcow2_ctx *ctx, const char *path,
+	       const struct qcow2_open_opts *opts, struct qcow2_image **out,
+	       struct qcow2_error *err)
+{
+	struct chain_id ids[MAX_CHAIN_DEPTH];
+
+	if (err)
+		err->msg[0] = '\0';
+	if (!ctx || !path || !out)
+		return -EINVAL;
+	return open_chain(ctx, path, opts, out, err, ids, 0);
+}
+
+void qcow2_close(struct qcow2_image *img)
+{
+	if (!img)
+		return;
+	if (img->backing)
+		qcow2_close(img->backing);
+	slice_cache_free(img->l2_cache);
+	decompress_cleanup(img);
+	free(img->zbuf);
+	free(img->l1);
+	qcow2_header_free(&img->hdr);
+	qfile_close(&img->file);
+	if (img->data_store.path || img->data_store.fd >= 0)
+		qfile_close(&img->data_store);
+	free(img->filename);
+	free(img);
+}
+
+struct qcow2_image *qcow2_backing(const struct qcow2_image *img)
+{
+	return img->backing;
+}
+
+const char *qcow2_feature_name(const struct qcow2_image *img, int type,
+			       int bit)
+{
+	return qcow2_header_feature_name(&img->hdr, type, bit);
+}
+
+int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info)
+{
+	const struct qcow2_header *h = &img->hdr;
+
+	memset(info, 0, sizeof(*info));
+	info->format = img->raw ? QCOW2_FORMAT_RAW : QCOW2_FORMAT_QCOW2;
+	info->filename = img->filename;
+	info->virtual_size = img->virtual_size;
+	info->file_size = img->file.size;
+	info->block_size = img->block_size;
+	info->mem_align = img->data->mem_align > img->file.mem_align ?
+				  img->data->mem_align : img->file.mem_align;
+	info->read_only = !(img->flags & QCOW2_OPEN_RDWR);
+	info->direct = img->file.direct;
+	if (img->raw)
+		return 0;
+	info->version = h->version;
+	info->cluster_size = (uint32_t)img->cluster_size;
+	info->refcount_bits = 1u << h->refcount_order;
+	info->header_length = h->header_length;
+	info->incompatible_features = h->incompatible_features;
+	info->compatible_features = h->compatible_features;
+	info->autoclear_features = h->autoclear_features;
+	info->compression_type = h->compression_type;
+	info->extended_l2 = img->extl2;
+	info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
+	info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
+	info->lazy_refcounts = h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
+	info->l1_size = h->l1_size;
+	info->l1_table_offset = h->l1_table_offset;
+	info->refcount_table_offset = h->refcount_table_offset;
+	info->refcount_table_clusters = h->refcount_table_clusters;
+	info->nb_snapshots = h->nb_snapshots;
+	info->snapshots_offset = h->snapshots_offset;
+	info->nb_bitmaps = h->nb_bitmaps;
+	info->backing_file = h->backing_file;
+	info->backing_format = h->backing_format;
+	info->data_file = h->data_file;
+	info->data_file_raw = h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+	info->l2_slice_size = img->l2_slice_size;
+	info->l2_cache_size = img->l2_cache ?
+				      (uint64_t)img->l2_slice_size *
+					      slice_cache_capacity(img->l2_cache) : 0;
+	return 0;
+}
+
+int qcow2_get_stats(const struct qcow2_image *img, struct qcow2_stats *st)
+{
+	*st = img->stats;
+	if (img->l2_cache)
+		slice_cache_stats(img->l2_cache, &st->l2_cache);
+	return 0;
+}

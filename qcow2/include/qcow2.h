@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * libqcow2: an asynchronous qcow2 engine.
+ *
+ * Model: a qcow2_ctx is an IO context owned by one thread (one io_uring, or
+ * the synchronous backend). Images are opened on a context; every request on
+ * those images completes through that context. Nothing here is thread-safe:
+ * use one context per thread, as a libuv loop is used.
+ *
+ * Asynchronous use:
+ *   qcow2_readv(img, off, iov, n, cb, opaque);   queue a request
+ *   qcow2_ctx_submit(ctx);                       push queued IO to the kernel
+ *   poll(qcow2_ctx_event_fd(ctx)) ...            wait for the kernel
+ *   qcow2_ctx_process(ctx, false);               reap; callbacks run here
+ *
+ * A request's callback runs exactly once, from qcow2_ctx_process() or
+ * qcow2_ctx_run(), never from inside the call that queued it.
+ *
+ * Every function returns 0 (or a count) on success and a negative errno on
+ * failure; errno is never used.
+ */
+#ifndef QCOW2_H
+#define QCOW2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct qcow2_ctx;
+struct qcow2_image;
+
+/* ---- IO context -------------------------------------------------------- */
+
+enum qcow2_backend {
+	QCOW2_BACKEND_IO_URING = 0, /* liburing; the default */
+	QCOW2_BACKEND_SYNC = 1,     /* pread/pwrite at submit time; tools, tests */
+};
+
+struct qcow2_ctx_opts {
+	enum qcow2_backend backend;
+	unsigned queue_depth; /* io_uring entries; 0 selects 256 */
+};
+
+int qcow2_ctx_new(const struct qcow2_ctx_opts *opts, struct qcow2_ctx **out);
+/* All images of the context must be closed first. */
+void qcow2_ctx_free(struct qcow2_ctx *ctx);
+/* An eventfd that becomes readable when completions are ready. Created on
+ * first call; the context owns it. */
+int qcow2_ctx_event_fd(struct qcow2_ctx *ctx);
+/* Push queued IO to the kernel. */
+int qcow2_ctx_submit(struct qcow2_ctx *ctx);
+/* Submit, reap ready completions and run their callbacks (which may queue
+ * more IO: it is submitted before returning). With wait, blocks until at
+ * least one IO completed if any is in flight. Returns the number of IO
+ * completions reaped. */
+int qcow2_ctx_process(struct qcow2_ctx *ctx, bool wait);
+/* Process until no IO is in flight. */
+int qcow2_ctx_run(struct qcow2_ctx *ctx);
+/* Number of host IOs in flight or queued. */
+unsigned qcow2_ctx_inflight(const struct qcow2_ctx *ctx);
+
+/* ---- Images ------------------------------------------------------------ */
+
+#define QCOW2_OPEN_RDWR (1u << 0)       /* read-write (write path: issue 4) */
+#define QCOW2_OPEN_BUFFERED (1u << 1)   /* page cache instead of O_DIRECT */
+#define QCOW2_OPEN_NO_BACKING (1u << 2) /* unallocated clusters read zeros */
+#define QCOW2_OPEN_RAW (1u << 3)        /* the file is raw, not qcow2 */
+
+struct qcow2_open_opts {
+	unsigned flags;
+	uint32_t l2_slice_size; /* bytes; 0 = 4096; clamped to [block, cluster] */
+	uint64_t l2_cache_size; /* bytes; 0 = cover the disk, at most 32 MiB */
+	const char *data_file;  /* override the external data file's path */
+};
+
+/* Human-readable reason for a failure, filled by functions that take it. */
+struct qcow2_error {
+	char msg[512];
+};
+
+int qcow2_open(struct qcow2_ctx *ctx, const char *path,
+	       const struct qcow2_open_opts *opts, struct qcow2_image **out,
+	       struct qcow2_error *err);
+/* No request may be in flight on the image (or on its backing chain). */
+void qcow2_close(struct qcow2_image *img);
+
+/* Message describing the last failed request of this image ("" if none). */
+const char *qcow2_last_error(const struct qcow2_image *img);
+
+enum qcow2_format { QCOW2_FORMAT_QCOW2 = 0, QCOW2_FORMAT_RAW = 1 };
+
+enum qcow2_compression { QCOW2_COMPRESSION_ZLIB = 0, QCOW2_COMPRESSION_ZSTD = 1 };
+
+/* Incompatible feature bits */
+#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
+/* Compatible feature bits */
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+/* Autoclear feature bits */
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+
+struct qcow2_info {
+	enum qcow2_format format;
+	const char *filename;       /* as opened */
+	uint64_t virtual_size;      /* bytes */
+	uint64_t file_size;         /* bytes of the image file */
+	uint32_t block_size;        /* minimum IO unit and alignment */
+	uint32_t mem_align;         /* buffer alignment that avoids copies */
+	bool read_only;
+	bool direct;                /* O_DIRECT */
+	/* qcow2 only below */
+	uint32_t version;           /* 2 or 3 */
+	uint32_t cluster_size;
+	uint32_t refcount_bits;
+	uint32_t header_length;
+	uint64_t incompatible_features;
+	uint64_t compatible_features;
+	uint64_t autoclear_features;
+	enum qcow2_compression compression_type;
+	bool extended_l2;
+	bool dirty;
+	bool corrupt;
+	bool lazy_refcounts;
+	uint32_t l1_size;           /* entries */
+	uint64_t l1_table_offset;
+	uint64_t refcount_table_offset;
+	uint32_t refcount_table_clusters;
+	uint32_t nb_snapshots;
+	uint64_t snapshots_offset;
+	uint32_t nb_bitmaps;
+	const char *backing_file;   /* as recorded in the image, or NULL */
+	const char *backing_format; /* as recorded, or NULL */
+	const char *data_file;      /* external data file as recorded, or NULL */
+	bool data_file_raw;
+	uint32_t l2_slice_size;     /* bytes, in effect */
+	uint64_t l2_cache_size;     /* bytes, in effect */
+};
+
+int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info);
+/* The opened backing image, or NULL. Owned by img. */
+struct qcow2_image *qcow2_backing(const struct qcow2_image *img);
+/* Name of a feature bit from the image's feature table (type 0 incompatible,
+ * 1 compatible, 2 autoclear), or NULL when the image does not name it. */
+const char *qcow2_feature_name(const struct qcow2_image *img, int type,
+			       int bit);
+
+/* ---- Requests ---------------------------------------------------------- */
+
+/* result: 0 or a negative errno. */
+typedef void (*qcow2_complete_fn)(void *opaque, int result);
+
+/*
+ * Read len = sum(iov) bytes at guest offset. offset and len must be
+ * multiples of info.block_size (len may end exactly at an unaligned virtual
+ * size); -EINVAL otherwise. The iovec array is copied; the buffers must
+ * stay valid until the callback. Buffers aligned to info.mem_align with
+ * lengths multiple of block_size go straight to the kernel; others are
+ * bounced through an aligned buffer.
+ */
+int qcow2_readv(struct qcow2_image *img, uint64_t offset,
+		const struct iovec *iov, int iovcnt, qcow2_complete_fn cb,
+		void *opaque);
+
+static inline int qcow2_read(struct qcow2_image *img, uint64_t offset,
+			     void *buf, size_t len, qcow2_complete_fn cb,
+			     void *opaque)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	return qcow2_readv(img, offset, &iov, 1, cb, opaque);
+}
+
+/* Synchronous read: queues, then runs the context until it completes. Only
+ * for callers that own the context (tools, tests). */
+int qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
+		uint64_t offset);
+
+/* ---- Block status ------------------------------------------------------ */
+
+enum qcow2_extent_type {
+	QCOW2_EXTENT_DATA = 0,        /* allocated, reads host data */
+	QCOW2_EXTENT_ZERO = 1,        /* reads zeros from this image */
+	QCOW2_EXTENT_UNALLOCATED = 2, /* falls through to the backing file */
+	QCOW2_EXTENT_COMPRESSED = 3,  /* one compressed cluster */
+};
+
+struct qcow2_extent {
+	uint64_t offset;      /* guest offset */
+	uint64_t length;      /* bytes */
+	enum qcow2_extent_type type;
+	uint64_t host_offset; /* DATA: in the data file; COMPRESSED: of the
+			       * compressed bytes; else 0 */
+	bool data_file;       /* DATA lives in the external data file */
+};
+
+/*
+ * Status of this image alone (no backing walk) from offset: the longest run
+ * of one type starting there, at most len bytes (and within the disk).
+ * Synchronous: it may load L2 slices through the context.
+ */
+int qcow2_block_status(struct qcow2_image *img, uint64_t offset,
+		       uint64_t len, struct qcow2_extent *ext);
+
+/* ---- Statistics -------------------------------------------------------- */
+
+struct qcow2_cache_stats {
+	uint64_t hits;
+	uint64_t misses;
+	uint64_t evictions;
+	uint64_t loads;       /* slice reads issued */
+	uint64_t load_bytes;
+	uint32_t slices;      /* capacity */
+	uint32_t slice_size;
+};
+
+struct qcow2_stats {
+	uint64_t read_requests;
+	uint64_t read_bytes;
+	uint64_t read_errors;
+	uint64_t bounced_reads;      /* data reads that went through a bounce */
+	uint64_t compressed_reads;   /* clusters decompressed */
+	uint64_t backing_reads;      /* requests forwarded to the backing file */
+	struct qcow2_cache_stats l2_cache;
+};
+
+int qcow2_get_stats(const struct qcow2_image *img, struct qcow2_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QCOW2_H */
