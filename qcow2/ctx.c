@@ -23,7 +23,10 @@ int qcow2_ctx_new(const struct qcow2_ctx_opts *opts, struct qcow2_ctx **out)
 		ret = io_uring_backend_new(depth, &ctx->be);
 		break;
 	case QCOW2_BACKEND_SYNC:
-		ret = io_sync_new(&ctx->be);
+		ret = io_sync_new(NULL, &ctx->be);
+		break;
+	case QCOW2_BACKEND_FAULT:
+		ret = opts->fault ? io_sync_new(opts->fault, &ctx->be) : -EINVAL;
 		break;
 	default:
 		ret = -EINVAL;

@@ -196,3 +196,43 @@ int file_read_start(struct qcow2_ctx *ctx, struct qfile *f, uint64_t off,
 	ctx_queue(ctx, &fr->op);
 	return 0;
 }
+
+static void file_write_complete(struct io_op *op, int64_t res)
+{
+	struct file_read *fw = (struct file_read *)op;
+
+	free(fw->bounce);
+	fw->bounce = NULL;
+	fw->done(fw, res < 0 ? (int)res : 0);
+}
+
+int file_write_start(struct qcow2_ctx *ctx, struct qfile *f, uint64_t off,
+		     struct iovec *iov, int iovcnt, uint64_t len,
+		     struct file_read *fw, file_read_done_fn done)
+{
+	memset(&fw->op, 0, sizeof(fw->op));
+	fw->op.opcode = IO_OP_WRITE;
+	fw->op.fd = f->fd;
+	fw->op.offset = off;
+	fw->op.complete = file_write_complete;
+	fw->done = done;
+	fw->len = len;
+	fw->bounce = NULL;
+	if (f->direct && (off % f->align || len % f->align))
+		return -EINVAL; /* callers write whole blocks */
+	if (!f->direct || iov_aligned(iov, iovcnt, f->mem_align, f->align)) {
+		fw->op.iov = iov;
+		fw->op.iovcnt = iovcnt;
+	} else {
+		if (posix_memalign((void **)&fw->bounce, f->mem_align, len))
+			return -ENOMEM;
+		iov_to_buf(iov, iovcnt, 0, fw->bounce, len);
+		fw->bounce_iov.iov_base = fw->bounce;
+		fw->bounce_iov.iov_len = len;
+		fw->op.iov = &fw->bounce_iov;
+		fw->op.iovcnt = 1;
+	}
+	fw->op.len = len;
+	ctx_queue(ctx, &fw->op);
+	return 0;
+}

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "internal.h"
+#include "refcount.h"
 
 #define MAX_CHAIN_DEPTH 64
 #define DEFAULT_SLICE_SIZE 4096u
@@ -175,6 +176,78 @@ static int open_chain(struct qcow2_ctx *ctx, const char *path,
 		      struct qcow2_image **out, struct qcow2_error *err,
 		      struct chain_id *ids, int depth);
 
+/* What the write path does not handle yet is refused at open, with why. */
+static int check_writable(struct qcow2_image *img, struct qcow2_error *err)
+{
+	uint64_t incompat = img->hdr.incompatible_features;
+
+	if (incompat & QCOW2_INCOMPAT_CORRUPT) {
+		set_err(err, "the image is marked corrupt; it can only be opened "
+			"read-only (repair it with qemu-img check -r all)");
+		return -EACCES;
+	}
+	if (incompat & QCOW2_INCOMPAT_DIRTY) {
+		set_err(err, "the image was not closed cleanly (dirty bit set) and "
+			"its refcounts must be rebuilt first: run qemu-img check -r "
+			"all, or open it read-only");
+		return -ENOTSUP;
+	}
+	if (incompat & QCOW2_INCOMPAT_EXTL2) {
+		set_err(err, "writing images with extended L2 entries (subclusters) "
+			"is not supported yet; open it read-only");
+		return -ENOTSUP;
+	}
+	if (incompat & QCOW2_INCOMPAT_DATA_FILE) {
+		set_err(err, "writing images with an external data file is not "
+			"supported yet; open it read-only");
+		return -ENOTSUP;
+	}
+	return 0;
+}
+
+static void cache_full(void *opaque, struct slice_cache *c)
+{
+	(void)c;
+	/* Dirty slices hold every slot: write them back (in order). */
+	writeback_start(opaque, QCOW2_FLUSH_EVICTION, NULL, NULL);
+}
+
+static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
+{
+	int ret;
+
+	if (img->file.direct && (img->l2_slice_size % img->file.align ||
+				 img->cluster_size % img->file.align)) {
+		set_err(err, "clusters or L2 slices (%u bytes) are smaller than the "
+			"device's block (%u bytes): open it with the writeback cache "
+			"mode to write it", img->l2_slice_size, img->file.align);
+		return -ENOTSUP;
+	}
+	/* The header's first block, rewritten in place when header fields
+	 * change (a single-block write). */
+	img->hdr_block_len = img->file.align > 512 ? img->file.align : 512;
+	if (img->hdr_block_len < img->hdr.header_length)
+		img->hdr_block_len = (uint32_t)align_up(img->hdr.header_length, 512);
+	if (posix_memalign((void **)&img->hdr_block, img->file.mem_align,
+			   img->hdr_block_len))
+		return -ENOMEM;
+	ret = qfile_pread_sync(&img->file, img->hdr_block, img->hdr_block_len, 0);
+	if (ret < 0)
+		return ret;
+	ret = refcount_open(img);
+	if (ret < 0) {
+		set_err(err, "%s", img->last_error[0] ? img->last_error :
+							"cannot load the refcount table");
+		return ret;
+	}
+	ret = writeback_init(img);
+	if (ret < 0)
+		return ret;
+	slice_cache_set_full_handler(img->l2_cache, cache_full);
+	slice_cache_set_full_handler(img->rc_cache, cache_full);
+	return 0;
+}
+
 static int open_backing(struct qcow2_image *img,
 			const struct qcow2_open_opts *opts,
 			struct qcow2_error *err, struct chain_id *ids,
@@ -291,14 +364,9 @@ static int open_qcow2(struct qcow2_image *img,
 		return ret;
 
 	if (img->flags & QCOW2_OPEN_RDWR) {
-		if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
-			set_err(err, "the image is marked corrupt; it can only be opened "
-				"read-only (repair it with qcow2-img check -r all)");
-			return -EACCES;
-		}
-		set_err(err, "read-write access is not implemented yet; open the "
-			"image read-only");
-		return -ENOTSUP;
+		ret = check_writable(img, err);
+		if (ret < 0)
+			return ret;
 	}
 
 	img->virtual_size = img->hdr.size;
@@ -310,6 +378,8 @@ static int open_qcow2(struct qcow2_image *img,
 	img->subcluster_bits = img->extl2 ? img->cluster_bits - 5 : img->cluster_bits;
 	img->l1_size = img->hdr.l1_size;
 	img->data = &img->file;
+	img->alloc_end = align_up(img->file.size, img->cluster_size);
+	img->file_len = img->file.size;
 
 	if (img->hdr.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
 		ret = open_data_file(img, opts, err);
@@ -324,6 +394,8 @@ static int open_qcow2(struct qcow2_image *img,
 	ret = setup_l2_cache(img, opts, err);
 	if (ret < 0)
 		return ret;
+	if (img->flags & QCOW2_OPEN_RDWR)
+		return write_setup(img, err);
 	return 0;
 }
 
@@ -414,10 +486,51 @@ int qcow2_open(struct qcow2_ctx *ctx, const char *path,
 	return open_chain(ctx, path, opts, out, err, ids, 0);
 }
 
+struct close_wait {
+	bool done;
+	int ret;
+};
+
+static void close_cb(void *opaque, int ret)
+{
+	struct close_wait *w = opaque;
+
+	w->done = true;
+	w->ret = ret;
+}
+
+/* Write everything back; a few rounds, since decrements applied after one
+ * flush (rule 3) dirty refcount blocks again. */
+static void close_flush(struct qcow2_image *img)
+{
+	for (int round = 0; round < 4; round++) {
+		struct close_wait w = { false, 0 };
+
+		if (round > 0 && !qcow2_has_dirty_metadata(img) && !img->data_unsynced &&
+		    !img->frees_waiting_len)
+			break;
+		if (writeback_start(img, QCOW2_FLUSH_CLOSE, close_cb, &w) < 0)
+			break;
+		while (!w.done && qcow2_ctx_inflight(img->ctx) > 0)
+			if (qcow2_ctx_process(img->ctx, true) < 0)
+				break;
+		if (!w.done || w.ret < 0)
+			break;
+	}
+}
+
 void qcow2_close(struct qcow2_image *img)
 {
 	if (!img)
 		return;
+	if (img->wb) {
+		close_flush(img);
+		cluster_alloc_trim(img);
+	}
+	writeback_free(img);
+	free(img->hdr_block);
+	refcount_close(img);
+	cluster_alloc_close(img);
 	if (img->backing)
 		qcow2_close(img->backing);
 	slice_cache_free(img->l2_cache);
@@ -494,5 +607,7 @@ int qcow2_get_stats(const struct qcow2_image *img, struct qcow2_stats *st)
 	*st = img->stats;
 	if (img->l2_cache)
 		slice_cache_stats(img->l2_cache, &st->l2_cache);
+	if (img->rc_cache)
+		slice_cache_stats(img->rc_cache, &st->refcount_cache);
 	return 0;
 }

@@ -76,6 +76,12 @@ int file_read_start(struct qcow2_ctx *ctx, struct qfile *f, uint64_t off,
 		    bool keep_bounce, struct file_read *fr,
 		    file_read_done_fn done);
 
+/* Write len bytes of iov at off (block-aligned), bounced when O_DIRECT
+ * cannot take the buffers. Uses struct file_read's fields. */
+int file_write_start(struct qcow2_ctx *ctx, struct qfile *f, uint64_t off,
+		     struct iovec *iov, int iovcnt, uint64_t len,
+		     struct file_read *fw, file_read_done_fn done);
+
 struct qcow2_image {
 	struct qcow2_ctx *ctx;
 	char *filename;
@@ -105,6 +111,50 @@ struct qcow2_image {
 
 	struct qcow2_image *backing;
 
+	/* Allocation and refcounts (read-write images; refcount.c) */
+	uint64_t alloc_end;         /* end of the last allocated cluster */
+	uint64_t file_len;          /* the image file's size as we set it */
+	uint64_t *reftable;         /* host-endian block offsets */
+	uint32_t reftable_entries;
+	struct slice_cache *rc_cache;
+	uint32_t rc_slice_size;
+	uint32_t refcount_order;
+	uint64_t refblock_entries;  /* entries per refcount block */
+
+	/* Write path (write.c, cluster_alloc.c, writeback.c) */
+	bool l1_dirty;
+	uint32_t l1_dirty_lo, l1_dirty_hi;  /* dirty entries [lo, hi) */
+	bool reftable_dirty;
+	uint32_t reftable_dirty_lo, reftable_dirty_hi;
+	bool header_dirty;           /* hdr_block changed (written in a flush) */
+	uint8_t *hdr_block;          /* the image's first block, as on disk */
+	uint32_t hdr_block_len;
+	/* Refcount table growth in progress (cluster_alloc.c): phase 1, the
+	 * table is enlarged in memory; phase 2, placed at grow_off. */
+	int grow_phase;
+	struct slice_waiter *grower;    /* the allocation doing it */
+	struct slice_waiter *grow_waiters; /* other appends wait (they would
+					      use blocks not yet on disk) */
+	uint64_t grow_off;
+	uint32_t grow_clusters;
+	uint32_t grow_counted;
+	bool data_unsynced;          /* data written since the last fdatasync */
+	struct cluster_write *allocating; /* in-flight allocations */
+	/* Reusable clusters: their dropping entries and decrements are done. */
+	uint64_t *free_pool;
+	size_t free_pool_len, free_pool_cap;
+	/* Clusters to decrement once the entries that dropped them are on
+	 * disk (rule 3): queued now, released by the next completed flush. */
+	uint64_t *frees_waiting;     /* waiting for a flush to start */
+	size_t frees_waiting_len, frees_waiting_cap;
+	uint64_t *frees_flushing;    /* covered by the running flush */
+	size_t frees_flushing_len, frees_flushing_cap;
+	uint64_t *frees_ready;       /* decrement now */
+	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
+	struct slice_waiter free_waiter;
+	bool free_worker_parked;
+	struct writeback *wb;
+
 	/* single-entry cache of the last decompressed cluster */
 	uint8_t *zbuf;
 	uint64_t zbuf_desc;         /* descriptor of the cluster in zbuf */
@@ -120,6 +170,42 @@ struct qcow2_image {
 void image_set_error(struct qcow2_image *img, const char *fmt, ...)
 	QCOW2_PRINTF(2, 3);
 
+/* Allocation (cluster_alloc.c) */
+struct cluster_write;
+/*
+ * A new host cluster. Data may reuse one from the free pool (*fresh false:
+ * it holds old bytes); otherwise, and always for tables, it is appended at
+ * the end (*fresh true: it reads zeros until written). The caller adds its
+ * refcount. Returns 0, -EAGAIN (w queued: call again), or -errno.
+ * Metadata must not be frozen (writeback_frozen()).
+ */
+int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
+		  uint64_t *host, bool *fresh);
+/* Queue the decrement of a host cluster dropped by a metadata change. */
+int cluster_free_later(struct qcow2_image *img, uint64_t host);
+/* Called by the write-back machinery around a flush. */
+void cluster_frees_flush_started(struct qcow2_image *img);
+void cluster_frees_flush_done(struct qcow2_image *img, int err);
+void cluster_alloc_close(struct qcow2_image *img);
+/* Cut the file back to the end of its last cluster (clean close). */
+void cluster_alloc_trim(struct qcow2_image *img);
+
+/* Write-back (writeback.c) */
+int writeback_init(struct qcow2_image *img);
+void writeback_free(struct qcow2_image *img);
+/* True while a flush runs: metadata must not change (it is being written in
+ * dependency order). Mutators park w and retry when woken. */
+bool writeback_frozen(struct qcow2_image *img, struct slice_waiter *w);
+int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
+		    qcow2_complete_fn cb, void *opaque);
+void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx);
+/* Change big-endian header fields in hdr_block; written by the next flush
+ * after the tables they point at. */
+void image_set_header_u64(struct qcow2_image *img, unsigned off, uint64_t v);
+void image_set_header_u32(struct qcow2_image *img, unsigned off, uint32_t v);
+void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx);
+int write_open(struct qcow2_image *img, struct qcow2_error *err);
+
 /* Guest-offset mapping (map.c) shared by reads and block status. */
 struct map_extent {
 	uint64_t len;
@@ -132,6 +218,13 @@ struct map_extent {
  * negative errno (with the image's error message set). */
 int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 	       struct map_extent *ext, struct slice_waiter *w);
+
+/* The cached L2 slice mapping guest: returns 0 (slice, index of its first
+ * entry within the table, table offset), 1 when no L2 table maps guest,
+ * -EAGAIN (w queued) while the slice loads, or -EIO (corrupt L1 entry). */
+int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
+		    struct slice_waiter *w, struct slice **slice,
+		    uint64_t *slice_first, uint64_t *l2_off);
 
 /* Compressed cluster descriptor -> host byte range. */
 void compressed_range(const struct qcow2_image *img, uint64_t desc,

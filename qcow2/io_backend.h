@@ -50,7 +50,9 @@ struct io_backend {
 	unsigned inflight; /* queued + submitted, not yet completed */
 };
 
-int io_sync_new(struct io_backend **out);
+struct qcow2_fault_opts;
+/* fault: NULL for the plain sync backend */
+int io_sync_new(const struct qcow2_fault_opts *fault, struct io_backend **out);
 int io_uring_backend_new(unsigned depth, struct io_backend **out);
 
 /* Shared by the backends: account `res` bytes of a transfer. Returns true when

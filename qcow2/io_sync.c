@@ -10,12 +10,17 @@
 #include <unistd.h>
 
 #include "io_backend.h"
+#include "qcow2.h"
 
 struct io_sync {
 	struct io_backend be;
 	struct io_op *queued_head, **queued_tail;
 	struct io_op *done_head, **done_tail;
 	int efd;
+	bool fault;
+	struct qcow2_fault_opts fo;
+	uint64_t counted;  /* operations counted toward fail_at */
+	bool failing;
 };
 
 static struct io_sync *to_sync(struct io_backend *be)
@@ -31,6 +36,48 @@ static void sync_queue(struct io_backend *be, struct io_op *op)
 	*s->queued_tail = op;
 	s->queued_tail = &op->next;
 	be->inflight++;
+}
+
+static void fault_log(struct io_sync *s, struct io_op *op, int64_t res)
+{
+	struct qcow2_fault_record rec = { 0 };
+
+	if (s->fo.log_fd < 0 || res < 0 || op->opcode == IO_OP_READ)
+		return;
+	rec.type = op->opcode == IO_OP_WRITE ? QCOW2_FAULT_REC_WRITE :
+					       QCOW2_FAULT_REC_FSYNC;
+	rec.fd = op->fd;
+	rec.offset = op->offset;
+	rec.len = op->opcode == IO_OP_WRITE ? (uint64_t)res : 0;
+	if (write(s->fo.log_fd, &rec, sizeof(rec)) != sizeof(rec))
+		return;
+	if (op->opcode == IO_OP_WRITE) {
+		uint64_t left = rec.len;
+		for (int i = 0; i < op->iovcnt && left; i++) {
+			size_t n = op->iov[i].iov_len < left ? op->iov[i].iov_len : left;
+			if (write(s->fo.log_fd, op->iov[i].iov_base, n) != (ssize_t)n)
+				return;
+			left -= n;
+		}
+	}
+}
+
+/* Should this operation fail (fault backend)? */
+static bool fault_hit(struct io_sync *s, struct io_op *op)
+{
+	unsigned bit = op->opcode == IO_OP_READ ? QCOW2_FAULT_READ :
+		       op->opcode == IO_OP_WRITE ? QCOW2_FAULT_WRITE :
+						   QCOW2_FAULT_FSYNC;
+
+	if (!s->fault || !(s->fo.fail_ops & bit))
+		return false;
+	if (s->failing)
+		return s->fo.fail_persist;
+	if (s->fo.fail_at && ++s->counted == s->fo.fail_at) {
+		s->failing = true;
+		return true;
+	}
+	return false;
 }
 
 static int64_t sync_do(struct io_op *op)
@@ -66,7 +113,13 @@ static int sync_submit(struct io_backend *be)
 		if (!s->queued_head)
 			s->queued_tail = &s->queued_head;
 		do {
-			res = sync_do(op);
+			if (fault_hit(s, op)) {
+				res = -(int64_t)(s->fo.fail_errno ? s->fo.fail_errno : EIO);
+			} else {
+				res = sync_do(op);
+				if (s->fault && res >= 0)
+					fault_log(s, op, res);
+			}
 			if (res == -EINTR)
 				continue;
 		} while (res == -EINTR || !io_op_progress(op, res, &final));
@@ -144,12 +197,18 @@ static const struct io_backend_ops sync_ops = {
 	.destroy = sync_destroy,
 };
 
-int io_sync_new(struct io_backend **out)
+int io_sync_new(const struct qcow2_fault_opts *fault, struct io_backend **out)
 {
 	struct io_sync *s = calloc(1, sizeof(*s));
 
 	if (!s)
 		return -ENOMEM;
+	if (fault) {
+		s->fault = true;
+		s->fo = *fault;
+	} else {
+		s->fo.log_fd = -1;
+	}
 	s->be.ops = &sync_ops;
 	s->queued_tail = &s->queued_head;
 	s->done_tail = &s->done_head;

@@ -60,6 +60,37 @@ static int check_compressed(struct qcow2_image *img, uint64_t desc,
 	return 0;
 }
 
+int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
+		    struct slice_waiter *w, struct slice **slice,
+		    uint64_t *slice_first, uint64_t *l2_off_out)
+{
+	const uint32_t cb = img->cluster_bits;
+	const uint64_t l1_idx = guest >> (cb + img->l2_bits);
+	const uint32_t entries_per_slice = img->l2_slice_size / img->l2_entry_size;
+	uint64_t l2_off, l2_idx;
+
+	if (l1_idx >= img->l1_size || !(img->l1[l1_idx] & L1E_OFFSET_MASK))
+		return 1;
+	l2_off = img->l1[l1_idx] & L1E_OFFSET_MASK;
+	if ((l2_off & (img->cluster_size - 1)) || l2_off >= img->alloc_end ||
+	    img->alloc_end - l2_off < img->cluster_size) {
+		image_set_error(img,
+				"corrupt image: L1 entry %llu points to an L2 table at 0x%llx, "
+				"which is %s", (unsigned long long)l1_idx,
+				(unsigned long long)l2_off,
+				(l2_off & (img->cluster_size - 1)) ?
+					"not aligned to a cluster" :
+					"beyond the end of the file");
+		return -EIO;
+	}
+	l2_idx = (guest >> cb) & ((1ull << img->l2_bits) - 1);
+	*slice_first = l2_idx / entries_per_slice * entries_per_slice;
+	*l2_off_out = l2_off;
+	return slice_cache_get_slice(img->l2_cache,
+				     l2_off + *slice_first * img->l2_entry_size,
+				     w, slice);
+}
+
 int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 	       struct map_extent *ext, struct slice_waiter *w)
 {
@@ -70,38 +101,21 @@ int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 	const uint32_t entries_per_slice = img->l2_slice_size / img->l2_entry_size;
 	const uint32_t unit_bits = img->extl2 ? img->subcluster_bits : cb;
 	const struct l2_geom g = { cb, img->extl2, img->has_data_file };
-	uint64_t l2_off, l2_idx, slice_first, key, pos, host0 = 0;
+	struct slice *slice;
+	uint64_t l2_off, slice_first, pos, host0 = 0;
 	enum l2_read_kind kind0 = L2_READ_UNALLOCATED;
-	const uint8_t *slice;
 	int ret;
 
 	if (maxlen > img->virtual_size - guest)
 		maxlen = img->virtual_size - guest;
 
-	if (l1_idx >= img->l1_size || !(img->l1[l1_idx] & L1E_OFFSET_MASK)) {
+	ret = l2_slice_lookup(img, guest, w, &slice, &slice_first, &l2_off);
+	if (ret == 1) {
 		ext->type = QCOW2_EXTENT_UNALLOCATED;
 		ext->host = 0;
 		ext->len = span_end - guest < maxlen ? span_end - guest : maxlen;
 		return 0;
 	}
-	l2_off = img->l1[l1_idx] & L1E_OFFSET_MASK;
-	if ((l2_off & (img->cluster_size - 1)) ||
-	    l2_off > img->file.size ||
-	    img->file.size - l2_off < img->cluster_size) {
-		image_set_error(img,
-				"corrupt image: L1 entry %llu points to an L2 table at 0x%llx, "
-				"which is %s", (unsigned long long)l1_idx,
-				(unsigned long long)l2_off,
-				(l2_off & (img->cluster_size - 1)) ?
-					"not aligned to a cluster" :
-					"beyond the end of the file");
-		return -EIO;
-	}
-
-	l2_idx = (guest >> cb) & ((1ull << img->l2_bits) - 1);
-	slice_first = l2_idx / entries_per_slice * entries_per_slice;
-	key = l2_off + slice_first * img->l2_entry_size;
-	ret = slice_cache_get(img->l2_cache, key, w, &slice);
 	if (ret < 0)
 		return ret;
 
@@ -118,10 +132,10 @@ int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 		if (pos >= span_end || idx < slice_first ||
 		    idx >= slice_first + entries_per_slice)
 			break;
-		memcpy(&e, slice + (idx - slice_first) * img->l2_entry_size, 8);
+		memcpy(&e, slice->data + (idx - slice_first) * img->l2_entry_size, 8);
 		e = be64toh(e);
 		if (img->extl2) {
-			memcpy(&bm, slice + (idx - slice_first) * 16 + 8, 8);
+			memcpy(&bm, slice->data + (idx - slice_first) * 16 + 8, 8);
 			bm = be64toh(bm);
 		}
 		k = l2_classify(&g, e, bm, sc, &host);

@@ -379,20 +379,56 @@ static void sync_cb(void *opaque, int ret)
 	w->ret = ret;
 }
 
-int qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
-		uint64_t offset)
+/* Run the context until the request with wait w completes. */
+static int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret)
 {
-	struct sync_wait w = { false, 0 };
-	int ret = qcow2_read(img, offset, buf, len, sync_cb, &w);
-
 	if (ret < 0)
 		return ret;
-	while (!w.done) {
+	while (!w->done) {
 		if (qcow2_ctx_inflight(img->ctx) == 0)
 			return -EIO; /* cannot happen: nothing left to wait for */
 		ret = qcow2_ctx_process(img->ctx, true);
 		if (ret < 0)
 			return ret;
 	}
-	return w.ret;
+	return w->ret;
+}
+
+int qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
+		uint64_t offset)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_read(img, offset, buf, len, sync_cb, &w));
+}
+
+int qcow2_pwrite(struct qcow2_image *img, const void *buf, size_t len,
+		 uint64_t offset)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_write(img, offset, buf, len, sync_cb, &w));
+}
+
+int qcow2_pwrite_zeroes(struct qcow2_image *img, uint64_t offset, uint64_t len,
+			unsigned flags)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_write_zeroes(img, offset, len, flags,
+						       sync_cb, &w));
+}
+
+int qcow2_pdiscard(struct qcow2_image *img, uint64_t offset, uint64_t len)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_discard(img, offset, len, sync_cb, &w));
+}
+
+int qcow2_fsync(struct qcow2_image *img)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_flush(img, sync_cb, &w));
 }

@@ -16,7 +16,9 @@ struct slice_cache {
 	struct slice freelist;     /* sentinel */
 	struct slice_waiter *full_waiters; /* waiting for any free slot */
 	slice_load_fn load;
+	slice_full_fn full;
 	void *opaque;
+	unsigned ndirty;
 	struct qcow2_cache_stats st;
 };
 
@@ -139,18 +141,40 @@ static struct slice *take_slot(struct slice_cache *c)
 		list_del(s);
 		return s;
 	}
-	if (c->lru.prev != &c->lru) {
-		s = c->lru.prev;
+	/* The least recently used clean slice: dirty ones must be written
+	 * back first, in the order the owner's flush rules demand. */
+	for (s = c->lru.prev; s != &c->lru; s = s->prev) {
+		if (s->dirty || s->writing)
+			continue;
 		list_del(s);
 		hash_remove(c, s);
 		c->st.evictions++;
 		return s;
 	}
-	return NULL; /* every slot is loading */
+	return NULL; /* every slot is loading or dirty */
+}
+
+static void wait_for_slot(struct slice_cache *c, struct slice_waiter *w)
+{
+	w->next = c->full_waiters;
+	c->full_waiters = w;
+	if (c->full && c->ndirty)
+		c->full(c->opaque, c);
 }
 
 int slice_cache_get(struct slice_cache *c, uint64_t key,
 		    struct slice_waiter *w, const uint8_t **data)
+{
+	struct slice *s;
+	int ret = slice_cache_get_slice(c, key, w, &s);
+
+	if (ret == 0)
+		*data = s->data;
+	return ret;
+}
+
+int slice_cache_get_slice(struct slice_cache *c, uint64_t key,
+			  struct slice_waiter *w, struct slice **out)
 {
 	struct slice *s = hash_find(c, key);
 	int ret;
@@ -161,7 +185,7 @@ int slice_cache_get(struct slice_cache *c, uint64_t key,
 			list_del(s);
 			list_add_head(&c->lru, s);
 		}
-		*data = s->data;
+		*out = s;
 		return 0;
 	}
 	if (s) { /* loading */
@@ -171,8 +195,7 @@ int slice_cache_get(struct slice_cache *c, uint64_t key,
 	}
 	s = take_slot(c);
 	if (!s) {
-		w->next = c->full_waiters;
-		c->full_waiters = w;
+		wait_for_slot(c, w);
 		return -EAGAIN;
 	}
 	c->st.misses++;
@@ -237,4 +260,77 @@ void slice_cache_stats(const struct slice_cache *c,
 uint32_t slice_cache_capacity(const struct slice_cache *c)
 {
 	return c->nslots;
+}
+
+int slice_cache_create(struct slice_cache *c, uint64_t key,
+		       struct slice_waiter *w, struct slice **out)
+{
+	struct slice *s = hash_find(c, key);
+
+	if (s)
+		return -EEXIST;
+	s = take_slot(c);
+	if (!s) {
+		wait_for_slot(c, w);
+		return -EAGAIN;
+	}
+	s->key = key;
+	s->state = SLICE_READY;
+	s->waiters = NULL;
+	memset(s->data, 0, c->slice_size);
+	hash_insert(c, s);
+	list_add_head(&c->lru, s);
+	s->dirty = false;
+	slice_cache_mark_dirty(c, s);
+	*out = s;
+	return 0;
+}
+
+void slice_cache_set_full_handler(struct slice_cache *c, slice_full_fn fn)
+{
+	c->full = fn;
+}
+
+void slice_cache_mark_dirty(struct slice_cache *c, struct slice *s)
+{
+	if (!s->dirty) {
+		s->dirty = true;
+		c->ndirty++;
+	}
+}
+
+void slice_cache_clean(struct slice_cache *c, struct slice *s, bool redirtied)
+{
+	struct slice_waiter *full;
+
+	s->writing = false;
+	if (!redirtied && s->dirty) {
+		s->dirty = false;
+		c->ndirty--;
+	}
+	full = c->full_waiters;
+	c->full_waiters = NULL;
+	wake_all(full, 0);
+}
+
+unsigned slice_cache_dirty_count(const struct slice_cache *c)
+{
+	return c->ndirty;
+}
+
+struct slice *slice_cache_slot(struct slice_cache *c, uint32_t i)
+{
+	return &c->slots[i];
+}
+
+void slice_cache_drop(struct slice_cache *c, uint64_t key)
+{
+	struct slice *s = hash_find(c, key);
+
+	if (!s || s->state != SLICE_READY || s->dirty || s->writing)
+		return;
+	list_del(s);
+	hash_remove(c, s);
+	s->state = SLICE_EMPTY;
+	list_add_head(&c->freelist, s);
 }

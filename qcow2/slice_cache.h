@@ -8,6 +8,7 @@
 #ifndef QCOW2_SLICE_CACHE_H
 #define QCOW2_SLICE_CACHE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "qcow2.h"
@@ -28,6 +29,8 @@ struct slice {
 	struct slice *hnext;
 	struct slice *prev, *next; /* LRU list (READY) or free list (EMPTY) */
 	void *io;                  /* owned by the loader while LOADING */
+	bool dirty;                /* changed since it was last written */
+	bool writing;              /* a write-back of it is in flight */
 };
 
 struct slice_cache;
@@ -35,6 +38,9 @@ struct slice_cache;
  * slice_cache_load_done() when finished. Returns 0 or -errno. */
 typedef int (*slice_load_fn)(void *opaque, struct slice_cache *c,
 			     struct slice *s);
+/* Every slot is dirty or loading: the owner should write dirty slices back
+ * (slice_cache_clean() then lets waiters proceed). May be NULL. */
+typedef void (*slice_full_fn)(void *opaque, struct slice_cache *c);
 
 int slice_cache_new(uint32_t slice_size, uint32_t nslots, uint32_t mem_align,
 		    slice_load_fn load, void *opaque, struct slice_cache **out);
@@ -48,6 +54,24 @@ void slice_cache_free(struct slice_cache *c);
 int slice_cache_get(struct slice_cache *c, uint64_t key,
 		    struct slice_waiter *w, const uint8_t **data);
 void slice_cache_load_done(struct slice_cache *c, struct slice *s, int err);
+/* Like slice_cache_get(), returning the slice itself. */
+int slice_cache_get_slice(struct slice_cache *c, uint64_t key,
+			  struct slice_waiter *w, struct slice **out);
+/* Install a zero-filled, dirty slice at key without reading it (a table
+ * that was just allocated). -EAGAIN with w queued when no slot is free;
+ * -EEXIST if key is cached. */
+int slice_cache_create(struct slice_cache *c, uint64_t key,
+		       struct slice_waiter *w, struct slice **out);
+void slice_cache_set_full_handler(struct slice_cache *c, slice_full_fn fn);
+void slice_cache_mark_dirty(struct slice_cache *c, struct slice *s);
+/* A write-back of s finished; it is clean unless it changed meanwhile
+ * (redirtied). Wakes requests waiting for a free slot. */
+void slice_cache_clean(struct slice_cache *c, struct slice *s, bool redirtied);
+unsigned slice_cache_dirty_count(const struct slice_cache *c);
+/* The i-th slot, for write-back scans over all slots (0 <= i < capacity). */
+struct slice *slice_cache_slot(struct slice_cache *c, uint32_t i);
+/* Drop a clean slice from the cache (its table was freed). */
+void slice_cache_drop(struct slice_cache *c, uint64_t key);
 uint32_t slice_cache_slice_size(const struct slice_cache *c);
 uint32_t slice_cache_capacity(const struct slice_cache *c);
 void slice_cache_stats(const struct slice_cache *c,

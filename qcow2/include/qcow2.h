@@ -39,11 +39,43 @@ struct qcow2_image;
 enum qcow2_backend {
 	QCOW2_BACKEND_IO_URING = 0, /* liburing; the default */
 	QCOW2_BACKEND_SYNC = 1,     /* pread/pwrite at submit time; tools, tests */
+	QCOW2_BACKEND_FAULT = 2,    /* sync, with fault injection and a log */
+};
+
+#define QCOW2_FAULT_READ (1u << 0)
+#define QCOW2_FAULT_WRITE (1u << 1)
+#define QCOW2_FAULT_FSYNC (1u << 2)
+
+/*
+ * The fault backend behaves like the sync one, and:
+ * - fails the fail_at-th operation among those in fail_ops (1-based; 0:
+ *   never) with -fail_errno, and every later one too if fail_persist;
+ * - with log_fd >= 0, appends a record for every completed write and
+ *   fdatasync (struct qcow2_fault_record, then the written bytes), so a
+ *   test can rebuild the file as a power loss at any point would leave it.
+ */
+struct qcow2_fault_opts {
+	uint64_t fail_at;
+	int fail_errno;
+	unsigned fail_ops;
+	bool fail_persist;
+	int log_fd;
+};
+
+#define QCOW2_FAULT_REC_WRITE 1u
+#define QCOW2_FAULT_REC_FSYNC 2u
+
+struct qcow2_fault_record { /* little-endian on disk, 24 bytes */
+	uint32_t type;
+	int32_t fd;
+	uint64_t offset;
+	uint64_t len;
 };
 
 struct qcow2_ctx_opts {
 	enum qcow2_backend backend;
 	unsigned queue_depth; /* io_uring entries; 0 selects 256 */
+	const struct qcow2_fault_opts *fault; /* QCOW2_BACKEND_FAULT */
 };
 
 int qcow2_ctx_new(const struct qcow2_ctx_opts *opts, struct qcow2_ctx **out);
@@ -66,7 +98,7 @@ unsigned qcow2_ctx_inflight(const struct qcow2_ctx *ctx);
 
 /* ---- Images ------------------------------------------------------------ */
 
-#define QCOW2_OPEN_RDWR (1u << 0)       /* read-write (write path: issue 4) */
+#define QCOW2_OPEN_RDWR (1u << 0)       /* read-write */
 #define QCOW2_OPEN_BUFFERED (1u << 1)   /* page cache instead of O_DIRECT */
 #define QCOW2_OPEN_NO_BACKING (1u << 2) /* unallocated clusters read zeros */
 #define QCOW2_OPEN_RAW (1u << 3)        /* the file is raw, not qcow2 */
@@ -183,6 +215,70 @@ static inline int qcow2_read(struct qcow2_image *img, uint64_t offset,
 int qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
 		uint64_t offset);
 
+/*
+ * Write len = sum(iov) bytes at guest offset (image opened QCOW2_OPEN_RDWR;
+ * same alignment rules as reads). Completion means the data is in the image
+ * file and the metadata that maps it is in the engine's cache; it is durable
+ * after a later qcow2_flush() completes.
+ */
+int qcow2_writev(struct qcow2_image *img, uint64_t offset,
+		 const struct iovec *iov, int iovcnt, qcow2_complete_fn cb,
+		 void *opaque);
+
+static inline int qcow2_write(struct qcow2_image *img, uint64_t offset,
+			      const void *buf, size_t len,
+			      qcow2_complete_fn cb, void *opaque)
+{
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	return qcow2_writev(img, offset, &iov, 1, cb, opaque);
+}
+
+/*
+ * Make [offset, offset+len) read as zeros. Whole clusters change metadata
+ * only (the v3 zero flag; with QCOW2_ZERO_UNMAP their host clusters are
+ * released, without it clusters of our own stay allocated); partial
+ * clusters are written with zeros.
+ */
+#define QCOW2_ZERO_UNMAP (1u << 0)
+int qcow2_write_zeroes(struct qcow2_image *img, uint64_t offset, uint64_t len,
+		       unsigned flags, qcow2_complete_fn cb, void *opaque);
+
+/*
+ * Discard whole clusters in [offset, offset+len) (partial clusters at the
+ * ends are left alone, as QEMU does): their host clusters are released and
+ * they read as zeros (or, in a version 2 image with a backing file, as the
+ * backing file).
+ */
+int qcow2_discard(struct qcow2_image *img, uint64_t offset, uint64_t len,
+		  qcow2_complete_fn cb, void *opaque);
+
+/* Why metadata is written back. */
+enum qcow2_flush_cause {
+	QCOW2_FLUSH_CLIENT = 0,   /* qcow2_flush() */
+	QCOW2_FLUSH_TIMER = 1,    /* qcow2_writeback() from the owner's timer */
+	QCOW2_FLUSH_EVICTION = 2, /* a cache needed room held by dirty slices */
+	QCOW2_FLUSH_CLOSE = 3,    /* qcow2_close() */
+	QCOW2_FLUSH_NCAUSES = 4,
+};
+
+/* Make every write completed before this call durable: data, then the
+ * metadata that maps it, in the safe order. */
+int qcow2_flush(struct qcow2_image *img, qcow2_complete_fn cb, void *opaque);
+/* Write dirty metadata back without waiting for a client flush (call it
+ * from a timer): same ordering, counted as QCOW2_FLUSH_TIMER. */
+int qcow2_writeback(struct qcow2_image *img, qcow2_complete_fn cb,
+		    void *opaque);
+/* True when the image has metadata in its caches not yet on disk. */
+bool qcow2_has_dirty_metadata(const struct qcow2_image *img);
+
+/* Synchronous write and flush, like qcow2_pread(). */
+int qcow2_pwrite(struct qcow2_image *img, const void *buf, size_t len,
+		 uint64_t offset);
+int qcow2_fsync(struct qcow2_image *img);
+int qcow2_pwrite_zeroes(struct qcow2_image *img, uint64_t offset, uint64_t len,
+			unsigned flags);
+int qcow2_pdiscard(struct qcow2_image *img, uint64_t offset, uint64_t len);
+
 /* ---- Block status ------------------------------------------------------ */
 
 enum qcow2_extent_type {
@@ -221,7 +317,35 @@ struct qcow2_cache_stats {
 	uint32_t slice_size;
 };
 
+#define QCOW2_FLUSH_HIST_BUCKETS 20 /* bucket i: latency < 2^i * 16 us */
+
+struct qcow2_flush_stats {
+	uint64_t flushes[QCOW2_FLUSH_NCAUSES];
+	uint64_t l2_slices;          /* L2 slices written */
+	uint64_t l2_bytes;
+	uint64_t refblock_slices;    /* refcount block slices written */
+	uint64_t refblock_bytes;
+	uint64_t l1_writes;
+	uint64_t l1_bytes;
+	uint64_t reftable_writes;
+	uint64_t reftable_bytes;
+	uint64_t header_writes;
+	uint64_t fdatasyncs;
+	uint64_t errors;
+	uint64_t total_ns;
+	uint64_t max_ns;
+	uint64_t latency_hist[QCOW2_FLUSH_HIST_BUCKETS];
+};
+
 struct qcow2_stats {
+	uint64_t write_requests;
+	uint64_t write_bytes;
+	uint64_t write_errors;
+	uint64_t allocated_clusters; /* data clusters allocated */
+	uint64_t cow_clusters;       /* allocations that copied old data */
+	uint64_t freed_clusters;
+	struct qcow2_flush_stats flush;
+	struct qcow2_cache_stats refcount_cache;
 	uint64_t read_requests;
 	uint64_t read_bytes;
 	uint64_t read_errors;

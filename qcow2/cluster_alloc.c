@@ -1,0 +1,327 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * Where host clusters come from and how they go back.
+ *
+ * New clusters are appended at the end of the image (alloc_end), where the
+ * file reads zeros, or reused from a pool of clusters freed in this session.
+ * Tables (L2, refcount blocks) are always appended so that the parts of a
+ * table never written read as zero entries. A refcount block is allocated
+ * as the first cluster of the range it describes, so it describes itself.
+ *
+ * Freeing obeys rule 3: a dropped cluster is decremented only after the
+ * entries that dropped it are on disk (after the next completed flush), and
+ * enters the pool only when its refcount reaches zero.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "refcount.h"
+
+static int vec_push(uint64_t **v, size_t *len, size_t *cap, uint64_t x)
+{
+	if (*len == *cap) {
+		size_t n = *cap ? *cap * 2 : 64;
+		uint64_t *p = realloc(*v, n * sizeof(**v));
+		if (!p)
+			return -ENOMEM;
+		*v = p;
+		*cap = n;
+	}
+	(*v)[(*len)++] = x;
+	return 0;
+}
+
+/*
+ * Keep the file's size ahead of the allocations. Writes that extend a file
+ * are serialised by file systems (and cannot be issued without blocking),
+ * writes inside it are not: measured on ext4, allocating 4 KiB writes went
+ * from half to near the in-place rate. The file is trimmed at close.
+ */
+static void extend_file(struct qcow2_image *img)
+{
+	uint64_t step, target;
+
+	if (img->alloc_end <= img->file_len)
+		return;
+	step = img->alloc_end / 8;
+	if (step < (64ull << 20))
+		step = 64ull << 20;
+	target = align_up(img->alloc_end + step, img->cluster_size);
+	if (ftruncate(img->file.fd, (off_t)target) == 0)
+		img->file_len = target;
+	/* On failure writes simply extend the file as they land. */
+}
+
+void cluster_alloc_trim(struct qcow2_image *img)
+{
+	if (img->file_len > img->alloc_end &&
+	    ftruncate(img->file.fd, (off_t)img->alloc_end) == 0)
+		img->file_len = img->alloc_end;
+}
+
+static int reftable_grow(struct qcow2_image *img, uint64_t need,
+			 struct slice_waiter *w);
+
+/*
+ * Make sure a refcount block covers the cluster at alloc_end; if not, the
+ * cluster there becomes that block and counts itself (it lies in its own
+ * range). Its slice holding its own entry is created in the cache, already
+ * dirty, so the block's refcount is written before the reftable entry that
+ * points at it (rule 1). -EAGAIN (w queued) when the cache has no room;
+ * blocks made before that stay made.
+ */
+static int cover_alloc_end(struct qcow2_image *img, struct slice_waiter *w)
+{
+	for (;;) {
+		uint64_t ci = img->alloc_end >> img->cluster_bits;
+		uint64_t rt = ci / img->refblock_entries;
+		uint64_t per_slice = ((uint64_t)img->rc_slice_size * 8) >>
+				     img->refcount_order;
+		uint64_t idx = ci % img->refblock_entries;
+		uint64_t block = img->alloc_end;
+		struct slice *s;
+		int ret;
+
+		if (rt >= img->reftable_entries) {
+			ret = reftable_grow(img, rt + 1, w);
+			if (ret < 0)
+				return ret;
+			continue;
+		}
+		if (img->reftable[rt])
+			return 0;
+		ret = slice_cache_create(img->rc_cache,
+					 block + idx / per_slice * img->rc_slice_size,
+					 w, &s);
+		if (ret < 0)
+			return ret;
+		refblock_set(s->data, idx % per_slice, img->refcount_order, 1);
+		img->reftable[rt] = block;
+		image_mark_reftable_dirty(img, (uint32_t)rt);
+		img->alloc_end += img->cluster_size;
+		extend_file(img);
+	}
+}
+
+/* True when every cluster of [start, start + n clusters) has a refcount
+ * block in the (possibly just enlarged) table. */
+static bool range_covered(struct qcow2_image *img, uint64_t start, uint64_t n)
+{
+	uint64_t first = (start >> img->cluster_bits) / img->refblock_entries;
+	uint64_t last = ((start >> img->cluster_bits) + n - 1) / img->refblock_entries;
+
+	for (uint64_t rt = first; rt <= last; rt++)
+		if (rt >= img->reftable_entries || !img->reftable[rt])
+			return false;
+	return true;
+}
+
+/*
+ * Grow the refcount table to at least `need` entries: the new, larger table
+ * is placed at the end (in clusters covered by refcount blocks, allocated
+ * first if needed), counted, and installed in memory. The next flush writes
+ * it, then switches the header to it, then frees the old one (rule 3).
+ * Resumable: -EAGAIN (w queued) keeps its progress in img->grow_*.
+ */
+static int reftable_grow(struct qcow2_image *img, uint64_t need,
+			 struct slice_waiter *w)
+{
+	int ret;
+
+	if (img->grow_phase && img->grower != w) {
+		w->next = img->grow_waiters;
+		img->grow_waiters = w;
+		return -EAGAIN;
+	}
+	if (img->grow_phase == 0) {
+		uint64_t entries = (uint64_t)img->reftable_entries * 2;
+		uint64_t bytes, *table;
+
+		if (entries < need + 1)
+			entries = need + 1;
+		bytes = align_up(entries * 8, img->cluster_size);
+		if (bytes > QCOW2_MAX_REFTABLE_BYTES * 8ull) {
+			image_set_error(img, "the refcount table would exceed %u MiB",
+					QCOW2_MAX_REFTABLE_BYTES * 8 >> 20);
+			return -ENOSPC;
+		}
+		table = realloc(img->reftable, bytes);
+		if (!table)
+			return -ENOMEM;
+		memset(table + img->reftable_entries, 0,
+		       bytes - (uint64_t)img->reftable_entries * 8);
+		img->reftable = table;
+		img->reftable_entries = (uint32_t)(bytes / 8);
+		img->grow_clusters = (uint32_t)(bytes >> img->cluster_bits);
+		img->grow_phase = 1;
+		img->grower = w;
+	}
+	if (img->grow_phase == 1) {
+		uint64_t n = img->grow_clusters;
+
+		/* Refcount blocks for the clusters the new table will take. */
+		while (!range_covered(img, img->alloc_end, n)) {
+			uint64_t ci = img->alloc_end >> img->cluster_bits;
+			uint64_t rt = ci / img->refblock_entries;
+			if (img->reftable[rt]) {
+				img->alloc_end += img->cluster_size;
+				/* skip: that cluster stays a hole, counted 0 */
+				continue;
+			}
+			ret = cover_alloc_end(img, w);
+			if (ret < 0)
+				return ret;
+		}
+		img->grow_off = img->alloc_end;
+		img->grow_counted = 0;
+		img->alloc_end += n << img->cluster_bits;
+		extend_file(img);
+		img->grow_phase = 2;
+	}
+	while (img->grow_counted < img->grow_clusters) {
+		ret = refcount_update(img, img->grow_off +
+				     ((uint64_t)img->grow_counted << img->cluster_bits),
+				     1, w);
+		if (ret < 0)
+			return ret;
+		img->grow_counted++;
+	}
+	/* Install: the old table's clusters are freed once the header that
+	 * stops pointing at them is on disk. */
+	for (uint32_t i = 0; i < img->hdr.refcount_table_clusters; i++)
+		cluster_free_later(img, img->hdr.refcount_table_offset +
+					  ((uint64_t)i << img->cluster_bits));
+	img->hdr.refcount_table_offset = img->grow_off;
+	img->hdr.refcount_table_clusters = img->grow_clusters;
+	image_set_header_u64(img, 48, img->grow_off);
+	image_set_header_u32(img, 56, img->grow_clusters);
+	image_mark_reftable_dirty(img, 0);
+	image_mark_reftable_dirty(img, img->reftable_entries - 1);
+	img->grow_off = 0;
+	img->grow_phase = 0;
+	img->grower = NULL;
+	while (img->grow_waiters) {
+		struct slice_waiter *x = img->grow_waiters;
+		img->grow_waiters = x->next;
+		x->next = NULL;
+		x->wake(x, 0);
+	}
+	return 0;
+}
+
+int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
+		  uint64_t *host, bool *fresh)
+{
+	int ret;
+
+	if (!table && img->free_pool_len) {
+		*host = img->free_pool[--img->free_pool_len];
+		*fresh = false;
+		return 0;
+	}
+	if (img->grow_phase && img->grower != w) {
+		/* Appending now could use refcount blocks that only the new
+		 * table, not yet on disk, points at. */
+		w->next = img->grow_waiters;
+		img->grow_waiters = w;
+		return -EAGAIN;
+	}
+	ret = cover_alloc_end(img, w);
+	if (ret < 0)
+		return ret;
+	*host = img->alloc_end;
+	*fresh = true;
+	img->alloc_end += img->cluster_size;
+	extend_file(img);
+	return 0;
+}
+
+int cluster_free_later(struct qcow2_image *img, uint64_t host)
+{
+	return vec_push(&img->frees_waiting, &img->frees_waiting_len,
+			&img->frees_waiting_cap, host);
+}
+
+void cluster_frees_flush_started(struct qcow2_image *img)
+{
+	/* Entries dropped so far are written by this flush. */
+	for (size_t i = 0; i < img->frees_waiting_len; i++) {
+		if (vec_push(&img->frees_flushing, &img->frees_flushing_len,
+			     &img->frees_flushing_cap, img->frees_waiting[i]) < 0)
+			break; /* out of memory: the cluster leaks, safely */
+	}
+	img->frees_waiting_len = 0;
+}
+
+static void free_worker(struct qcow2_image *img);
+
+static void free_worker_wake(struct slice_waiter *w, int err)
+{
+	struct qcow2_image *img = (struct qcow2_image *)
+		((char *)w - offsetof(struct qcow2_image, free_waiter));
+
+	(void)err;
+	img->free_worker_parked = false;
+	free_worker(img);
+}
+
+/* Apply ready decrements one by one; parks on slice loads and flushes. */
+static void free_worker(struct qcow2_image *img)
+{
+	while (!img->free_worker_parked &&
+	       img->frees_ready_pos < img->frees_ready_len) {
+		uint64_t host = img->frees_ready[img->frees_ready_pos];
+		uint64_t rc;
+		int ret;
+
+		img->free_waiter.wake = free_worker_wake;
+		if (writeback_frozen(img, &img->free_waiter)) {
+			img->free_worker_parked = true;
+			return;
+		}
+		ret = refcount_update(img, host, -1, &img->free_waiter);
+		if (ret == -EAGAIN) {
+			img->free_worker_parked = true;
+			return;
+		}
+		img->frees_ready_pos++;
+		if (ret < 0)
+			continue; /* a failed decrement leaks: safe */
+		img->stats.freed_clusters++;
+		/* the slice is cached: refcount_update just used it */
+		ret = refcount_get(img, host, &rc, &img->free_waiter);
+		if (ret == 0 && rc == 0)
+			vec_push(&img->free_pool, &img->free_pool_len,
+				 &img->free_pool_cap, host);
+	}
+	if (img->frees_ready_pos == img->frees_ready_len) {
+		img->frees_ready_len = 0;
+		img->frees_ready_pos = 0;
+	}
+}
+
+void cluster_frees_flush_done(struct qcow2_image *img, int err)
+{
+	if (err) {
+		/* Not known to be on disk: keep them for the next flush. */
+		for (size_t i = 0; i < img->frees_flushing_len; i++)
+			cluster_free_later(img, img->frees_flushing[i]);
+	} else {
+		for (size_t i = 0; i < img->frees_flushing_len; i++)
+			vec_push(&img->frees_ready, &img->frees_ready_len,
+				 &img->frees_ready_cap, img->frees_flushing[i]);
+	}
+	img->frees_flushing_len = 0;
+	free_worker(img);
+}
+
+void cluster_alloc_close(struct qcow2_image *img)
+{
+	free(img->free_pool);
+	free(img->frees_waiting);
+	free(img->frees_flushing);
+	free(img->frees_ready);
+}
