@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT OR Apache-2.0
+#
+# read-bench.sh: 4 KiB O_DIRECT reads of allocated clusters, measured in one
+# run for raw fio (io_uring, on a raw file of the same file system),
+# qemu-img bench (same qcow2 image) and qcow2-img bench (same qcow2 image).
+# Prints IOPS (median of --runs) and our ratios against both references.
+#
+# Usage: bench/read-bench.sh [--size 1G] [--count 200000] [--depth 32]
+#                            [--runs 3] [--dir DIR] [--keep]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+size=1G count=200000 depth=32 runs=3 dir="$here/bench-work" keep=0
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--size) size=$2; shift 2 ;;
+	--count) count=$2; shift 2 ;;
+	--depth) depth=$2; shift 2 ;;
+	--runs) runs=$2; shift 2 ;;
+	--dir) dir=$2; shift 2 ;;
+	--keep) keep=1; shift ;;
+	-h|--help) sed -n '3,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "read-bench.sh: unknown option $1" >&2; exit 2 ;;
+	esac
+done
+
+qimg=${QCOW2_IMG:-$here/build/tools/qcow2-img}
+for t in fio qemu-img python3 "$qimg"; do
+	command -v "$t" >/dev/null 2>&1 || { echo "read-bench.sh: $t not found (build first: meson setup build && ninja -C build)" >&2; exit 1; }
+done
+
+mkdir -p "$dir"
+raw="$dir/raw.img" img="$dir/image.qcow2"
+cleanup() { [ "$keep" = 1 ] || rm -f "$raw" "$img"; }
+trap cleanup EXIT
+
+echo "== preparing: $size raw file written by fio, converted to qcow2 (64 KiB clusters, every cluster allocated)"
+rm -f "$raw" "$img"
+fio --name=fill --filename="$raw" --size="$size" --rw=write --bs=1M --direct=1 \
+	--ioengine=io_uring --iodepth=8 --refill_buffers --output=/dev/null
+qemu-img convert -O qcow2 "$raw" "$img"
+
+median() { python3 -c 'import sys,statistics; print(int(statistics.median(float(x) for x in sys.argv[1:])))' "$@"; }
+
+fio_iops() { # rw
+	fio --name=ref --filename="$raw" --size="$size" --rw="$1" --bs=4k \
+		--iodepth="$depth" --ioengine=io_uring --direct=1 --number_ios="$count" \
+		--randrepeat=1 --output-format=json 2>/dev/null |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["iops"])'
+}
+
+qemu_iops() {
+	local t
+	t=$(qemu-img bench -c "$count" -d "$depth" -s 4k -t none -i io_uring -f qcow2 "$img" |
+		sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
+	python3 -c "print($count / $t)"
+}
+
+ours_iops() { # extra args
+	"$qimg" bench -c "$count" -d "$depth" -s 4k -t none -i io_uring --json "$@" "$img" |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["iops"])'
+}
+
+measure() { # name command...
+	local name=$1 vals=() v
+	shift
+	for _ in $(seq "$runs"); do
+		v=$("$@")
+		vals+=("$v")
+	done
+	median "${vals[@]}"
+}
+
+echo "== machine: $(nproc) cores, $(uname -r), $(findmnt -n -o FSTYPE -T "$dir") on $(findmnt -n -o SOURCE -T "$dir")"
+echo "== config: 4 KiB reads, depth $depth, $count requests per run, median of $runs runs, O_DIRECT, io_uring"
+printf '%-12s %12s %12s %12s %10s %10s\n' pattern fio-raw qemu-img qcow2-img ours/fio ours/qemu
+for pattern in sequential random; do
+	if [ $pattern = sequential ]; then
+		f=$(measure fio fio_iops read)
+		q=$(measure qemu qemu_iops)
+		o=$(measure ours ours_iops)
+	else
+		f=$(measure fio fio_iops randread)
+		q=""
+		o=$(measure ours ours_iops --random)
+	fi
+	rf=$(python3 -c "print(f'{$o/$f:.2f}')")
+	rq=$([ -n "$q" ] && python3 -c "print(f'{$o/$q:.2f}')" || echo "n/a")
+	printf '%-12s %12s %12s %12s %10s %10s\n' $pattern "$f" "${q:-n/a}" "$o" "$rf" "$rq"
+done
+echo "(qemu-img bench has no random mode; its column is n/a there)"

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# A tour of the read path: build, make a sample image with qemu-img, then
+#   qcow2-img info / map / convert (compared with qemu-img convert) / bench.
+#
+#   ./scripts/demo.sh            everything (installs missing Debian packages)
+#   DEMO_DIR=/some/dir ./scripts/demo.sh
+#
+# The sample (in ./demo-work unless DEMO_DIR is set; not committed) is a 1 GiB
+# qcow2 v3 image with 64 KiB clusters over a compressed qcow2 backing file,
+# with data, zero ranges and discards written by qemu-io.
+set -uo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+root=$(qcow2d_root)
+cd "$root" || exit 2
+
+failed=()
+step_failed() {
+	echo "!! $*" >&2
+	failed+=("$*")
+}
+
+section "dependencies"
+ensure_deps || { echo "demo: installing dependencies failed" >&2; exit 1; }
+
+section "build (build/)"
+if [[ ! -f build/meson-private/coredata.dat ]]; then
+	meson_setup build --buildtype=debugoptimized || exit 1
+fi
+ninja -C build -j2 || { echo "demo: build failed" >&2; exit 1; }
+img_tool=$root/build/tools/qcow2-img
+io_tool=$root/build/tools/qcow2-io
+for t in "$img_tool" "$io_tool"; do
+	[[ -x $t ]] || { echo "demo: $t was not built" >&2; exit 1; }
+done
+
+demo=${DEMO_DIR:-$root/demo-work}
+mkdir -p "$demo"
+demo=$(cd "$demo" && pwd -P)
+cd "$demo" || exit 2
+rm -f base.raw base.qcow2 sample.qcow2 sample-qemu.raw sample-qcow2d.raw map.txt map.json
+
+section "sample image (qemu-img / qemu-io)"
+set -e
+echo "+ base.raw: 1 GiB sparse raw with patterns, text and half-random data"
+python3 - <<'EOF'
+import random
+r = random.Random(1)
+with open("base.raw", "wb") as f:
+    f.truncate(1 << 30)
+    for i in range(64):                      # 64 x 64k every 8 MiB
+        f.seek(i * (8 << 20))
+        kind = i % 3
+        if kind == 0:
+            f.write(bytes([0x40 + i]) * 65536)
+        elif kind == 1:
+            line = b"qcow2d demo block %d\n" % i
+            f.write((line * 4000)[:65536])
+        else:
+            f.write(r.randbytes(32768) + bytes(32768))
+    f.seek((1 << 30) - 65536)
+    f.write(b"\xee" * 65536)                 # the very end of the disk
+EOF
+echo "+ qemu-img convert -c -O qcow2 base.raw base.qcow2   (compressed backing file)"
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=65536 base.raw base.qcow2
+echo "+ qemu-img create -f qcow2 -o cluster_size=65536 -b base.qcow2 -F qcow2 sample.qcow2 1G"
+qemu-img create -q -f qcow2 -o compat=1.1,cluster_size=65536 -b base.qcow2 -F qcow2 sample.qcow2 1G
+cmds=(
+	"write -P 0xa1 0 1M"
+	"write -P 0xa2 $((8 << 20)) 4k"
+	"write -P 0xa3 $(((16 << 20) - 2048)) 8k"
+	"write -z $((24 << 20)) 256k"
+	"write -z -u 32M 64k"
+	"discard 40M 128k"
+	"write -P 0xa4 100M 16M"
+	"write -P 0xa5 $(((1 << 30) - 4096)) 4096"
+)
+args=()
+for c in "${cmds[@]}"; do
+	echo "+ qemu-io -c '$c' sample.qcow2"
+	args+=(-c "$c")
+done
+qemu-io -f qcow2 "${args[@]}" sample.qcow2 >/dev/null
+set +e
+qemu-img info --backing-chain sample.qcow2
+
+section "qcow2-img info sample.qcow2"
+"$img_tool" info sample.qcow2 || step_failed "qcow2-img info (exit $?)"
+section "qcow2-img info --json sample.qcow2"
+"$img_tool" info --json sample.qcow2 || step_failed "qcow2-img info --json (exit $?)"
+
+section "qcow2-img map sample.qcow2"
+"$img_tool" map sample.qcow2 >map.txt || step_failed "qcow2-img map (exit $?)"
+cut -c1-160 map.txt | head -n 40
+section "qcow2-img map --json base.qcow2 (compressed clusters; first 12 extents)"
+"$img_tool" map --json base.qcow2 >map.json || step_failed "qcow2-img map --json (exit $?)"
+python3 -c '
+import json, sys
+m = json.load(open(sys.argv[1]))
+for e in m[:12]:
+    print(json.dumps(e))
+print("... %d extents, %d compressed" % (len(m), sum(1 for e in m if e.get("compressed"))))
+' map.json || { head -c 2000 map.json; step_failed "qcow2-img map --json: not the expected JSON"; }
+
+section "convert: qcow2-img vs qemu-img"
+echo "+ qemu-img convert -O raw sample.qcow2 sample-qemu.raw"
+TIMEFORMAT='  %Rs elapsed'
+time qemu-img convert -O raw sample.qcow2 sample-qemu.raw || step_failed "qemu-img convert"
+for mode in "io_uring none" "sync writeback"; do
+	read -r io cache <<<"$mode"
+	echo "+ qcow2-img convert -i $io -t $cache -O raw sample.qcow2 sample-qcow2d.raw"
+	if ! time "$img_tool" convert -i "$io" -t "$cache" -O raw sample.qcow2 sample-qcow2d.raw; then
+		step_failed "qcow2-img convert -i $io -t $cache"
+		continue
+	fi
+	if cmp sample-qemu.raw sample-qcow2d.raw; then
+		echo "  identical to qemu-img's output ($(stat -c %s sample-qcow2d.raw) bytes)"
+	else
+		step_failed "qcow2-img convert -i $io -t $cache: output differs from qemu-img"
+	fi
+	rm -f sample-qcow2d.raw
+done
+echo "+ qcow2-io -c 'read -P 0xa4 100M 1M' -c 'read -P 0 24M 256k' sample.qcow2"
+"$io_tool" -c "read -P 0xa4 100M 1M" -c "read -P 0 24M 256k" sample.qcow2 ||
+	step_failed "qcow2-io read -P"
+
+section "bench: qcow2-img bench -c 20000 sample.qcow2"
+"$img_tool" bench -c 20000 sample.qcow2 || step_failed "qcow2-img bench (exit $?)"
+section "for reference: qemu-img bench -c 20000 -t none sample.qcow2"
+qemu-img bench -c 20000 -t none -f qcow2 sample.qcow2 2>&1 | tail -n 3
+
+rm -f sample-qemu.raw base.raw
+section "done"
+echo "sample images are in $demo"
+if ((${#failed[@]})); then
+	echo "demo: ${#failed[@]} step(s) failed:"
+	printf '  %s\n' "${failed[@]}"
+	exit 1
+fi
+echo "demo: all steps succeeded"

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# The test command of the project.
+#
+#   ./scripts/test.sh           install missing Debian packages, build
+#                               build-test (debugoptimized) and build-asan
+#                               (ASan + UBSan), run every suite in both
+#   ./scripts/test.sh --quick   build-test only
+#
+# The last line of output is always "N passed, N failed, N skipped" (both
+# builds summed; FAIL, TIMEOUT, ERROR and UNEXPECTEDPASS count as failed, and
+# so does a build that fails to configure or compile, or a meson test run that
+# produces no results). The exit status is 0 only if nothing failed.
+set -uo pipefail
+
+usage() {
+	sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+quick=0
+for arg in "$@"; do
+	case $arg in
+	--quick) quick=1 ;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	*)
+		echo "test.sh: unknown argument: $arg" >&2
+		usage >&2
+		exit 2
+		;;
+	esac
+done
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+root=$(qcow2d_root)
+cd "$root" || exit 2
+
+# Failures that are not meson test results (deps, configure, build, no log).
+extra_failures=0
+extra_notes=()
+
+section "dependencies"
+if ! ensure_deps; then
+	echo "test.sh: installing dependencies failed; continuing with what is there" >&2
+	extra_failures=$((extra_failures + 1))
+	extra_notes+=("dependency installation failed")
+fi
+
+builds=(build-test)
+((quick)) || builds+=(build-asan)
+
+setup_args() {
+	case $1 in
+	build-test) echo "--buildtype=debugoptimized -Dwerror=true" ;;
+	build-asan) echo "-Db_sanitize=address,undefined -Db_lundef=false --buildtype=debug -Dwerror=true" ;;
+	esac
+}
+
+ran_builds=()
+for b in "${builds[@]}"; do
+	section "configure $b"
+	# shellcheck disable=SC2046
+	if ! meson_setup "$b" $(setup_args "$b"); then
+		extra_failures=$((extra_failures + 1))
+		extra_notes+=("$b: meson setup failed")
+		continue
+	fi
+	section "build $b"
+	if ! ninja -C "$b" -j2; then
+		extra_failures=$((extra_failures + 1))
+		extra_notes+=("$b: build failed")
+		continue
+	fi
+	ran_builds+=("$b")
+done
+
+for b in "${ran_builds[@]}"; do
+	section "test $b"
+	rm -f "$b/meson-logs/testlog.json"
+	if [[ $b == build-asan ]]; then
+		# Sanitizer reports must fail the test: abort on the first error
+		# (a signal, never a plain exit status 1 that a test could accept).
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1:print_summary=1 \
+			UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1:print_summary=1 \
+			meson test -C "$b" --print-errorlogs --num-processes 2
+	else
+		meson test -C "$b" --print-errorlogs --num-processes 2
+	fi
+	echo "meson test -C $b: exit status $?"
+	if [[ ! -s $b/meson-logs/testlog.json ]]; then
+		extra_failures=$((extra_failures + 1))
+		extra_notes+=("$b: meson test produced no results (see output above)")
+	fi
+done
+
+section "summary"
+logs=()
+for b in "${ran_builds[@]}"; do
+	[[ -s $b/meson-logs/testlog.json ]] && logs+=("$b")
+done
+
+python3 - "$extra_failures" "${#extra_notes[@]}" "${extra_notes[@]}" "${logs[@]}" <<'EOF'
+import json
+import sys
+
+extra = int(sys.argv[1])
+nnotes = int(sys.argv[2])
+notes = sys.argv[3:3 + nnotes]
+builds = sys.argv[3 + nnotes:]
+
+FAILED = {"FAIL", "TIMEOUT", "ERROR", "UNEXPECTEDPASS"}
+PASSED = {"OK", "EXPECTEDFAIL"}
+SKIPPED = {"SKIP"}
+
+tot = {"pass": 0, "fail": 0, "skip": 0}
+failures = []
+for b in builds:
+    per_suite = {}
+    with open(f"{b}/meson-logs/testlog.json") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            t = json.loads(line)
+            # meson 1.0 names tests "project:suite / name" and has no
+            # "suite" key; newer versions may add one.
+            name = t.get("name", "?")
+            suites = t.get("suite") or ([name.split(" / ", 1)[0]] if " / " in name else ["(none)"])
+            suite = ",".join(s.split(":", 1)[-1] for s in suites)
+            res = t.get("result", "ERROR")
+            c = per_suite.setdefault(suite, {"pass": 0, "fail": 0, "skip": 0})
+            if res in PASSED:
+                k = "pass"
+            elif res in SKIPPED:
+                k = "skip"
+            else:
+                k = "fail"
+                failures.append(f"{b}: {name} [{res}]")
+            c[k] += 1
+            tot[k] += 1
+    if not per_suite:
+        extra += 1
+        notes.append(f"{b}: no tests were registered")
+    print(f"{b}:")
+    print(f"  {'suite':<16} {'passed':>7} {'failed':>7} {'skipped':>8}")
+    for s in sorted(per_suite):
+        c = per_suite[s]
+        print(f"  {s:<16} {c['pass']:>7} {c['fail']:>7} {c['skip']:>8}")
+
+if failures:
+    print("failed tests:")
+    for f in failures:
+        print("  " + f)
+if notes:
+    print("other failures:")
+    for n in notes:
+        print("  " + n)
+fail = tot["fail"] + extra
+print(f"{tot['pass']} passed, {fail} failed, {tot['skip']} skipped")
+sys.exit(1 if fail else 0)
+EOF
+rc=$?
+if ((rc > 1)); then
+	echo "test.sh: summarising the results failed (status $rc)" >&2
+	echo "0 passed, $((extra_failures + 1)) failed, 0 skipped"
+	exit 1
+fi
+exit "$rc"

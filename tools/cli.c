@@ -1,0 +1,163 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+const char *cli_prog = "qcow2-img";
+
+int cli_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	if (!s || !*s || *s == '-')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 0);
+	if (errno || end == s)
+		return -EINVAL;
+	switch (*end) {
+	case '\0': break;
+	case 'b': case 'B': shift = 0; end++; break;
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: return -EINVAL;
+	}
+	if (*end == 'i' || *end == 'B')
+		end++;
+	if (*end == 'B')
+		end++;
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -ERANGE;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+void cli_human_size(uint64_t v, char *buf, int len)
+{
+	static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+	int u = 0;
+	double d = (double)v;
+
+	while (d >= 1024 && u < 6) {
+		d /= 1024;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, (size_t)len, "%" PRIu64 " B", v);
+	else if (d == (double)(uint64_t)d)
+		snprintf(buf, (size_t)len, "%" PRIu64 " %s", (uint64_t)d, units[u]);
+	else
+		snprintf(buf, (size_t)len, "%.3g %s", d, units[u]);
+}
+
+int cli_common_opt(struct cli_open *o, int opt, const char *arg)
+{
+	uint64_t v;
+
+	switch (opt) {
+	case 'i':
+		if (!strcmp(arg, "io_uring"))
+			o->backend = QCOW2_BACKEND_IO_URING;
+		else if (!strcmp(arg, "sync"))
+			o->backend = QCOW2_BACKEND_SYNC;
+		else {
+			fprintf(stderr, "%s: unknown backend '%s' (io_uring or sync)\n",
+				cli_prog, arg);
+			return -1;
+		}
+		return 1;
+	case 't':
+		if (!strcmp(arg, "none"))
+			o->buffered = false;
+		else if (!strcmp(arg, "writeback"))
+			o->buffered = true;
+		else {
+			fprintf(stderr, "%s: unknown cache mode '%s' (none or writeback)\n",
+				cli_prog, arg);
+			return -1;
+		}
+		return 1;
+	case 'f':
+		if (!strcmp(arg, "qcow2"))
+			o->raw = false;
+		else if (!strcmp(arg, "raw"))
+			o->raw = true;
+		else {
+			fprintf(stderr, "%s: unsupported format '%s' (qcow2 or raw)\n",
+				cli_prog, arg);
+			return -1;
+		}
+		return 1;
+	case 0x100:
+	case 0x101:
+		if (cli_parse_size(arg, &v) < 0 || v == 0 || v > (1ull << 32)) {
+			fprintf(stderr, "%s: invalid size '%s'\n", cli_prog, arg);
+			return -1;
+		}
+		if (opt == 0x100)
+			o->l2_cache = v;
+		else
+			o->l2_slice = (uint32_t)v;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+int cli_open_image(const struct cli_open *o, const char *path,
+		   struct qcow2_ctx **ctx, struct qcow2_image **img)
+{
+	struct qcow2_ctx_opts co = { .backend = o->backend,
+				     .queue_depth = o->depth ? o->depth : 256 };
+	struct qcow2_open_opts oo = { 0 };
+	struct qcow2_error err = { "" };
+	int ret;
+
+	ret = qcow2_ctx_new(&co, ctx);
+	if (ret < 0) {
+		fprintf(stderr, "%s: cannot set up the %s backend: %s\n", cli_prog,
+			o->backend == QCOW2_BACKEND_SYNC ? "sync" : "io_uring",
+			strerror(-ret));
+		return ret;
+	}
+	oo.flags = (o->buffered ? QCOW2_OPEN_BUFFERED : 0) |
+		   (o->raw ? QCOW2_OPEN_RAW : 0) | (o->rdwr ? QCOW2_OPEN_RDWR : 0);
+	oo.l2_cache_size = o->l2_cache;
+	oo.l2_slice_size = o->l2_slice;
+	ret = qcow2_open(*ctx, path, &oo, img, &err);
+	if (ret < 0) {
+		fprintf(stderr, "%s: %s: %s\n", cli_prog, path,
+			err.msg[0] ? err.msg : strerror(-ret));
+		qcow2_ctx_free(*ctx);
+		*ctx = NULL;
+		return ret;
+	}
+	return 0;
+}
+
+void cli_close_image(struct qcow2_ctx *ctx, struct qcow2_image *img)
+{
+	qcow2_close(img);
+	qcow2_ctx_free(ctx);
+}
+
+void cli_progress(bool enabled, uint64_t done, uint64_t total)
+{
+	if (!enabled)
+		return;
+	fprintf(stderr, "    (%.2f/100%%)\r", total ? 100.0 * (double)done / (double)total : 100.0);
+	if (done >= total)
+		fputc('\n', stderr);
+	fflush(stderr);
+}

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/* Shared command-line plumbing of the tools: options every command takes,
+ * size parsing, opening an image with a context. */
+#ifndef QCOW2_TOOLS_CLI_H
+#define QCOW2_TOOLS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "qcow2.h"
+
+extern const char *cli_prog; /* "qcow2-img", "qcow2-io" */
+
+struct cli_open {
+	enum qcow2_backend backend;  /* -i io_uring|sync */
+	bool buffered;               /* -t writeback (default none: O_DIRECT) */
+	bool raw;                    /* -f raw */
+	bool rdwr;
+	uint64_t l2_cache;           /* --l2-cache */
+	uint32_t l2_slice;           /* --l2-slice */
+	unsigned depth;              /* io_uring queue depth */
+};
+
+/* Parse the shared options; returns 1 when opt was one, 0 when not, -1 on a
+ * bad value (message printed). */
+int cli_common_opt(struct cli_open *o, int opt, const char *arg);
+/* Parse "4k", "1M", "2G", "512" (binary suffixes k/K M G T). */
+int cli_parse_size(const char *s, uint64_t *out);
+/* Human-readable size: "64 KiB", "1 GiB", "1.5 MiB". */
+void cli_human_size(uint64_t v, char *buf, int len);
+/* Open path with a new context; prints "prog: path: reason" on failure. */
+int cli_open_image(const struct cli_open *o, const char *path,
+		   struct qcow2_ctx **ctx, struct qcow2_image **img);
+void cli_close_image(struct qcow2_ctx *ctx, struct qcow2_image *img);
+/* A progress line on stderr when it is a terminal (or forced): "    (42.00/100%)". */
+void cli_progress(bool enabled, uint64_t done, uint64_t total);
+
+#define CLI_COMMON_LONGOPTS \
+	{ "backend", required_argument, 0, 'i' }, \
+	{ "cache", required_argument, 0, 't' }, \
+	{ "format", required_argument, 0, 'f' }, \
+	{ "l2-cache", required_argument, 0, 0x100 }, \
+	{ "l2-slice", required_argument, 0, 0x101 }
+
+#define CLI_COMMON_HELP \
+	"  -i, --backend io_uring|sync   IO backend (default io_uring)\n" \
+	"  -t, --cache none|writeback    none: O_DIRECT (default); writeback: page cache\n" \
+	"  -f, --format qcow2|raw        format of IMAGE (default qcow2; never probed)\n" \
+	"      --l2-cache BYTES          L2 cache size (default: map the whole disk, <= 32M)\n" \
+	"      --l2-slice BYTES          L2 slice size (default 4k)\n"
+
+#endif

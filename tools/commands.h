@@ -1,0 +1,11 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/* The subcommands of qcow2-img; each returns the process exit status. */
+#ifndef QCOW2_TOOLS_COMMANDS_H
+#define QCOW2_TOOLS_COMMANDS_H
+
+int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif
