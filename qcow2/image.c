@@ -499,15 +499,24 @@ static void close_cb(void *opaque, int ret)
 	w->ret = ret;
 }
 
-/* Write everything back; a few rounds, since decrements applied after one
- * flush (rule 3) dirty refcount blocks again. */
+static bool frees_pending(const struct qcow2_image *img)
+{
+	return img->frees_waiting_len || img->frees_flushing_len ||
+	       img->frees_ready_pos < img->frees_ready_len;
+}
+
+/*
+ * Write everything back. Decrements released by a flush (rule 3) may need
+ * refcount slices loaded, and they dirty refcount blocks again: run them to
+ * completion, then flush again, until nothing is left (a few rounds).
+ */
 static void close_flush(struct qcow2_image *img)
 {
-	for (int round = 0; round < 4; round++) {
+	for (int round = 0; round < 8; round++) {
 		struct close_wait w = { false, 0 };
 
-		if (round > 0 && !qcow2_has_dirty_metadata(img) && !img->data_unsynced &&
-		    !img->frees_waiting_len)
+		if (round > 0 && !qcow2_has_dirty_metadata(img) &&
+		    !img->data_unsynced && !frees_pending(img))
 			break;
 		if (writeback_start(img, QCOW2_FLUSH_CLOSE, close_cb, &w) < 0)
 			break;
@@ -516,6 +525,11 @@ static void close_flush(struct qcow2_image *img)
 				break;
 		if (!w.done || w.ret < 0)
 			break;
+		/* Let the released decrements finish their slice loads. */
+		while (img->frees_ready_pos < img->frees_ready_len &&
+		       qcow2_ctx_inflight(img->ctx) > 0)
+			if (qcow2_ctx_process(img->ctx, true) < 0)
+				return;
 	}
 }
 

@@ -243,6 +243,13 @@ int read_start(struct qcow2_image *img, uint64_t offset,
 /* Detect the block size and buffer alignment O_DIRECT needs for fd. */
 void detect_alignment(int fd, uint32_t *align, uint32_t *mem_align);
 
+/* Where the image's clusters end: the file as opened, or, once we allocate,
+ * the end of the last cluster we allocated. */
+static inline uint64_t image_end(const struct qcow2_image *img)
+{
+	return img->wb ? img->alloc_end : img->file.size;
+}
+
 static inline uint64_t align_down(uint64_t v, uint64_t a)
 {
 	return v / a * a;

@@ -157,14 +157,14 @@ int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 			return -EIO;
 		}
 		if (k == L2_READ_DATA && !img->has_data_file &&
-		    host >= img->file.size) {
+		    host >= image_end(img)) {
 			if (ext->len)
 				break;
 			image_set_error(img,
 					"corrupt image: guest offset 0x%llx maps to host offset "
 					"0x%llx, beyond the end of the file (%llu bytes)",
 					(unsigned long long)pos, (unsigned long long)host,
-					(unsigned long long)img->file.size);
+					(unsigned long long)image_end(img));
 			return -EIO;
 		}
 		if (k == L2_READ_COMPRESSED) {

@@ -137,6 +137,7 @@ struct cluster_write {
 	uint64_t new_l2;
 	uint64_t old_l2;        /* shared table being copied, or 0 */
 	bool l2_copied;
+	bool l2_zeroed;         /* the new table's last slice is dirty */
 	bool have_host, counted, fresh;
 	uint64_t host;
 	uint8_t *buf;           /* whole-cluster COW buffer */
@@ -426,8 +427,20 @@ static int cw_l2(struct cluster_write *cw)
 		}
 		return -EAGAIN; /* the copy's callbacks resume */
 	}
-	/* A new table is all zeros on disk (appended); a copied one was just
-	 * written. Its slices load from the file as needed. */
+	if (!cw->old_l2 && !cw->l2_zeroed) {
+		/* A new table reads zeros (appended), but the file may end
+		 * before it: its last slice goes into the cache dirty, so the
+		 * write-back writes it (covering the table) before the L1
+		 * entry, whatever happens to the rest. */
+		struct slice *s;
+		ret = slice_cache_create(img->l2_cache, cw->new_l2 + img->cluster_size -
+							img->l2_slice_size,
+					 &cw->waiter, &s);
+		if (ret < 0 && ret != -EEXIST)
+			return ret;
+		cw->l2_zeroed = true;
+	}
+	/* A copied table was just written. Slices load from the file. */
 	img->l1[cw->l1_idx] = cw->new_l2 | QCOW_OFLAG_COPIED;
 	image_mark_l1_dirty(img, (uint32_t)cw->l1_idx);
 	if (cw->old_l2)

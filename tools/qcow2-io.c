@@ -88,8 +88,8 @@ static int run_command(struct io_state *st, int argc, char **argv)
 	double t0;
 	int ret;
 
-	optind = 1;
-	while ((opt = getopt(argc, argv, "P:zuqvC")) != -1) {
+	optind = 0; /* a full reset of glibc's getopt state between commands */
+	while ((opt = getopt(argc, argv, "+P:zuqvC")) != -1) {
 		switch (opt) {
 		case 'P':
 			if (parse_pattern(optarg, &pattern) < 0) {

@@ -143,8 +143,9 @@ check() {
 		return
 	fi
 	if ((rc == 1)) && [[ ! -s $err ]]; then
-		echo "FAIL $what: exit 1 with nothing on stderr"
-		failures+=("$name: silent failure")
+		echo "FAIL $what: exit 1 with nothing on stderr; stdout was:"
+		sed 's/^/  > /' "$W/$name.out" | head -n 10
+		failures+=("$name: exit 1, no message on stderr")
 		return
 	fi
 	if ((reject)); then

@@ -6,7 +6,10 @@
   qtest.py gen-compress-src OUT SIZE CL   raw file mixing compressible, partly
                                           compressible, random and zero clusters
   qtest.py gen-raw OUT SIZE SEED          raw file of per-64k-block patterns
-  qtest.py gen-random-ops SIZE N SEED     qemu-io commands, one per line
+  qtest.py gen-random-ops SIZE N SEED [ALIGN]
+                                          qemu-io commands, one per line; with
+                                          ALIGN, offsets and lengths are
+                                          multiples of ALIGN
   qtest.py diff REF OUT                   describe where two raw files differ
   qtest.py check-map QEMU_MAP_JSON EXPR   evaluate EXPR over qemu-img map
                                           extents (list "m"); exit 1 if false
@@ -107,8 +110,24 @@ def gen_raw(out, size, seed):
             f.write(bytes([0xE1]) * rest)
 
 
-def gen_random_ops(size, n, seed):
+def gen_random_ops(size, n, seed, align=1):
     rnd = random.Random(seed)
+    if align > 1:
+        for _ in range(n):
+            r = rnd.random()
+            nb = size // align
+            ln = rnd.choice([1, rnd.randint(1, 8), rnd.randint(1, max(1, 65536 // align)),
+                             rnd.randint(1, max(1, 300000 // align))])
+            ln = min(ln, nb)
+            off = rnd.randint(0, nb - ln)
+            off, ln = off * align, ln * align
+            if r < 0.8:
+                print("write -P 0x%02x %d %d" % (rnd.randint(1, 255), off, ln))
+            elif r < 0.9:
+                print("write -z%s %d %d" % (" -u" if rnd.random() < 0.5 else "", off, ln))
+            else:
+                print("discard %d %d" % (off, ln))
+        return
     for _ in range(n):
         r = rnd.random()
         ln = rnd.choice([rnd.randint(1, 4096), rnd.randint(1, 65536),
@@ -223,7 +242,7 @@ def main():
     elif cmd == "gen-raw":
         gen_raw(a[1], int(a[2]), int(a[3]))
     elif cmd == "gen-random-ops":
-        gen_random_ops(int(a[1]), int(a[2]), int(a[3]))
+        gen_random_ops(int(a[1]), int(a[2]), int(a[3]), int(a[4]) if len(a) > 4 else 1)
     elif cmd == "diff":
         diff(a[1], a[2])
     elif cmd == "check-map":
