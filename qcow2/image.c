@@ -54,6 +54,18 @@ static void set_err(struct qcow2_error *err, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* Say which file of the chain an error is about: "WHAT NAME: reason". */
+static void prefix_err(struct qcow2_error *err, const char *what,
+		       const char *name)
+{
+	char inner[sizeof(err->msg)];
+
+	if (!err)
+		return;
+	memcpy(inner, err->msg, sizeof(inner));
+	set_err(err, "%s%s: %s", what, name, inner);
+}
+
 /* A path recorded in an image is relative to the image's directory. */
 static char *resolve_relative(const char *image_path, const char *name)
 {
@@ -71,16 +83,16 @@ static char *resolve_relative(const char *image_path, const char *name)
 	return out;
 }
 
-struct l2_load_io {
+struct slice_load_io {
 	struct file_read fr;
 	struct iovec iov;
 	struct slice_cache *cache;
 	struct slice *slice;
 };
 
-static void l2_load_done(struct file_read *fr, int err)
+static void slice_load_done(struct file_read *fr, int err)
 {
-	struct l2_load_io *io = (struct l2_load_io *)fr;
+	struct slice_load_io *io = (struct slice_load_io *)fr;
 	struct slice_cache *c = io->cache;
 	struct slice *s = io->slice;
 
@@ -88,10 +100,11 @@ static void l2_load_done(struct file_read *fr, int err)
 	slice_cache_load_done(c, s, err);
 }
 
-static int l2_load(void *opaque, struct slice_cache *c, struct slice *s)
+int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s)
 {
 	struct qcow2_image *img = opaque;
-	struct l2_load_io *io = malloc(sizeof(*io));
+	struct slice_load_io *io = malloc(sizeof(*io));
+	uint32_t size = slice_cache_slice_size(c);
 	int ret;
 
 	if (!io)
@@ -99,9 +112,9 @@ static int l2_load(void *opaque, struct slice_cache *c, struct slice *s)
 	io->cache = c;
 	io->slice = s;
 	io->iov.iov_base = s->data;
-	io->iov.iov_len = img->l2_slice_size;
-	ret = file_read_start(img->ctx, &img->file, s->key, &io->iov, 1,
-			      img->l2_slice_size, false, &io->fr, l2_load_done);
+	io->iov.iov_len = size;
+	ret = file_read_start(img->ctx, &img->file, s->key, &io->iov, 1, size,
+			      false, &io->fr, slice_load_done);
 	if (ret < 0)
 		free(io);
 	return ret;
@@ -147,7 +160,8 @@ static int setup_l2_cache(struct qcow2_image *img,
 		return -EINVAL;
 	}
 	return slice_cache_new((uint32_t)slice, (uint32_t)nslots,
-			       img->file.mem_align, l2_load, img, &img->l2_cache);
+			       img->file.mem_align, image_load_slice, img,
+			       &img->l2_cache);
 }
 
 static int load_l1(struct qcow2_image *img, struct qcow2_error *err)
@@ -282,11 +296,8 @@ static int open_backing(struct qcow2_image *img,
 		return -ENOMEM;
 	ret = open_chain(img->ctx, path, &bopts, &img->backing, err, ids,
 			 depth + 1);
-	if (ret < 0 && err) {
-		char inner[sizeof(err->msg)];
-		memcpy(inner, err->msg, sizeof(inner));
-		set_err(err, "backing file %s: %s", path, inner);
-	}
+	if (ret < 0)
+		prefix_err(err, "backing file ", path);
 	free(path);
 	return ret;
 }
@@ -312,11 +323,8 @@ static int open_data_file(struct qcow2_image *img,
 	ret = qfile_open(&img->data_store, path, img->flags & QCOW2_OPEN_RDWR,
 			 !(img->flags & QCOW2_OPEN_BUFFERED), err ? err->msg : NULL,
 			 err ? sizeof(err->msg) : 0);
-	if (ret < 0 && err) {
-		char inner[sizeof(err->msg)];
-		memcpy(inner, err->msg, sizeof(inner));
-		set_err(err, "external data file: %s", inner);
-	}
+	if (ret < 0)
+		prefix_err(err, "external data file", "");
 	free(path);
 	if (ret < 0)
 		return ret;

@@ -169,6 +169,8 @@ struct qcow2_image {
 
 void image_set_error(struct qcow2_image *img, const char *fmt, ...)
 	QCOW2_PRINTF(2, 3);
+/* slice_load_fn of the image's caches: read the slice from the image file. */
+int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s);
 
 /* Allocation (cluster_alloc.c) */
 struct cluster_write;

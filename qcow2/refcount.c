@@ -72,42 +72,6 @@ void refblock_set(uint8_t *slice, uint64_t i, uint32_t order, uint64_t v)
 	}
 }
 
-struct rc_load_io {
-	struct file_read fr;
-	struct iovec iov;
-	struct slice_cache *cache;
-	struct slice *slice;
-};
-
-static void rc_load_done(struct file_read *fr, int err)
-{
-	struct rc_load_io *io = (struct rc_load_io *)fr;
-	struct slice_cache *c = io->cache;
-	struct slice *s = io->slice;
-
-	free(io);
-	slice_cache_load_done(c, s, err);
-}
-
-static int rc_load(void *opaque, struct slice_cache *c, struct slice *s)
-{
-	struct qcow2_image *img = opaque;
-	struct rc_load_io *io = malloc(sizeof(*io));
-	int ret;
-
-	if (!io)
-		return -ENOMEM;
-	io->cache = c;
-	io->slice = s;
-	io->iov.iov_base = s->data;
-	io->iov.iov_len = img->rc_slice_size;
-	ret = file_read_start(img->ctx, &img->file, s->key, &io->iov, 1,
-			      img->rc_slice_size, false, &io->fr, rc_load_done);
-	if (ret < 0)
-		free(io);
-	return ret;
-}
-
 int refcount_open(struct qcow2_image *img)
 {
 	const struct qcow2_header *h = &img->hdr;
@@ -149,7 +113,8 @@ int refcount_open(struct qcow2_image *img)
 	if (nslots < 16)
 		nslots = 16;
 	ret = slice_cache_new(img->rc_slice_size, (uint32_t)nslots,
-			      img->file.mem_align, rc_load, img, &img->rc_cache);
+			      img->file.mem_align, image_load_slice, img,
+			      &img->rc_cache);
 	return ret;
 }
 

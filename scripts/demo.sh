@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A tour of the read path: build, make a sample image with qemu-img, then
-#   qcow2-img info / map / convert (compared with qemu-img convert) / bench.
+# A tour of the engine: build, make a sample image with qemu-img, then
+#   qcow2-img info / map / convert (compared with qemu-img convert) / bench,
+#   and writes through qcow2-io judged by qemu-img (compare with qemu-io's
+#   result on a copy; check).
 #
 #   ./scripts/demo.sh            everything (installs missing Debian packages)
 #   DEMO_DIR=/some/dir ./scripts/demo.sh
@@ -129,6 +131,34 @@ section "bench: qcow2-img bench -c 20000 sample.qcow2"
 "$img_tool" bench -c 20000 sample.qcow2 || step_failed "qcow2-img bench (exit $?)"
 section "for reference: qemu-img bench -c 20000 -t none sample.qcow2"
 qemu-img bench -c 20000 -t none -f qcow2 sample.qcow2 2>&1 | tail -n 3
+
+section "write path: qcow2-io writes, qemu-img judges"
+cp sample.qcow2 written.qcow2
+w_cmds=(
+	"write -P 0xb1 0 64k"
+	"write -P 0xb2 $((500 << 20)) 1M"
+	"write -z 100M 2M"
+	"discard 200M 4M"
+	"flush"
+	"read -P 0xb2 $((500 << 20)) 1M"
+)
+w_args=()
+for c in "${w_cmds[@]}"; do
+	echo "+ qcow2-io -c '$c' written.qcow2"
+	w_args+=(-c "$c")
+done
+"$io_tool" "${w_args[@]}" written.qcow2 >/dev/null || step_failed "qcow2-io writes"
+echo "+ the same commands through qemu-io on another copy, then qemu-img compare"
+cp sample.qcow2 written-qemu.qcow2
+qemu-io -f qcow2 "${w_args[@]}" written-qemu.qcow2 >/dev/null
+if qemu-img compare -q written.qcow2 written-qemu.qcow2; then
+	echo "  identical contents"
+else
+	step_failed "qcow2-io and qemu-io wrote different contents"
+fi
+echo "+ qemu-img check written.qcow2"
+qemu-img check written.qcow2 || step_failed "qemu-img check after our writes"
+rm -f written-qemu.qcow2
 
 rm -f sample-qemu.raw base.raw
 section "done"
