@@ -278,10 +278,13 @@ static void free_worker(struct qcow2_image *img)
 		int ret;
 
 		img->free_waiter.wake = free_worker_wake;
-		if (writeback_frozen(img, &img->free_waiter)) {
+		ret = writeback_gate(img, &img->free_waiter);
+		if (ret == -EAGAIN) {
 			img->free_worker_parked = true;
 			return;
 		}
+		if (ret < 0)
+			return; /* metadata cannot change: the clusters stay leaked */
 		ret = refcount_update(img, host, -1, &img->free_waiter);
 		if (ret == -EAGAIN) {
 			img->free_worker_parked = true;

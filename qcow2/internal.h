@@ -179,7 +179,7 @@ struct cluster_write;
  * it holds old bytes); otherwise, and always for tables, it is appended at
  * the end (*fresh true: it reads zeros until written). The caller adds its
  * refcount. Returns 0, -EAGAIN (w queued: call again), or -errno.
- * Metadata must not be frozen (writeback_frozen()).
+ * Callers pass writeback_gate() first.
  */
 int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
 		  uint64_t *host, bool *fresh);
@@ -195,9 +195,13 @@ void cluster_alloc_trim(struct qcow2_image *img);
 /* Write-back (writeback.c) */
 int writeback_init(struct qcow2_image *img);
 void writeback_free(struct qcow2_image *img);
-/* True while a flush runs: metadata must not change (it is being written in
- * dependency order). Mutators park w and retry when woken. */
-bool writeback_frozen(struct qcow2_image *img, struct slice_waiter *w);
+/*
+ * May metadata change now? 0 yes; -EAGAIN while a flush runs (metadata is
+ * being written in dependency order): w is parked and woken at its end; or
+ * the error of the last write-back, which failed: metadata changes fail
+ * until a write-back succeeds.
+ */
+int writeback_gate(struct qcow2_image *img, struct slice_waiter *w);
 int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
 		    qcow2_complete_fn cb, void *opaque);
 void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx);

@@ -313,6 +313,14 @@ void slice_cache_clean(struct slice_cache *c, struct slice *s, bool redirtied)
 	wake_all(full, 0);
 }
 
+void slice_cache_fail_waiters(struct slice_cache *c, int err)
+{
+	struct slice_waiter *full = c->full_waiters;
+
+	c->full_waiters = NULL;
+	wake_all(full, err);
+}
+
 unsigned slice_cache_dirty_count(const struct slice_cache *c)
 {
 	return c->ndirty;

@@ -68,6 +68,9 @@ void slice_cache_mark_dirty(struct slice_cache *c, struct slice *s);
  * (redirtied). Wakes requests waiting for a free slot. */
 void slice_cache_clean(struct slice_cache *c, struct slice *s, bool redirtied);
 unsigned slice_cache_dirty_count(const struct slice_cache *c);
+/* A write-back failed: requests waiting for a free slot get its error
+ * (dirty slices that could not be written still hold every slot). */
+void slice_cache_fail_waiters(struct slice_cache *c, int err);
 /* The i-th slot, for write-back scans over all slots (0 <= i < capacity). */
 struct slice *slice_cache_slot(struct slice_cache *c, uint32_t i);
 /* Drop a clean slice from the cache (its table was freed). */

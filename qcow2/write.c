@@ -13,7 +13,7 @@
  *   table, are serialised; different clusters proceed in parallel.
  *
  * Metadata changes happen in the caches, never while a flush is writing
- * them back (writeback_frozen()).
+ * them back (writeback_gate()).
  */
 #include <endian.h>
 #include <errno.h>
@@ -393,8 +393,9 @@ static int cw_l2(struct cluster_write *cw)
 		cw->allocating_l2 = true;
 		cw->old_l2 = e & L1E_OFFSET_MASK;
 	}
-	if (writeback_frozen(img, &cw->waiter))
-		return -EAGAIN;
+	ret = writeback_gate(img, &cw->waiter);
+	if (ret < 0)
+		return ret;
 	if (!cw->have_l2) {
 		bool fresh;
 		ret = cluster_alloc(img, true, &cw->waiter, &cw->new_l2, &fresh);
@@ -508,8 +509,9 @@ static int cw_alloc(struct cluster_write *cw)
 	struct qcow2_image *img = cw->img;
 	int ret;
 
-	if (writeback_frozen(img, &cw->waiter))
-		return -EAGAIN;
+	ret = writeback_gate(img, &cw->waiter);
+	if (ret < 0)
+		return ret;
 	if (!cw->have_host) {
 		ret = cluster_alloc(img, false, &cw->waiter, &cw->host, &cw->fresh);
 		if (ret < 0)
@@ -693,8 +695,9 @@ static int cw_update(struct cluster_write *cw)
 	uint64_t idx, e;
 	int ret;
 
-	if (writeback_frozen(cw->img, &cw->waiter))
-		return -EAGAIN;
+	ret = writeback_gate(cw->img, &cw->waiter);
+	if (ret < 0)
+		return ret;
 	ret = cw_entry_slice(cw, &s, &idx);
 	if (ret < 0)
 		return ret;

@@ -20,7 +20,9 @@
  *
  * Stages with nothing to write are skipped, and so are syncs nothing needs.
  * While a flush runs, metadata is frozen: requests that would change it
- * wait (writeback_frozen()) and resume when it ends; data IO continues.
+ * wait (writeback_gate()) and resume when it ends; data IO continues.
+ * After a failed write-back, metadata changes fail with its error until a
+ * later write-back (a client flush, the timer) succeeds.
  * Clusters dropped before the flush began are decremented after it ends
  * (rule 3, cluster_alloc.c). A flush requested while one runs is served by
  * the next round.
@@ -66,6 +68,7 @@ struct writeback {
 	bool next_requested;
 	enum qcow2_flush_cause next_cause;
 	struct slice_waiter *frozen; /* mutators waiting for the end */
+	int failed;                  /* the last write-back's error, or 0 */
 };
 
 static uint64_t now_ns(void)
@@ -91,15 +94,18 @@ void writeback_free(struct qcow2_image *img)
 	img->wb = NULL;
 }
 
-bool writeback_frozen(struct qcow2_image *img, struct slice_waiter *w)
+int writeback_gate(struct qcow2_image *img, struct slice_waiter *w)
 {
 	struct writeback *wb = img->wb;
 
-	if (!wb || wb->stage == WB_IDLE)
-		return false;
-	w->next = wb->frozen;
-	wb->frozen = w;
-	return true;
+	if (!wb)
+		return -EROFS;
+	if (wb->stage != WB_IDLE) {
+		w->next = wb->frozen;
+		wb->frozen = w;
+		return -EAGAIN;
+	}
+	return wb->failed;
 }
 
 bool qcow2_has_dirty_metadata(const struct qcow2_image *img)
@@ -313,7 +319,18 @@ static void wb_finish(struct writeback *wb)
 	wb->current = NULL;
 	wb->frozen = NULL;
 	wb->error = 0;
+	/* Until a write-back succeeds, metadata cannot change: dirty slices
+	 * that cannot be written hold the caches, and requests would wait
+	 * for room forever. */
+	wb->failed = err;
 	cluster_frees_flush_done(img, err);
+	if (err) {
+		/* Requests waiting for room held by unwritable slices fail
+		 * rather than retry forever. */
+		slice_cache_fail_waiters(img->l2_cache, err);
+		if (img->rc_cache)
+			slice_cache_fail_waiters(img->rc_cache, err);
+	}
 	/* Mutators resume; then the flush's waiters learn the outcome. */
 	while (frozen) {
 		struct slice_waiter *w = frozen;

@@ -6,18 +6,23 @@
 # that errno, the driver must not crash, and the image left behind must
 # have no corruption (leaks are allowed).
 #
-#   faults.sh EIO|ENOSPC|READ-EIO
+#   faults.sh EIO|ENOSPC|READ-EIO|EIO-TINY-CACHE
+# EIO-TINY-CACHE: the failure persists and the L2 cache holds one slice, so
+# requests wait for room that dirty, unwritable slices hold: they must fail
+# with the error, not wait forever.
 # Environment: RANDOM_IO (required), QCOW2_TEST_WORKDIR. Exit 0/1/77.
 set -euo pipefail
-mode=${1:?usage: faults.sh EIO|ENOSPC|READ-EIO}
+mode=${1:?usage: faults.sh EIO|ENOSPC|READ-EIO|EIO-TINY-CACHE}
 command -v qemu-img >/dev/null || { echo "SKIP: qemu-img not installed"; exit 77; }
 : "${RANDOM_IO:?RANDOM_IO must name the random_io driver}"
 work=${QCOW2_TEST_WORKDIR:-$PWD/fault-work}/$mode
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
+extra=()
 case $mode in
 EIO) errno=EIO ops=w,f ;;
+EIO-TINY-CACHE) errno=EIO ops=w,f extra=(--fail-persist --l2-cache 4096) ;;
 ENOSPC) errno=ENOSPC ops=w,f ;;
 READ-EIO) errno=EIO ops=r ;;
 *) echo "faults.sh: unknown mode $mode" >&2; exit 1 ;;
@@ -31,7 +36,7 @@ for at in $(seq 1 3 90); do
 	qemu-img convert -q -O raw img.qcow2 model.raw
 	out=$("$RANDOM_IO" --backend fault --fail-at "$at" --fail-errno "$errno" \
 		--fail-ops "$ops" --expect-failure --ops 120 --depth 4 --seed "$at" \
-		img.qcow2 model.raw 2>&1) || { echo "$out"; echo "FAIL: random_io at $at"; exit 1; }
+		"${extra[@]}" img.qcow2 model.raw 2>&1) || { echo "$out"; echo "FAIL: random_io at $at"; exit 1; }
 	if grep -q -e AddressSanitizer -e 'runtime error' <<<"$out"; then
 		echo "$out"; echo "FAIL: sanitizer report with failure at $at"; exit 1
 	fi
