@@ -26,9 +26,9 @@ while [ $# -gt 0 ]; do
 done
 
 qimg=${QCOW2_IMG:-$here/build/tools/qcow2-img}
-for t in fio qemu-img python3 "$qimg"; do
-	command -v "$t" >/dev/null 2>&1 || { echo "read-bench.sh: $t not found (build first: meson setup build && ninja -C build)" >&2; exit 1; }
-done
+# shellcheck source=bench/lib.sh
+source "$here/bench/lib.sh"
+require_tools fio qemu-img python3 "$qimg"
 
 mkdir -p "$dir"
 raw="$dir/raw.img" img="$dir/image.qcow2"
@@ -41,7 +41,6 @@ fio --name=fill --filename="$raw" --size="$size" --rw=write --bs=1M --direct=1 \
 	--ioengine=io_uring --iodepth=8 --refill_buffers --output=/dev/null
 qemu-img convert -O qcow2 "$raw" "$img"
 
-median() { python3 -c 'import sys,statistics; print(int(statistics.median(float(x) for x in sys.argv[1:])))' "$@"; }
 
 fio_iops() { # rw
 	fio --name=ref --filename="$raw" --size="$size" --rw="$1" --bs=4k \
@@ -62,28 +61,19 @@ ours_iops() { # extra args
 		python3 -c 'import json,sys; print(json.load(sys.stdin)["iops"])'
 }
 
-measure() { # name command...
-	local name=$1 vals=() v
-	shift
-	for _ in $(seq "$runs"); do
-		v=$("$@")
-		vals+=("$v")
-	done
-	median "${vals[@]}"
-}
 
-echo "== machine: $(nproc) cores, $(uname -r), $(findmnt -n -o FSTYPE -T "$dir") on $(findmnt -n -o SOURCE -T "$dir")"
+machine_line "$dir"
 echo "== config: 4 KiB reads, depth $depth, $count requests per run, median of $runs runs, O_DIRECT, io_uring"
 printf '%-12s %12s %12s %12s %10s %10s\n' pattern fio-raw qemu-img qcow2-img ours/fio ours/qemu
 for pattern in sequential random; do
 	if [ $pattern = sequential ]; then
-		f=$(measure fio fio_iops read)
-		q=$(measure qemu qemu_iops)
-		o=$(measure ours ours_iops)
+		f=$(measure fio_iops read)
+		q=$(measure qemu_iops)
+		o=$(measure ours_iops)
 	else
-		f=$(measure fio fio_iops randread)
+		f=$(measure fio_iops randread)
 		q=""
-		o=$(measure ours ours_iops --random)
+		o=$(measure ours_iops --random)
 	fi
 	rf=$(python3 -c "print(f'{$o/$f:.2f}')")
 	rq=$([ -n "$q" ] && python3 -c "print(f'{$o/$q:.2f}')" || echo "n/a")

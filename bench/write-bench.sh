@@ -28,9 +28,9 @@ while [ $# -gt 0 ]; do
 done
 
 qimg=${QCOW2_IMG:-$here/build/tools/qcow2-img}
-for t in fio qemu-img python3 "$qimg"; do
-	command -v "$t" >/dev/null 2>&1 || { echo "write-bench.sh: $t not found (build first: meson setup build && ninja -C build)" >&2; exit 1; }
-done
+# shellcheck source=bench/lib.sh
+source "$here/bench/lib.sh"
+require_tools fio qemu-img python3 "$qimg"
 mkdir -p "$dir"
 raw="$dir/wraw.img" img="$dir/wimage.qcow2" empty="$dir/wempty.qcow2"
 trap 'rm -f "$raw" "$img" "$empty"' EXIT
@@ -40,8 +40,6 @@ fio --name=fill --filename="$raw" --size="$size" --rw=write --bs=1M --direct=1 \
 	--ioengine=io_uring --iodepth=8 --refill_buffers --output=/dev/null
 qemu-img convert -O qcow2 "$raw" "$img"
 
-median() { python3 -c 'import sys,statistics; print(int(statistics.median(float(x) for x in sys.argv[1:])))' "$@"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 fio_iops() { # rw
 	fio --name=ref --filename="$raw" --size="$size" --rw="$1" --bs=4k \
@@ -65,16 +63,8 @@ fresh() { rm -f "$empty"; qemu-img create -q -f qcow2 -o cluster_size=65536 "$em
 qemu_alloc() { fresh; qemu_iops "$empty"; }
 ours_alloc() { fresh; ours_iops "$empty" "$@"; }
 
-measure() {
-	local vals=() v
-	for _ in $(seq "$runs"); do
-		v=$("$@")
-		vals+=("$v")
-	done
-	median "${vals[@]}"
-}
 
-echo "== machine: $(nproc) cores, $(uname -r), $(findmnt -n -o FSTYPE -T "$dir") on $(findmnt -n -o SOURCE -T "$dir")"
+machine_line "$dir"
 echo "== config: 4 KiB writes, depth $depth, $count requests per run, median of $runs runs, O_DIRECT, io_uring"
 printf '%-24s %10s %10s %10s %9s %9s\n' case fio-raw qemu-img qcow2-img ours/fio ours/qemu
 f=$(measure fio_iops write); q=$(measure qemu_iops "$img"); o_seq=$(measure ours_iops "$img")
