@@ -9,6 +9,7 @@
  *           [--seed N] [--ops N] [--max-len N] [--depth N] [--no-meta]
  *           [--log FILE] [--fail-at N --fail-errno EIO|ENOSPC
  *            --fail-ops r,w,f [--fail-persist]] [--expect-failure]
+ *           [--sequential]   (4 KiB writes walking the disk, --depth at once)
  *           IMAGE MODEL
  */
 #include <errno.h>
@@ -43,10 +44,42 @@ static uint64_t rnd(void)
 	return seed_state;
 }
 
+/* --sequential: the next write is issued from the completion callback, as
+ * an event-loop client does (the case that once lost joined writes). */
+static struct {
+	bool on;
+	struct qcow2_image *img;
+	int model;
+	uint64_t issued, ops, next, disk, seed;
+	int failed;
+} seq;
+
+static void on_done(void *opaque, int ret);
+
+static void seq_issue(struct req *r)
+{
+	r->len = 4096;
+	r->off = seq.next % (seq.disk - r->len + 1) / 512 * 512;
+	seq.next = r->off + r->len;
+	for (uint64_t k = 0; k < r->len; k++)
+		r->buf[k] = (uint8_t)((r->off + k) / 512 * 31 + seq.seed + (k & 7));
+	if (pwrite(seq.model, r->buf, r->len, (off_t)r->off) != (ssize_t)r->len ||
+	    qcow2_write(seq.img, r->off, r->buf, r->len, on_done, r) < 0) {
+		seq.failed++;
+		r->done = true;
+		return;
+	}
+	seq.issued++;
+}
+
 static void on_done(void *opaque, int ret)
 {
 	struct req *r = opaque;
 
+	if (seq.on && ret == 0 && seq.issued < seq.ops) {
+		seq_issue(r);
+		return;
+	}
 	r->done = true;
 	r->ret = ret;
 }
@@ -86,6 +119,7 @@ int main(int argc, char **argv)
 		{ "fail-ops", required_argument, 0, 'o' },
 		{ "fail-persist", no_argument, 0, 'p' },
 		{ "expect-failure", no_argument, 0, 'x' },
+		{ "sequential", no_argument, 0, 'S' },
 		{ 0, 0, 0, 0 },
 	};
 	struct qcow2_ctx_opts co = { .backend = QCOW2_BACKEND_IO_URING, .queue_depth = 128 };
@@ -94,7 +128,7 @@ int main(int argc, char **argv)
 	struct qcow2_open_opts oo = { .flags = QCOW2_OPEN_RDWR };
 	uint64_t ops = 500, max_len = 256 << 10, seed = 1, issued = 0;
 	int depth = 8, opt, model, fails = 0, injected = 0;
-	bool no_meta = false, expect_failure = false;
+	bool no_meta = false, expect_failure = false, sequential = false;
 	const char *log_path = NULL;
 	struct qcow2_ctx *ctx;
 	struct qcow2_image *img;
@@ -128,6 +162,7 @@ int main(int argc, char **argv)
 			break;
 		case 'p': fo.fail_persist = true; break;
 		case 'x': expect_failure = true; break;
+		case 'S': sequential = true; break;
 		default: return 2;
 		}
 	}
@@ -169,6 +204,22 @@ int main(int argc, char **argv)
 			return 1;
 	}
 
+	if (sequential) {
+		seq.on = true;
+		seq.img = img;
+		seq.model = model;
+		seq.ops = ops;
+		seq.disk = in.virtual_size;
+		seq.seed = seed;
+		for (int i = 0; i < depth && seq.issued < ops; i++) {
+			reqs[i].busy = true;
+			reqs[i].kind = K_WRITE;
+			seq_issue(&reqs[i]);
+		}
+		issued = ops; /* the callbacks issue the rest */
+		if (seq.failed)
+			fails++;
+	}
 	for (;;) {
 		bool any_busy = false;
 
@@ -198,6 +249,18 @@ int main(int argc, char **argv)
 				}
 			}
 			any_busy |= r->busy;
+		}
+		if (any_busy && qcow2_ctx_inflight(ctx) == 0) {
+			/* Pending requests with no IO in flight: nothing will
+			 * ever complete them. */
+			int lost = 0;
+			for (int i = 0; i < depth; i++)
+				lost += reqs[i].busy && !reqs[i].done;
+			if (lost) {
+				fprintf(stderr, "random_io: %d requests never completed "
+					"(no IO in flight)\n", lost);
+				return 1;
+			}
 		}
 		if (issued >= ops || fails || injected) {
 			if (!any_busy)

@@ -37,6 +37,10 @@ cd "$work"
 fail() { echo "FAIL: $*" >&2; echo "(work directory kept: $work)" >&2; exit 1; }
 
 size=32M
+if [[ $args =~ --disk[[:space:]]+([0-9]+[kMG]?) ]]; then
+	size=${BASH_REMATCH[1]}
+	args=${args/--disk ${size}/}
+fi
 expect_evictions=
 if [[ $args == *--expect-evictions* ]]; then
 	expect_evictions=1
