@@ -212,6 +212,74 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 	return 0;
 }
 
+/* The first refcount table index in [first, last] without a block, or
+ * UINT64_MAX. Indexes past the table count as without. */
+static uint64_t first_uncovered(struct qcow2_image *img, uint64_t first,
+				uint64_t last)
+{
+	for (uint64_t rt = first; rt <= last; rt++)
+		if (rt >= img->reftable_entries || !img->reftable[rt])
+			return rt;
+	return UINT64_MAX;
+}
+
+int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
+		      struct slice_waiter *w, uint64_t *off)
+{
+	uint64_t per = img->refblock_entries;
+	int ret;
+
+	if (img->grow_phase && img->grower != w) {
+		w->next = img->grow_waiters;
+		img->grow_waiters = w;
+		return -EAGAIN;
+	}
+	for (;;) {
+		uint64_t a, k = 0, rt;
+
+		ret = cover_alloc_end(img, w);
+		if (ret < 0)
+			return ret;
+		a = img->alloc_end >> img->cluster_bits;
+		/* k blocks placed at a.. and the run after them: how many
+		 * ranges they touch have no block (a fixed point; k only
+		 * grows, bounded by the ranges the run spans). */
+		for (;;) {
+			uint64_t u = 0;
+			for (uint64_t r = a / per; r <= (a + k + n - 1) / per; r++)
+				if (r >= img->reftable_entries || !img->reftable[r])
+					u++;
+			if (u <= k)
+				break;
+			k = u;
+		}
+		if (k == 0)
+			break;
+		/* One more block, at alloc_end (covered above), for the first
+		 * range without one. Counted first, so that -EAGAIN leaves
+		 * nothing half done. It is a fresh cluster: its entries read
+		 * zero until the run's clusters are counted in it. */
+		rt = first_uncovered(img, a / per, (a + k + n - 1) / per);
+		if (rt >= img->reftable_entries) {
+			ret = reftable_grow(img, rt + 1, w);
+			if (ret < 0)
+				return ret;
+			continue;
+		}
+		ret = refcount_update(img, img->alloc_end, 1, w);
+		if (ret < 0)
+			return ret;
+		img->reftable[rt] = img->alloc_end;
+		image_mark_reftable_dirty(img, (uint32_t)rt);
+		img->alloc_end += img->cluster_size;
+		extend_file(img);
+	}
+	*off = img->alloc_end;
+	img->alloc_end += n << img->cluster_bits;
+	extend_file(img);
+	return 0;
+}
+
 int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
 		  uint64_t *host, bool *fresh)
 {

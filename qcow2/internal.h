@@ -183,6 +183,14 @@ struct cluster_write;
  */
 int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
 		  uint64_t *host, bool *fresh);
+/*
+ * n contiguous clusters at the end, for a table (a relocated L1). Refcount
+ * blocks the run needs are made first, before it. Returns 0 with *off set,
+ * the caller then counts each cluster; -EAGAIN (w queued: call again;
+ * blocks made stay made) or -errno.
+ */
+int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
+		      struct slice_waiter *w, uint64_t *off);
 /* Queue the decrement of a host cluster dropped by a metadata change. */
 int cluster_free_later(struct qcow2_image *img, uint64_t host);
 /* Called by the write-back machinery around a flush. */

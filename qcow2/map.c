@@ -49,7 +49,7 @@ static int check_compressed(struct qcow2_image *img, uint64_t desc,
 	compressed_range(img, desc, &host, &len);
 	if (host < img->cluster_size ||
 	    align_down(host, 512) + align_up(len + (host & 511), 512) >
-		    align_up(img->file.size, 512)) {
+		    align_up(image_end(img), 512)) {
 		image_set_error(img,
 				"corrupt image: compressed cluster for guest offset 0x%llx "
 				"(host 0x%llx, %llu bytes) lies outside the file",

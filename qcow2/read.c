@@ -432,3 +432,10 @@ int qcow2_fsync(struct qcow2_image *img)
 
 	return sync_finish(img, &w, qcow2_flush(img, sync_cb, &w));
 }
+
+int qcow2_ftruncate(struct qcow2_image *img, uint64_t size)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_truncate(img, size, sync_cb, &w));
+}

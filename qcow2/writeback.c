@@ -11,12 +11,13 @@
  *      -- fdatasync --            (also makes the data durable)
  *   2. refcount table entries     (point at blocks written in 1, rule 2)
  *      -- fdatasync --
- *   2b. header                    (points at a relocated refcount table)
- *      -- fdatasync --
  *   3. L2 slices                  (point at data and at counted clusters)
  *      -- fdatasync --
- *   4. L1 entries                 (point at L2 tables written in 3, rule 2)
+ *   4. L1 entries                 (point at L2 tables written in 3, rule 2;
+ *                                  a relocated L1 is written whole)
  *      -- fdatasync --
+ *   5. header                     (points at a relocated refcount table or
+ *      -- fdatasync --             L1 table, both written above)
  *
  * Stages with nothing to write are skipped, and so are syncs nothing needs.
  * While a flush runs, metadata is frozen: requests that would change it
@@ -36,7 +37,7 @@
 #include "internal.h"
 
 enum wb_stage {
-	WB_IDLE, WB_REFBLOCKS, WB_REFTABLE, WB_HEADER, WB_L2, WB_L1,
+	WB_IDLE, WB_REFBLOCKS, WB_REFTABLE, WB_L2, WB_L1, WB_HEADER,
 	WB_SYNC_LAST, WB_DONE
 };
 
@@ -382,17 +383,6 @@ static void wb_advance(struct writeback *wb)
 						<< img->cluster_bits,
 					img->reftable_dirty_lo, img->reftable_dirty_hi);
 			}
-			wb->stage = WB_HEADER;
-			break;
-		case WB_HEADER:
-			if (img->header_dirty && !wb->error) {
-				if (wb_sync(wb, false))
-					break; /* tables before the header */
-				img->header_dirty = false;
-				fs->header_writes++;
-				wb_submit(wb, IO_OP_WRITE, img->file.fd, 0, img->hdr_block,
-					  img->hdr_block_len, NULL, NULL, NULL);
-			}
 			wb->stage = WB_L2;
 			break;
 		case WB_L2:
@@ -416,6 +406,17 @@ static void wb_advance(struct writeback *wb)
 					align_up((uint64_t)img->l1_size * 8,
 						 img->cluster_size),
 					img->l1_dirty_lo, img->l1_dirty_hi);
+			}
+			wb->stage = WB_HEADER;
+			break;
+		case WB_HEADER:
+			if (img->header_dirty && !wb->error) {
+				if (wb_sync(wb, false))
+					break; /* tables before the header */
+				img->header_dirty = false;
+				fs->header_writes++;
+				wb_submit(wb, IO_OP_WRITE, img->file.fd, 0, img->hdr_block,
+					  img->hdr_block_len, NULL, NULL, NULL);
 			}
 			wb->stage = WB_SYNC_LAST;
 			break;

@@ -7,5 +7,7 @@ int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_create(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
 
 #endif

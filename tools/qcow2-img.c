@@ -11,6 +11,8 @@ static const struct {
 	int (*fn)(int, char **);
 	const char *what;
 } commands[] = {
+	{ "create", cmd_create, "create a qcow2 image (qemu-img's options)" },
+	{ "resize", cmd_resize, "grow an image's virtual disk" },
 	{ "info", cmd_info, "describe an image and its backing chain" },
 	{ "map", cmd_map, "show where every guest range reads from" },
 	{ "convert", cmd_convert, "copy an image's contents to a raw file" },

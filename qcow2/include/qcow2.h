@@ -279,6 +279,56 @@ int qcow2_pwrite_zeroes(struct qcow2_image *img, uint64_t offset, uint64_t len,
 			unsigned flags);
 int qcow2_pdiscard(struct qcow2_image *img, uint64_t offset, uint64_t len);
 
+/* ---- Resize ------------------------------------------------------------ */
+
+/*
+ * Grow the virtual disk to size bytes (a multiple of 512). The L1 table is
+ * relocated when it must grow; the new area reads zeros (also where a
+ * longer backing file would show through). Durable after the next flush.
+ * -ENOTSUP for shrinking or an image with internal snapshots, -EFBIG when
+ * the L1 table would exceed its limit (message in qcow2_last_error()).
+ * No other request may be in flight.
+ */
+int qcow2_truncate(struct qcow2_image *img, uint64_t size,
+		   qcow2_complete_fn cb, void *opaque);
+/* Synchronous qcow2_truncate(). */
+int qcow2_ftruncate(struct qcow2_image *img, uint64_t size);
+
+/* ---- Creating images ---------------------------------------------------- */
+
+enum qcow2_prealloc {
+	QCOW2_PREALLOC_OFF = 0,
+	QCOW2_PREALLOC_METADATA, /* L2 tables and data clusters mapped, sparse */
+	QCOW2_PREALLOC_FALLOC,   /* ... and the data clusters fallocate()d */
+	QCOW2_PREALLOC_FULL,     /* ... and written with zeros */
+};
+
+struct qcow2_create_opts {
+	uint64_t size;                /* bytes; rounded up to 512 */
+	uint32_t cluster_size;        /* 0: 64 KiB */
+	uint32_t refcount_bits;       /* 0: 16 */
+	uint32_t version;             /* 2 (compat 0.10) or 3 (1.1); 0: 3 */
+	bool extended_l2;
+	bool lazy_refcounts;
+	enum qcow2_compression compression_type;
+	const char *backing_file;     /* stored as given */
+	const char *backing_format;   /* "qcow2", "raw" or NULL */
+	const char *data_file;        /* external data file, created */
+	bool data_file_raw;
+	enum qcow2_prealloc preallocation;
+	/* Called now and then during preallocation (may be NULL). */
+	void (*progress)(void *opaque, uint64_t done, uint64_t total);
+	void *progress_opaque;
+};
+
+/*
+ * Create a qcow2 image at path (replacing any file there) with synchronous
+ * IO. Option combinations qemu-img refuses are refused with the same
+ * explanation in err (-EINVAL); IO errors return -errno.
+ */
+int qcow2_create(const char *path, const struct qcow2_create_opts *opts,
+		 struct qcow2_error *err);
+
 /* ---- Block status ------------------------------------------------------ */
 
 enum qcow2_extent_type {
