@@ -307,6 +307,90 @@ int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
 	return 0;
 }
 
+/*
+ * Compressed clusters are packed: the current host cluster (cz_cluster)
+ * takes blobs until full. It holds one extra reference of its own (the
+ * hold) while it takes blobs, so that it cannot drop to zero and be reused
+ * for data when every blob in it has been overwritten; the hold is dropped
+ * (as an ordinary deferred free) when the next cluster is started, or at
+ * close. A crash with a hold on disk leaks nothing worse than that cluster.
+ * With refcounts too narrow for a hold (1 or 2 bits), blobs get a cluster
+ * each.
+ */
+int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
+			uint64_t blob_len, struct slice_waiter *w, uint64_t *host,
+			uint64_t touch[2], int64_t delta[2], int *ntouch)
+{
+	uint64_t cs = img->cluster_size, max_rc, n, end;
+	bool fresh, hold, span;
+	int ret;
+
+	max_rc = img->refcount_order == 6 ? UINT64_MAX :
+		 (1ull << (1u << img->refcount_order)) - 1;
+	hold = max_rc >= 3;
+	end = img->cz_cluster + cs;
+	if (img->cz_cluster && img->cz_off + reserve <= end &&
+	    img->cz_blobs + 2 <= max_rc) {
+		*host = img->cz_off;
+		touch[0] = img->cz_cluster;
+		delta[0] = 1;
+		*ntouch = 1;
+		img->cz_off += reserve;
+		img->cz_blobs++;
+		return 0;
+	}
+	ret = cluster_alloc(img, false, w, &n, &fresh);
+	if (ret < 0)
+		return ret;
+	/* Continue across the boundary when the new cluster follows. */
+	span = img->cz_cluster && n == end && img->cz_off < end &&
+	       img->cz_blobs + 2 <= max_rc;
+	*ntouch = 0;
+	if (span) {
+		*host = img->cz_off;
+		touch[0] = img->cz_cluster;
+		delta[0] = 1;
+		*ntouch = 1;
+	} else {
+		*host = n;
+	}
+	if (*host + blob_len > n) {
+		touch[*ntouch] = n;
+		delta[*ntouch] = 1;
+		(*ntouch)++;
+	}
+	if (img->cz_cluster)
+		cluster_free_later(img, img->cz_cluster); /* its hold */
+	img->cz_cluster = 0;
+	img->cz_off = 0;
+	if (hold && *host + reserve < n + cs) {
+		img->cz_cluster = n;
+		img->cz_off = *host + reserve;
+		img->cz_blobs = *host + blob_len > n ? 1 : 0;
+		if (*ntouch && touch[*ntouch - 1] == n) {
+			delta[*ntouch - 1]++;
+		} else {
+			touch[*ntouch] = n;
+			delta[*ntouch] = 1;
+			(*ntouch)++;
+		}
+	}
+	if (!*ntouch) {
+		/* Reserved, not referenced, not held: count nothing, the
+		 * cluster stays free (cannot happen: blobs are not empty). */
+		return -EINVAL;
+	}
+	return 0;
+}
+
+void cluster_alloc_bytes_release(struct qcow2_image *img)
+{
+	if (img->cz_cluster)
+		cluster_free_later(img, img->cz_cluster);
+	img->cz_cluster = 0;
+	img->cz_off = 0;
+}
+
 int cluster_free_later(struct qcow2_image *img, uint64_t host)
 {
 	return vec_push(&img->frees_waiting, &img->frees_waiting_len,

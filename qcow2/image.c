@@ -520,6 +520,7 @@ static bool frees_pending(const struct qcow2_image *img)
  */
 static void close_flush(struct qcow2_image *img)
 {
+	cluster_alloc_bytes_release(img);
 	for (int round = 0; round < 8; round++) {
 		struct close_wait w = { false, 0 };
 

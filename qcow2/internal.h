@@ -152,6 +152,10 @@ struct qcow2_image {
 	uint64_t *frees_ready;       /* decrement now */
 	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
 	struct slice_waiter free_waiter;
+	/* Packing of compressed clusters (cluster_alloc_bytes) */
+	uint64_t cz_cluster;         /* cluster taking blobs, held; or 0 */
+	uint64_t cz_off;             /* its next free byte */
+	uint64_t cz_blobs;           /* blobs counted in it */
 	bool free_worker_parked;
 	struct writeback *wb;
 
@@ -191,6 +195,17 @@ int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
  */
 int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 		      struct slice_waiter *w, uint64_t *off);
+/*
+ * Room for a compressed cluster: blob_len bytes referenced by its
+ * descriptor, reserve bytes (blob_len rounded up to the block size)
+ * written. Returns 0 with *host, and the clusters to count: touch[i] gets
+ * +delta[i] (the caller applies them, resumably); -EAGAIN or -errno.
+ */
+int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
+			uint64_t blob_len, struct slice_waiter *w, uint64_t *host,
+			uint64_t touch[2], int64_t delta[2], int *ntouch);
+/* Drop the hold on the cluster compressed data was packed into (close). */
+void cluster_alloc_bytes_release(struct qcow2_image *img);
 /* Queue the decrement of a host cluster dropped by a metadata change. */
 int cluster_free_later(struct qcow2_image *img, uint64_t host);
 /* Called by the write-back machinery around a flush. */

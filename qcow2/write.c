@@ -30,7 +30,7 @@
 #define container_of(ptr, type, member) \
 	((type *)((char *)(ptr) - offsetof(type, member)))
 
-enum write_kind { WRITE_DATA, WRITE_ZEROES, WRITE_DISCARD };
+enum write_kind { WRITE_DATA, WRITE_ZEROES, WRITE_DISCARD, WRITE_COMPRESSED };
 
 struct write_req {
 	struct qcow2_image *img;
@@ -147,6 +147,10 @@ struct cluster_write {
 	struct file_read fw;
 	struct req_slice rs;
 	struct iovec buf_iov;
+	/* WRITE_COMPRESSED: clusters to count for the blob at host */
+	uint64_t ctouch[2];
+	int64_t cdelta[2];
+	int ntouch, ncounted;
 };
 
 static void cw_run(struct cluster_write *cw);
@@ -378,7 +382,8 @@ static int cw_l2(struct cluster_write *cw)
 		return 0;
 	}
 	if (!(e & L1E_OFFSET_MASK) && !cw->allocating_l2 &&
-	    cw->kind != WRITE_DATA && !needs_zero_flag(img)) {
+	    (cw->kind == WRITE_ZEROES || cw->kind == WRITE_DISCARD) &&
+	    !needs_zero_flag(img)) {
 		cw->state = CW_DONE; /* unmapped already reads zeros */
 		return 0;
 	}
@@ -483,6 +488,10 @@ static int cw_lookup(struct cluster_write *cw)
 	memcpy(&e, s->data + idx * 8, 8);
 	e = be64toh(e);
 	cw->old_entry = e;
+	if (cw->kind == WRITE_COMPRESSED) {
+		cw->state = CW_ALLOC; /* always a new place: blobs are packed */
+		return 0;
+	}
 	if (cw->kind != WRITE_DATA) {
 		cw->state = CW_UPDATE; /* metadata only */
 		return 0;
@@ -504,6 +513,39 @@ static int cw_lookup(struct cluster_write *cw)
 	return 0;
 }
 
+/* The compressed data's bytes, padded with zeros to the block size. */
+static uint64_t compressed_reserve(const struct cluster_write *cw)
+{
+	return align_up(cw->req->iov[0].iov_len, cw->img->block_size);
+}
+
+static int cw_alloc_compressed(struct cluster_write *cw)
+{
+	struct qcow2_image *img = cw->img;
+	uint64_t clen = cw->req->iov[0].iov_len;
+	int ret;
+
+	if (!cw->have_host) {
+		ret = cluster_alloc_bytes(img, compressed_reserve(cw),
+					  align_up(clen, 512), &cw->waiter,
+					  &cw->host, cw->ctouch, cw->cdelta,
+					  &cw->ntouch);
+		if (ret < 0)
+			return ret;
+		cw->have_host = true;
+	}
+	while (cw->ncounted < cw->ntouch) {
+		ret = refcount_update(img, cw->ctouch[cw->ncounted],
+				      cw->cdelta[cw->ncounted], &cw->waiter);
+		if (ret < 0)
+			return ret;
+		cw->ncounted++;
+	}
+	img->stats.allocated_clusters++;
+	cw->state = CW_WRITE;
+	return 0;
+}
+
 static int cw_alloc(struct cluster_write *cw)
 {
 	struct qcow2_image *img = cw->img;
@@ -512,6 +554,8 @@ static int cw_alloc(struct cluster_write *cw)
 	ret = writeback_gate(img, &cw->waiter);
 	if (ret < 0)
 		return ret;
+	if (cw->kind == WRITE_COMPRESSED)
+		return cw_alloc_compressed(cw);
 	if (!cw->have_host) {
 		ret = cluster_alloc(img, false, &cw->waiter, &cw->host, &cw->fresh);
 		if (ret < 0)
@@ -643,7 +687,22 @@ static int cw_write(struct cluster_write *cw)
 	struct iovec *iov;
 	int iovcnt, ret;
 
-	if (cw->buf) {
+	if (cw->kind == WRITE_COMPRESSED) {
+		uint64_t clen = cw->req->iov[0].iov_len;
+
+		cw->buf_len = compressed_reserve(cw);
+		if (posix_memalign((void **)&cw->buf, img->file.mem_align,
+				   cw->buf_len))
+			return -ENOMEM;
+		memcpy(cw->buf, cw->req->iov[0].iov_base, clen);
+		memset(cw->buf + clen, 0, cw->buf_len - clen);
+		cw->buf_iov.iov_base = cw->buf;
+		cw->buf_iov.iov_len = cw->buf_len;
+		iov = &cw->buf_iov;
+		iovcnt = 1;
+		off = cw->host;
+		len = cw->buf_len;
+	} else if (cw->buf) {
 		if (cw->req->kind == WRITE_ZEROES)
 			memset(cw->buf + cw->a, 0, cw->b - cw->a);
 		else
@@ -703,6 +762,11 @@ static int cw_update(struct cluster_write *cw)
 		return ret;
 	if (cw->kind == WRITE_DATA) {
 		e = cw->host | QCOW_OFLAG_COPIED;
+	} else if (cw->kind == WRITE_COMPRESSED) {
+		uint64_t sectors = align_up(cw->req->iov[0].iov_len, 512) / 512;
+		unsigned x = 62 - (cw->img->cluster_bits - 8);
+
+		e = QCOW_OFLAG_COMPRESSED | ((sectors - 1) << x) | cw->host;
 	} else {
 		e = meta_entry(cw, cw->old_entry);
 		cw->host = e & L2E_OFFSET_MASK; /* kept, if any */
@@ -1040,4 +1104,52 @@ int qcow2_discard(struct qcow2_image *img, uint64_t offset, uint64_t len,
 {
 	return wreq_start(img, WRITE_DISCARD, 0, offset, NULL, 0, len, cb,
 			  opaque);
+}
+
+int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset,
+			   const void *data, size_t len, qcow2_complete_fn cb,
+			   void *opaque)
+{
+	struct write_req *req;
+	uint64_t csize;
+	int ret;
+
+	if (!img || !cb || !data || !len)
+		return -EINVAL;
+	if (!(img->flags & QCOW2_OPEN_RDWR) || !img->wb)
+		return -EROFS;
+	if (img->has_data_file || img->block_size > img->cluster_size) {
+		image_set_error(img, "compressed clusters need the image's own "
+				"file and blocks no larger than a cluster");
+		return -ENOTSUP;
+	}
+	if (offset % img->cluster_size || offset >= img->virtual_size ||
+	    len >= img->cluster_size)
+		return -EINVAL;
+	csize = img->virtual_size - offset < img->cluster_size ?
+			img->virtual_size - offset : img->cluster_size;
+	req = calloc(1, sizeof(*req));
+	if (!req)
+		return -ENOMEM;
+	req->iov = req->iov_inline;
+	req->iov[0].iov_base = (void *)data;
+	req->iov[0].iov_len = len;
+	req->iovcnt = 1;
+	req->img = img;
+	req->kind = WRITE_COMPRESSED;
+	req->offset = offset;
+	req->len = csize;
+	req->cb = cb;
+	req->opaque = opaque;
+	req->pending = 1;
+	req->in_submit = true;
+	req->waiter.wake = write_wake;
+	img->stats.write_requests++;
+	img->stats.write_bytes += csize;
+	ret = start_cluster_write(req, WRITE_COMPRESSED, offset, 0, csize);
+	if (ret < 0)
+		req->error = ret;
+	wreq_put(req, 0);
+	req->in_submit = false;
+	return 0;
 }

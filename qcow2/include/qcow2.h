@@ -279,6 +279,28 @@ int qcow2_pwrite_zeroes(struct qcow2_image *img, uint64_t offset, uint64_t len,
 			unsigned flags);
 int qcow2_pdiscard(struct qcow2_image *img, uint64_t offset, uint64_t len);
 
+/* ---- Compressed clusters ----------------------------------------------- */
+
+/*
+ * Compress len bytes (one guest cluster) of src into dst (cap bytes) in the
+ * image's format (qcow2_info.compression_type). Thread-safe and touches no
+ * image: run it on worker threads. Returns 0 with *out_len set, -ENOSPC
+ * when the result does not fit in cap (write the cluster uncompressed;
+ * pass cap = cluster_size - 1 so that compression must save something).
+ */
+int qcow2_compress(enum qcow2_compression type, const void *src, size_t len,
+		   void *dst, size_t cap, size_t *out_len);
+/*
+ * Store one guest cluster (offset cluster-aligned; the last cluster may be
+ * partial) as compressed data from qcow2_compress(). Compressed clusters
+ * share host clusters, packed at block granularity. The cluster's old
+ * contents are replaced and freed. -ENOTSUP for images with an external
+ * data file, or whose blocks are larger than a cluster.
+ */
+int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset,
+			   const void *data, size_t len, qcow2_complete_fn cb,
+			   void *opaque);
+
 /* ---- Resize ------------------------------------------------------------ */
 
 /*
