@@ -211,11 +211,6 @@ static int check_writable(struct qcow2_image *img, struct qcow2_error *err)
 			"is not supported yet; open it read-only");
 		return -ENOTSUP;
 	}
-	if (incompat & QCOW2_INCOMPAT_DATA_FILE) {
-		set_err(err, "writing images with an external data file is not "
-			"supported yet; open it read-only");
-		return -ENOTSUP;
-	}
 	return 0;
 }
 
@@ -248,6 +243,24 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 	ret = qfile_pread_sync(&img->file, img->hdr_block, img->hdr_block_len, 0);
 	if (ret < 0)
 		return ret;
+	if (img->hdr.version >= 3 &&
+	    (img->hdr.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+		/* Persistent bitmaps are not kept up to date by our writes: the
+		 * autoclear bit is cleared, durably, before the first one, so
+		 * that nobody trusts them afterwards (the spec's rule for
+		 * writers that do not maintain a feature). */
+		uint64_t v = htobe64(img->hdr.autoclear_features &
+				     ~QCOW2_AUTOCLEAR_BITMAPS);
+		memcpy(img->hdr_block + 88, &v, 8);
+		if (pwrite(img->file.fd, img->hdr_block, img->hdr_block_len, 0) !=
+			    (ssize_t)img->hdr_block_len ||
+		    fdatasync(img->file.fd) < 0) {
+			set_err(err, "cannot clear the bitmaps bit in the header: %s",
+				strerror(errno));
+			return -EIO;
+		}
+		img->hdr.autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
+	}
 	ret = refcount_open(img);
 	if (ret < 0) {
 		set_err(err, "%s", img->last_error[0] ? img->last_error :

@@ -65,7 +65,7 @@ static int req_slice_init(struct req_slice *rs, struct write_req *req,
 	int n;
 
 	rs->zeros = NULL;
-	if (req->kind == WRITE_ZEROES) {
+	if (req->kind == WRITE_ZEROES || req->kind == WRITE_DISCARD) {
 		/* Partial clusters of a zero request: write zeros. */
 		if (posix_memalign(&rs->zeros, req->img->file.mem_align, len))
 			return -ENOMEM;
@@ -239,10 +239,21 @@ static int start_inplace(struct write_req *req, uint64_t host, uint64_t len)
 
 /* ---- cluster writes ---------------------------------------------------- */
 
-static bool entry_in_place(uint64_t e)
+/* The entry maps a host cluster. With an external data file, clusters are
+ * mapped one to one and guest cluster 0 lives at host offset 0: COPIED
+ * says it is mapped. */
+static bool entry_mapped(const struct qcow2_image *img, uint64_t e)
+{
+	if (e & QCOW_OFLAG_COMPRESSED)
+		return false;
+	return (e & L2E_OFFSET_MASK) ||
+	       (img->has_data_file && (e & QCOW_OFLAG_COPIED));
+}
+
+static bool entry_in_place(const struct qcow2_image *img, uint64_t e)
 {
 	return !(e & (QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO)) &&
-	       (e & QCOW_OFLAG_COPIED) && (e & L2E_OFFSET_MASK);
+	       (e & QCOW_OFLAG_COPIED) && entry_mapped(img, e);
 }
 
 static void cw_wake(struct slice_waiter *w, int err)
@@ -325,8 +336,7 @@ static uint64_t meta_entry(const struct cluster_write *cw, uint64_t old)
 	/* zeros (v3 only: the cursor writes zero data into v2 images with a
 	 * backing file, and unmapped v2 clusters without one read zeros) */
 	if (!(cw->req->flags & QCOW2_ZERO_UNMAP) &&
-	    !(old & QCOW_OFLAG_COMPRESSED) && (old & QCOW_OFLAG_COPIED) &&
-	    (old & L2E_OFFSET_MASK) && v3)
+	    (old & QCOW_OFLAG_COPIED) && entry_mapped(img, old) && v3)
 		return (old & L2E_OFFSET_MASK) | QCOW_OFLAG_ZERO | QCOW_OFLAG_COPIED;
 	return v3 ? QCOW_OFLAG_ZERO : 0;
 }
@@ -496,14 +506,14 @@ static int cw_lookup(struct cluster_write *cw)
 		cw->state = CW_UPDATE; /* metadata only */
 		return 0;
 	}
-	if (entry_in_place(e)) {
+	if (entry_in_place(cw->img, e)) {
 		cw->in_place = true;
 		cw->host = e & L2E_OFFSET_MASK;
 		cw->state = CW_WRITE;
 		return 0;
 	}
 	if (!(e & QCOW_OFLAG_COMPRESSED) && (e & QCOW_OFLAG_ZERO) &&
-	    (e & QCOW_OFLAG_COPIED) && (e & L2E_OFFSET_MASK)) {
+	    (e & QCOW_OFLAG_COPIED) && entry_mapped(cw->img, e)) {
 		/* preallocated zero cluster of our own: write into it */
 		cw->host = e & L2E_OFFSET_MASK;
 		cw->have_host = cw->counted = true;
@@ -556,6 +566,13 @@ static int cw_alloc(struct cluster_write *cw)
 		return ret;
 	if (cw->kind == WRITE_COMPRESSED)
 		return cw_alloc_compressed(cw);
+	if (img->has_data_file && !cw->have_host) {
+		/* The data file maps guest clusters one to one and has no
+		 * refcounts; it may hold stale bytes there (not fresh). */
+		cw->host = cw->guest;
+		cw->have_host = cw->counted = true;
+		cw->fresh = false;
+	}
 	if (!cw->have_host) {
 		ret = cluster_alloc(img, false, &cw->waiter, &cw->host, &cw->fresh);
 		if (ret < 0)
@@ -583,7 +600,7 @@ static bool old_reads_zero(struct cluster_write *cw)
 		return false;
 	if (e & QCOW_OFLAG_ZERO)
 		return true;
-	if (e & L2E_OFFSET_MASK)
+	if (entry_mapped(img, e))
 		return false;
 	return !img->backing || cw->guest >= img->backing->virtual_size;
 }
@@ -703,7 +720,7 @@ static int cw_write(struct cluster_write *cw)
 		off = cw->host;
 		len = cw->buf_len;
 	} else if (cw->buf) {
-		if (cw->req->kind == WRITE_ZEROES)
+		if (cw->req->kind == WRITE_ZEROES || cw->req->kind == WRITE_DISCARD)
 			memset(cw->buf + cw->a, 0, cw->b - cw->a);
 		else
 			iov_to_buf(cw->req->iov, cw->req->iovcnt, cw->req_off,
@@ -737,6 +754,8 @@ static void free_old(struct cluster_write *cw)
 	struct qcow2_image *img = cw->img;
 	uint64_t e = cw->old_entry;
 
+	if (img->has_data_file)
+		return; /* data clusters are not counted */
 	if (e & QCOW_OFLAG_COMPRESSED) {
 		uint64_t host, len;
 		compressed_range(img, e & ((1ull << 62) - 1), &host, &len);
@@ -922,6 +941,10 @@ static void meta_advance(struct write_req *req)
 	struct qcow2_image *img = req->img;
 	const uint64_t cs = img->cluster_size;
 	bool v2_backing = img->hdr.version < 3 && needs_zero_flag(img);
+	/* A raw data file must read as the disk: zeros are written into it,
+	 * for discards too (their clusters read zeros afterwards). */
+	bool raw_data = img->has_data_file &&
+			(img->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW);
 
 	while (req->pos < req->len && !req->error) {
 		uint64_t guest = req->offset + req->pos;
@@ -936,8 +959,9 @@ static void meta_advance(struct write_req *req)
 
 		if (req->kind == WRITE_DISCARD) {
 			if (whole)
-				ret = start_cluster_write(req, WRITE_DISCARD, cluster, a, b);
-		} else if (whole && !v2_backing) {
+				ret = start_cluster_write(req, raw_data ? WRITE_DATA :
+							  WRITE_DISCARD, cluster, a, b);
+		} else if (whole && !v2_backing && !raw_data) {
 			ret = start_cluster_write(req, WRITE_ZEROES, cluster, a, b);
 		} else {
 			ret = start_cluster_write(req, WRITE_DATA, cluster, a, b);
@@ -983,7 +1007,7 @@ static void write_advance(struct write_req *req)
 		} else {
 			e = 0;
 		}
-		if (ret == 1 || !entry_in_place(e) ||
+		if (ret == 1 || !entry_in_place(img, e) ||
 		    cluster_allocating(img, cluster)) {
 			ret = start_cluster_write(req, WRITE_DATA, cluster, a, b);
 			if (ret < 0) {
@@ -1006,7 +1030,7 @@ static void write_advance(struct write_req *req)
 				break;
 			memcpy(&n, s->data + nidx * 8, 8);
 			n = be64toh(n);
-			if (!entry_in_place(n) ||
+			if (!entry_in_place(img, n) ||
 			    (n & L2E_OFFSET_MASK) != (e & L2E_OFFSET_MASK) + cs ||
 			    cluster_allocating(img, next))
 				break;

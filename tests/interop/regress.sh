@@ -16,6 +16,7 @@ CASES=(
 	qcow2-io-options-reset
 	discard-frees-cluster-of-earlier-session
 	zero-unmap-frees-cluster-of-earlier-session
+	writes-invalidate-persistent-bitmaps
 )
 
 if [[ ${1:-} == --list ]]; then
@@ -97,6 +98,26 @@ discard-frees-cluster-of-earlier-session | zero-unmap-frees-cluster-of-earlier-s
 	check_clean img.qcow2
 	qemu-io -f qcow2 -c 'read -P 0 0 64k' -c 'read -P 0x22 1M 64k' img.qcow2 >/dev/null ||
 		die "qemu-io does not read the expected contents"
+	;;
+writes-invalidate-persistent-bitmaps)
+	# We do not maintain persistent dirty bitmaps: writing without marking
+	# them inconsistent would let a backup tool trust a bitmap that misses
+	# our writes. The autoclear bit must be cleared before the first write.
+	qemu-img create -q -f qcow2 img.qcow2 16M
+	qemu-img bitmap --add img.qcow2 backup0
+	qemu-img info img.qcow2 | grep -q backup0 || die "qemu-img did not add the bitmap"
+	qcow2io -c 'write -P 0x11 0 64k' img.qcow2
+	autoclear=$(python3 -c '
+import struct, sys
+print(struct.unpack(">Q", open(sys.argv[1], "rb").read(96)[88:96])[0])' img.qcow2)
+	((autoclear & 1)) && die "the bitmaps autoclear bit is still set after our write"
+	qemu-img info img.qcow2 2>&1 | grep -q backup0 && die "qemu-img still trusts the bitmap"
+	rc=0
+	qemu-img check img.qcow2 >check.txt 2>&1 || rc=$?
+	cat check.txt
+	# the bitmaps' clusters are unreferenced now: leaks, never corruption
+	((rc == 0 || rc == 3)) || die "qemu-img check exit $rc after writes to an image with bitmaps"
+	qemu-io -f qcow2 -c 'read -P 0x11 0 64k' img.qcow2 >/dev/null || die "data"
 	;;
 *)
 	die "unknown case '$case_name'"
