@@ -206,11 +206,6 @@ static int check_writable(struct qcow2_image *img, struct qcow2_error *err)
 			"all, or open it read-only");
 		return -ENOTSUP;
 	}
-	if (incompat & QCOW2_INCOMPAT_EXTL2) {
-		set_err(err, "writing images with extended L2 entries (subclusters) "
-			"is not supported yet; open it read-only");
-		return -ENOTSUP;
-	}
 	return 0;
 }
 
@@ -230,6 +225,13 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 		set_err(err, "clusters or L2 slices (%u bytes) are smaller than the "
 			"device's block (%u bytes): open it with the writeback cache "
 			"mode to write it", img->l2_slice_size, img->file.align);
+		return -ENOTSUP;
+	}
+	if (img->data->direct &&
+	    (1ull << img->subcluster_bits) % img->data->align) {
+		set_err(err, "subclusters (%llu bytes) are smaller than the device's "
+			"block (%u bytes): open it with the writeback cache mode to "
+			"write it", 1ull << img->subcluster_bits, img->data->align);
 		return -ENOTSUP;
 	}
 	/* The header's first block, rewritten in place when header fields

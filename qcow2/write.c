@@ -147,6 +147,10 @@ struct cluster_write {
 	struct file_read fw;
 	struct req_slice rs;
 	struct iovec buf_iov;
+	/* Extended L2: the old subcluster bitmap; the part of the cluster
+	 * written, [lo, hi) (whole subclusters, or the whole cluster) */
+	uint64_t old_bitmap;
+	uint64_t lo, hi;
 	/* WRITE_COMPRESSED: clusters to count for the blob at host */
 	uint64_t ctouch[2];
 	int64_t cdelta[2];
@@ -256,6 +260,57 @@ static bool entry_in_place(const struct qcow2_image *img, uint64_t e)
 	       (e & QCOW_OFLAG_COPIED) && entry_mapped(img, e);
 }
 
+#define EXTL2_ALLOC_ALL 0x00000000ffffffffull
+#define EXTL2_ZERO_ALL 0xffffffff00000000ull
+
+/* Entry idx of an L2 slice; bitmap 0 without extended L2. */
+static void entry_get(const struct qcow2_image *img, const uint8_t *slice,
+		      uint64_t idx, uint64_t *e, uint64_t *bitmap)
+{
+	memcpy(e, slice + idx * img->l2_entry_size, 8);
+	*e = be64toh(*e);
+	*bitmap = 0;
+	if (img->extl2) {
+		memcpy(bitmap, slice + idx * 16 + 8, 8);
+		*bitmap = be64toh(*bitmap);
+	}
+}
+
+static void entry_set(const struct qcow2_image *img, uint8_t *slice,
+		      uint64_t idx, uint64_t e, uint64_t bitmap)
+{
+	e = htobe64(e);
+	memcpy(slice + idx * img->l2_entry_size, &e, 8);
+	if (img->extl2) {
+		bitmap = htobe64(bitmap);
+		memcpy(slice + idx * 16 + 8, &bitmap, 8);
+	}
+}
+
+/* Allocation bits of the subclusters [a, b) of a cluster touches. */
+static uint64_t sc_mask(const struct qcow2_image *img, uint64_t a, uint64_t b)
+{
+	unsigned first = (unsigned)(a >> img->subcluster_bits);
+	unsigned last = (unsigned)((b - 1) >> img->subcluster_bits);
+
+	return ((2ull << last) - 1) & ~((1ull << first) - 1);
+}
+
+/* Written in place with no metadata change: mapped, ours, and (extended
+ * L2) every subcluster [a, b) touches already allocated. */
+static bool range_in_place(const struct qcow2_image *img, uint64_t e,
+			   uint64_t bitmap, uint64_t a, uint64_t b)
+{
+	uint64_t m;
+
+	if (!entry_in_place(img, e))
+		return false;
+	if (!img->extl2)
+		return true;
+	m = sc_mask(img, a, b);
+	return (bitmap & m) == m;
+}
+
 static void cw_wake(struct slice_waiter *w, int err)
 {
 	struct cluster_write *cw = container_of(w, struct cluster_write, waiter);
@@ -339,6 +394,23 @@ static uint64_t meta_entry(const struct cluster_write *cw, uint64_t old)
 	    (old & QCOW_OFLAG_COPIED) && entry_mapped(img, old) && v3)
 		return (old & L2E_OFFSET_MASK) | QCOW_OFLAG_ZERO | QCOW_OFLAG_COPIED;
 	return v3 ? QCOW_OFLAG_ZERO : 0;
+}
+
+/* meta_entry() for extended L2 (whole clusters): zero subclusters. */
+static uint64_t meta_entry_ext(const struct cluster_write *cw, uint64_t old,
+			       uint64_t *bitmap)
+{
+	const struct qcow2_image *img = cw->img;
+
+	if (cw->kind == WRITE_DISCARD) {
+		*bitmap = needs_zero_flag(img) ? EXTL2_ZERO_ALL : 0;
+		return 0;
+	}
+	*bitmap = EXTL2_ZERO_ALL;
+	if (!(cw->req->flags & QCOW2_ZERO_UNMAP) &&
+	    (old & QCOW_OFLAG_COPIED) && entry_mapped(img, old))
+		return (old & L2E_OFFSET_MASK) | QCOW_OFLAG_COPIED;
+	return 0;
 }
 
 static void l2_copy_read(struct file_read *fw, int err)
@@ -495,8 +567,7 @@ static int cw_lookup(struct cluster_write *cw)
 
 	if (ret < 0)
 		return ret;
-	memcpy(&e, s->data + idx * 8, 8);
-	e = be64toh(e);
+	entry_get(cw->img, s->data, idx, &e, &cw->old_bitmap);
 	cw->old_entry = e;
 	if (cw->kind == WRITE_COMPRESSED) {
 		cw->state = CW_ALLOC; /* always a new place: blobs are packed */
@@ -506,11 +577,18 @@ static int cw_lookup(struct cluster_write *cw)
 		cw->state = CW_UPDATE; /* metadata only */
 		return 0;
 	}
-	if (entry_in_place(cw->img, e)) {
+	if (range_in_place(cw->img, e, cw->old_bitmap, cw->a, cw->b)) {
 		cw->in_place = true;
 		cw->host = e & L2E_OFFSET_MASK;
 		cw->state = CW_WRITE;
 		return 0;
+	}
+	if (cw->img->extl2 && entry_in_place(cw->img, e)) {
+		/* Our cluster: allocate the subclusters in it (COW of the
+		 * partly written ones only), then set their bits. */
+		cw->host = e & L2E_OFFSET_MASK;
+		cw->have_host = cw->counted = true;
+		cw->fresh = false;
 	}
 	if (!(e & QCOW_OFLAG_COMPRESSED) && (e & QCOW_OFLAG_ZERO) &&
 	    (e & QCOW_OFLAG_COPIED) && entry_mapped(cw->img, e)) {
@@ -617,19 +695,73 @@ static void cow_read_done(void *opaque, int err)
 	}
 }
 
+/* Extended L2: does the old entry need the whole cluster copied (its data
+ * lives elsewhere: compressed, or shared with a snapshot)? Otherwise only
+ * the partly written subclusters are filled. */
+static bool cow_whole_cluster(const struct cluster_write *cw)
+{
+	uint64_t e = cw->old_entry;
+
+	if (!cw->img->extl2)
+		return true;
+	if (e & QCOW_OFLAG_COMPRESSED)
+		return true;
+	return entry_mapped(cw->img, e) && !(e & QCOW_OFLAG_COPIED);
+}
+
+/* True when the old contents of [lo, hi) outside [a, b) read as zeros. */
+static bool edges_read_zero(struct cluster_write *cw)
+{
+	struct qcow2_image *img = cw->img;
+	uint64_t edges;
+
+	if (!img->extl2 || cow_whole_cluster(cw))
+		return old_reads_zero(cw);
+	edges = 0;
+	if (cw->lo < cw->a)
+		edges |= sc_mask(img, cw->lo, cw->a);
+	if (cw->b < cw->hi)
+		edges |= sc_mask(img, cw->b, cw->hi);
+	/* An edge may be allocated already (the write spans allocated and
+	 * unallocated subclusters): its data must be read. */
+	if (entry_in_place(img, cw->old_entry) && (cw->old_bitmap & edges))
+		return false;
+	if (((cw->old_bitmap >> 32) & edges) == edges)
+		return true;
+	return !img->backing || cw->guest >= img->backing->virtual_size;
+}
+
 static int cw_cow(struct cluster_write *cw)
 {
 	struct qcow2_image *img = cw->img;
-	uint64_t a = cw->a, b = cw->b;
+	uint64_t a = cw->a, b = cw->b, lo, hi;
 	bool zeros;
 	int ret;
 
-	if (a == 0 && b == cw->csize) {
-		cw->state = CW_WRITE; /* the request covers the cluster */
+	if (cow_whole_cluster(cw)) {
+		lo = 0;
+		hi = cw->csize;
+	} else {
+		uint64_t sc = 1ull << img->subcluster_bits;
+		lo = align_down(a, sc);
+		hi = align_up(b, sc) < cw->csize ? align_up(b, sc) : cw->csize;
+	}
+	cw->lo = lo;
+	cw->hi = hi;
+	if (a == lo && b == hi) {
+		cw->state = CW_WRITE; /* the request covers what changes */
 		return 0;
 	}
-	zeros = old_reads_zero(cw);
+	zeros = edges_read_zero(cw);
 	if (zeros && cw->fresh) {
+		if (img->extl2) {
+			/* The fresh cluster reads zeros around [a, b) already;
+			 * no joining: joiners would not set their bits. */
+			cw->lo = a;
+			cw->hi = b;
+			cw->state = CW_WRITE;
+			return 0;
+		}
 		/* The rest of the cluster reads zeros: other writes to it may
 		 * join instead of waiting for us. */
 		struct cluster_write *list = cw->blocked;
@@ -639,7 +771,7 @@ static int cw_cow(struct cluster_write *cw)
 		wake_list(list);
 		return 0;
 	}
-	cw->buf_len = align_up(cw->csize, img->block_size);
+	cw->buf_len = align_up(hi - lo, img->block_size);
 	if (posix_memalign((void **)&cw->buf, img->file.mem_align, cw->buf_len))
 		return -ENOMEM;
 	memset(cw->buf, 0, cw->buf_len);
@@ -652,19 +784,20 @@ static int cw_cow(struct cluster_write *cw)
 	 * (still the old one: the L2 entry changes only after the write). */
 	cw->state = CW_COW_WAIT;
 	cw->reads_pending = 1;
-	if (a > 0) {
-		struct iovec v = { cw->buf, a };
+	if (a > lo) {
+		struct iovec v = { cw->buf, a - lo };
 		cw->reads_pending++;
-		ret = read_start(img, cw->guest, &v, 1, a, false, cow_read_done, cw);
+		ret = read_start(img, cw->guest + lo, &v, 1, a - lo, false,
+				 cow_read_done, cw);
 		if (ret < 0) {
 			cw->reads_pending--;
 			cw->err = ret;
 		}
 	}
-	if (b < cw->csize) {
-		struct iovec v = { cw->buf + b, cw->csize - b };
+	if (b < hi) {
+		struct iovec v = { cw->buf + (b - lo), hi - b };
 		cw->reads_pending++;
-		ret = read_start(img, cw->guest + b, &v, 1, cw->csize - b, false,
+		ret = read_start(img, cw->guest + b, &v, 1, hi - b, false,
 				 cow_read_done, cw);
 		if (ret < 0) {
 			cw->reads_pending--;
@@ -720,16 +853,18 @@ static int cw_write(struct cluster_write *cw)
 		off = cw->host;
 		len = cw->buf_len;
 	} else if (cw->buf) {
+		uint8_t *dst = cw->buf + (cw->a - cw->lo);
+
 		if (cw->req->kind == WRITE_ZEROES || cw->req->kind == WRITE_DISCARD)
-			memset(cw->buf + cw->a, 0, cw->b - cw->a);
+			memset(dst, 0, cw->b - cw->a);
 		else
 			iov_to_buf(cw->req->iov, cw->req->iovcnt, cw->req_off,
-				   cw->buf + cw->a, cw->b - cw->a);
+				   dst, cw->b - cw->a);
 		cw->buf_iov.iov_base = cw->buf;
 		cw->buf_iov.iov_len = cw->buf_len;
 		iov = &cw->buf_iov;
 		iovcnt = 1;
-		off = cw->host;
+		off = cw->host + cw->lo;
 		len = cw->buf_len;
 	} else {
 		ret = req_slice_init(&cw->rs, cw->req, cw->req_off, cw->b - cw->a);
@@ -769,11 +904,12 @@ static void free_old(struct cluster_write *cw)
 
 static int cw_update(struct cluster_write *cw)
 {
+	struct qcow2_image *img = cw->img;
 	struct slice *s;
-	uint64_t idx, e;
+	uint64_t idx, e, bitmap = 0;
 	int ret;
 
-	ret = writeback_gate(cw->img, &cw->waiter);
+	ret = writeback_gate(img, &cw->waiter);
 	if (ret < 0)
 		return ret;
 	ret = cw_entry_slice(cw, &s, &idx);
@@ -781,22 +917,38 @@ static int cw_update(struct cluster_write *cw)
 		return ret;
 	if (cw->kind == WRITE_DATA) {
 		e = cw->host | QCOW_OFLAG_COPIED;
+		if (img->extl2) {
+			/* Copied whole: every subcluster now reads from the
+			 * new cluster. Otherwise the written ones join those
+			 * already allocated in it; the rest keep their state. */
+			uint64_t m = sc_mask(img, cw->a, cw->b);
+			uint64_t alloc = entry_in_place(img, cw->old_entry) ?
+					 cw->old_bitmap & EXTL2_ALLOC_ALL : 0;
+
+			if (cw->lo == 0 && cw->hi == cw->csize && cow_whole_cluster(cw))
+				bitmap = EXTL2_ALLOC_ALL;
+			else
+				bitmap = (alloc | m) |
+					 (cw->old_bitmap & EXTL2_ZERO_ALL & ~(m << 32));
+		}
 	} else if (cw->kind == WRITE_COMPRESSED) {
 		uint64_t sectors = align_up(cw->req->iov[0].iov_len, 512) / 512;
-		unsigned x = 62 - (cw->img->cluster_bits - 8);
+		unsigned x = 62 - (img->cluster_bits - 8);
 
 		e = QCOW_OFLAG_COMPRESSED | ((sectors - 1) << x) | cw->host;
 	} else {
-		e = meta_entry(cw, cw->old_entry);
+		if (img->extl2)
+			e = meta_entry_ext(cw, cw->old_entry, &bitmap);
+		else
+			e = meta_entry(cw, cw->old_entry);
 		cw->host = e & L2E_OFFSET_MASK; /* kept, if any */
-		if (e == cw->old_entry) {
+		if (e == cw->old_entry && bitmap == cw->old_bitmap) {
 			cw->state = CW_DONE;
 			return 0;
 		}
 	}
-	e = htobe64(e);
-	memcpy(s->data + idx * 8, &e, 8);
-	slice_cache_mark_dirty(cw->img->l2_cache, s);
+	entry_set(img, s->data, idx, e, bitmap);
+	slice_cache_mark_dirty(img->l2_cache, s);
 	free_old(cw);
 	cw->state = CW_DONE;
 	return 0;
@@ -989,7 +1141,7 @@ static void write_advance(struct write_req *req)
 		uint64_t b = a + (req->len - req->pos) < csize ?
 				     a + (req->len - req->pos) : csize;
 		struct slice *s;
-		uint64_t first, l2_off, e, idx = 0, host, run;
+		uint64_t first, l2_off, e, bm = 0, idx = 0, host, run;
 		int ret = l2_slice_lookup(img, guest, &req->waiter, &s, &first,
 					  &l2_off);
 
@@ -1002,12 +1154,11 @@ static void write_advance(struct write_req *req)
 		if (ret == 0) {
 			idx = ((guest >> img->cluster_bits) &
 			       ((1ull << img->l2_bits) - 1)) - first;
-			memcpy(&e, s->data + idx * 8, 8);
-			e = be64toh(e);
+			entry_get(img, s->data, idx, &e, &bm);
 		} else {
 			e = 0;
 		}
-		if (ret == 1 || !entry_in_place(img, e) ||
+		if (ret == 1 || !range_in_place(img, e, bm, a, b) ||
 		    cluster_allocating(img, cluster)) {
 			ret = start_cluster_write(req, WRITE_DATA, cluster, a, b);
 			if (ret < 0) {
@@ -1022,15 +1173,16 @@ static void write_advance(struct write_req *req)
 		host = (e & L2E_OFFSET_MASK) + a;
 		run = b - a;
 		while (req->pos + run < req->len && b == cs) {
-			uint64_t next = cluster + cs, n;
+			uint64_t next = cluster + cs, n, nbm;
 			uint64_t nidx = idx + 1;
-			if (nidx >= img->l2_slice_size / 8 ||
+			if (nidx >= img->l2_slice_size / img->l2_entry_size ||
 			    (next >> (img->cluster_bits + img->l2_bits)) !=
 				    (cluster >> (img->cluster_bits + img->l2_bits)))
 				break;
-			memcpy(&n, s->data + nidx * 8, 8);
-			n = be64toh(n);
-			if (!entry_in_place(img, n) ||
+			entry_get(img, s->data, nidx, &n, &nbm);
+			if (!range_in_place(img, n, nbm, 0,
+					    img->virtual_size - next < cs ?
+						    img->virtual_size - next : cs) ||
 			    (n & L2E_OFFSET_MASK) != (e & L2E_OFFSET_MASK) + cs ||
 			    cluster_allocating(img, next))
 				break;

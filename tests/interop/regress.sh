@@ -17,6 +17,7 @@ CASES=(
 	discard-frees-cluster-of-earlier-session
 	zero-unmap-frees-cluster-of-earlier-session
 	writes-invalidate-persistent-bitmaps
+	extl2-write-allocates-only-its-subclusters
 )
 
 if [[ ${1:-} == --list ]]; then
@@ -118,6 +119,27 @@ print(struct.unpack(">Q", open(sys.argv[1], "rb").read(96)[88:96])[0])' img.qcow
 	# the bitmaps' clusters are unreferenced now: leaks, never corruption
 	((rc == 0 || rc == 3)) || die "qemu-img check exit $rc after writes to an image with bitmaps"
 	qemu-io -f qcow2 -c 'read -P 0x11 0 64k' img.qcow2 >/dev/null || die "data"
+	;;
+extl2-write-allocates-only-its-subclusters)
+	# With extended L2 entries, a write into an unallocated cluster
+	# allocates the subclusters it touches; the others keep reading the
+	# backing file (no copy-on-write of untouched subclusters).
+	qemu-img create -q -f qcow2 base.qcow2 4M
+	qemu-io -c 'write -P 0x5a 0 4M' base.qcow2 >/dev/null
+	qemu-img create -q -f qcow2 -o extended_l2=on -b base.qcow2 -F qcow2 img.qcow2 4M
+	qcow2io -c 'write -P 0x11 69632 4096' -c 'write -P 0x22 73216 1024' img.qcow2
+	check_clean img.qcow2
+	qemu-img map --output=json img.qcow2 | python3 -c '
+import json, sys
+top = [(e["start"], e["length"]) for e in json.load(sys.stdin) if e["depth"] == 0 and e["data"]]
+# cluster 1 (64k..128k), subclusters of 2 KiB: 68k..72k written, and the
+# 1 KiB write at 71.5k..72.5k touches subclusters 70k..72k and 72k..74k
+if top != [(69632, 6144)]:
+    sys.exit(f"allocated in the top image: {top}, expected [(69632, 6144)]")' ||
+		die "the write allocated more than its subclusters"
+	qemu-io -c 'read -P 0x11 69632 3584' -c 'read -P 0x22 73216 1024' \
+		-c 'read -P 0x5a 74240 1536' -c 'read -P 0x5a 65536 4096' img.qcow2 >/dev/null ||
+		die "contents around the written subclusters"
 	;;
 *)
 	die "unknown case '$case_name'"

@@ -33,6 +33,8 @@ v2          | compat=0.10,cluster_size=4k | none     | --seed 16
 refcount-1  | refcount_bits=1,cluster_size=16k | none | --seed 17
 snapshot    | cluster_size=16k            | snapshot | --seed 18
 growth      | cluster_size=512            | none     | --seed 19 --max-len 512k --no-meta --ops 150 --buffered
+extl2       | extended_l2=on,cluster_size=16k | qcow2 | --seed 21
+extl2-64k   | extended_l2=on              | none     | --seed 22 --max-len 32k
 EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi

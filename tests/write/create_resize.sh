@@ -35,18 +35,18 @@ create-2M          | cluster_size=2M                              | 64M  |
 create-v2          | compat=0.10                                  | 64M  |
 create-refcount-1  | refcount_bits=1,cluster_size=4k              | 32M  |
 create-refcount-64 | refcount_bits=64,cluster_size=4k             | 32M  |
-create-extl2       | extended_l2=on                               | 64M  | ro
+create-extl2       | extended_l2=on                               | 64M  |
 create-zstd        | compression_type=zstd                        | 64M  |
 create-lazy        | lazy_refcounts=on                            | 64M  |
 create-backing     | backing_file=base.qcow2,backing_fmt=qcow2    | 32M  |
 create-backing-raw | backing_file=base.raw,backing_fmt=raw,cluster_size=16k | 32M |
-create-datafile    | data_file=img.data                           | 32M  | ro
-create-datafile-raw| data_file=img.data,data_file_raw=on          | 32M  | ro
+create-datafile    | data_file=img.data                           | 32M  |
+create-datafile-raw| data_file=img.data,data_file_raw=on          | 32M  |
 create-pre-meta    | preallocation=metadata                       | 64M  |
 create-pre-meta-512| preallocation=metadata,cluster_size=512,refcount_bits=2 | 4M |
 create-pre-falloc  | preallocation=falloc,cluster_size=4k         | 32M  |
 create-pre-full    | preallocation=full,refcount_bits=8           | 16M  |
-create-pre-extl2-backing | preallocation=metadata,extended_l2=on,backing_file=base.qcow2,backing_fmt=qcow2 | 32M | ro
+create-pre-extl2-backing | preallocation=metadata,extended_l2=on,backing_file=base.qcow2,backing_fmt=qcow2 | 32M |
 create-odd-size    | cluster_size=64k                             | 1048676 |
 resize-64k         | cluster_size=64k                             | 3000k | +40M
 resize-l1-moves    | cluster_size=512                             | 1M   | 2G
