@@ -26,7 +26,9 @@
  *   --log FILE                      fault backend: log writes and syncs
  *   --expect-failure                a request failing with the injected errno
  *                                   is expected: stop, close, exit 0 (3 when
- *                                   the failure was never reached)
+ *                                   the failure was never reached); without
+ *                                   --fail-at, a real failure with
+ *                                   --fail-errno (a full file system)
  *   --expect-evictions              fail unless the L2/refcount caches had to
  *                                   write back dirty slices to make room
  *   --discard-reads FILE            raw file: what discarded clusters read in a
@@ -423,7 +425,7 @@ static void finish(struct req *r)
 	if (r->ret < 0) {
 		if (g.expect_failure && r->ret == -g.fail_errno) {
 			if (!g.injected)
-				printf("random_io: injected %s surfaced: request #%" PRIu64
+				printf("random_io: expected %s surfaced: request #%" PRIu64
 				       " (%s %" PRIu64 "+%" PRIu64 ") failed: %s\n",
 				       strerror(g.fail_errno), r->id, kind_name[r->kind],
 				       r->off, r->len, qcow2_last_error(g.img));
@@ -790,8 +792,10 @@ int main(int argc, char **argv)
 	if (optind != argc - 2 || depth < 1 || depth > MAX_DEPTH ||
 	    max_len < SECTOR || max_len % SECTOR)
 		usage();
-	if (g.expect_failure && (co.backend != QCOW2_BACKEND_FAULT || !fo.fail_at))
-		die("--expect-failure needs --backend fault and --fail-at");
+	/* Without --fail-at, --expect-failure waits for a real failure with
+	 * --fail-errno (a full file system). */
+	if (g.expect_failure && fo.fail_at && co.backend != QCOW2_BACKEND_FAULT)
+		die("--expect-failure with --fail-at needs --backend fault");
 	if ((log_path || g.marks_dir) && co.backend != QCOW2_BACKEND_FAULT)
 		die("--log and --marks need --backend fault");
 	if (g.marks_dir && !log_path)
@@ -1008,12 +1012,16 @@ int main(int argc, char **argv)
 	}
 	if (g.expect_failure) {
 		if (!g.injected) {
-			printf("random_io: the injected failure (operation %" PRIu64
-			       ") was not reached: the workload has fewer operations\n",
-			       fo.fail_at);
+			if (fo.fail_at)
+				printf("random_io: the injected failure (operation %" PRIu64
+				       ") was not reached: the workload has fewer operations\n",
+				       fo.fail_at);
+			else
+				printf("random_io: no request failed with %s\n",
+				       strerror(g.fail_errno));
 			return 3;
 		}
-		printf("random_io: ok: the injected %s surfaced as expected\n",
+		printf("random_io: ok: the expected %s surfaced\n",
 		       strerror(g.fail_errno));
 		return 0;
 	}
