@@ -269,6 +269,9 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 							"cannot load the refcount table");
 		return ret;
 	}
+	img->alloc_hash = calloc(ALLOC_HASH_BUCKETS, sizeof(*img->alloc_hash));
+	if (!img->alloc_hash)
+		return -ENOMEM;
 	ret = writeback_init(img);
 	if (ret < 0)
 		return ret;
@@ -566,6 +569,7 @@ void qcow2_close(struct qcow2_image *img)
 		cluster_alloc_trim(img);
 	}
 	writeback_free(img);
+	free(img->alloc_hash);
 	free(img->hdr_block);
 	refcount_close(img);
 	cluster_alloc_close(img);

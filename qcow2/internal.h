@@ -139,7 +139,10 @@ struct qcow2_image {
 	uint32_t grow_clusters;
 	uint32_t grow_counted;
 	bool data_unsynced;          /* data written since the last fdatasync */
-	struct cluster_write *allocating; /* in-flight allocations */
+	/* In-flight allocations (write.c): hashed by guest cluster, and those
+	 * allocating an L2 table. */
+	struct cluster_write **alloc_hash;
+	struct cluster_write *l2_allocators;
 	/* Reusable clusters: their dropping entries and decrements are done. */
 	uint64_t *free_pool;
 	size_t free_pool_len, free_pool_cap;
@@ -170,6 +173,8 @@ struct qcow2_image {
 	struct qcow2_stats stats;
 	char last_error[256];
 };
+
+#define ALLOC_HASH_BUCKETS 1024u
 
 void image_set_error(struct qcow2_image *img, const char *fmt, ...)
 	QCOW2_PRINTF(2, 3);

@@ -122,7 +122,8 @@ struct cluster_write {
 	uint64_t a, b;          /* the request writes [a, b) of it */
 	uint64_t req_off;       /* request buffer offset of byte a */
 	struct slice_waiter waiter;
-	struct cluster_write *next_alloc; /* img->allocating */
+	struct cluster_write *next_alloc; /* img->alloc_hash chain */
+	struct cluster_write *next_l2alloc; /* img->l2_allocators */
 	struct cluster_write *blocked;    /* same cluster, waiting for us */
 	struct cluster_write *next_blocked;
 	struct cluster_write *l2_blocked; /* same L2 table, waiting for it */
@@ -322,6 +323,13 @@ static void cw_wake(struct slice_waiter *w, int err)
 	cw_run(cw);
 }
 
+static struct cluster_write **alloc_bucket(struct qcow2_image *img,
+					   uint64_t guest)
+{
+	return &img->alloc_hash[(guest >> img->cluster_bits) &
+				(ALLOC_HASH_BUCKETS - 1)];
+}
+
 static void wake_list(struct cluster_write *list)
 {
 	while (list) {
@@ -336,7 +344,8 @@ static int cw_start(struct cluster_write *cw)
 {
 	struct qcow2_image *img = cw->img;
 
-	for (struct cluster_write *x = img->allocating; x; x = x->next_alloc) {
+	for (struct cluster_write *x = *alloc_bucket(img, cw->guest); x;
+	     x = x->next_alloc) {
 		if (x->guest != cw->guest)
 			continue;
 		if (x->joinable && cw->kind == WRITE_DATA) {
@@ -356,20 +365,33 @@ static int cw_start(struct cluster_write *cw)
 		x->blocked = cw;
 		return -EAGAIN;
 	}
-	cw->next_alloc = img->allocating;
-	img->allocating = cw;
+	cw->next_alloc = *alloc_bucket(img, cw->guest);
+	*alloc_bucket(img, cw->guest) = cw;
 	cw->state = CW_L2;
 	return 0;
 }
 
+static void l2_allocator_remove(struct cluster_write *cw)
+{
+	struct cluster_write **pp = &cw->img->l2_allocators;
+
+	while (*pp && *pp != cw)
+		pp = &(*pp)->next_l2alloc;
+	if (*pp)
+		*pp = cw->next_l2alloc;
+	cw->allocating_l2 = false;
+}
+
 static void cw_unlink(struct cluster_write *cw)
 {
-	struct cluster_write **pp = &cw->img->allocating;
+	struct cluster_write **pp = alloc_bucket(cw->img, cw->guest);
 
 	while (*pp && *pp != cw)
 		pp = &(*pp)->next_alloc;
 	if (*pp)
 		*pp = cw->next_alloc;
+	if (cw->allocating_l2)
+		l2_allocator_remove(cw);
 }
 
 static void l2_copy_written(struct file_read *fw, int err);
@@ -470,14 +492,17 @@ static int cw_l2(struct cluster_write *cw)
 		return 0;
 	}
 	if (!cw->allocating_l2) {
-		for (struct cluster_write *x = img->allocating; x; x = x->next_alloc) {
-			if (x != cw && x->allocating_l2 && x->l1_idx == cw->l1_idx) {
+		for (struct cluster_write *x = img->l2_allocators; x;
+		     x = x->next_l2alloc) {
+			if (x != cw && x->l1_idx == cw->l1_idx) {
 				cw->next_blocked = x->l2_blocked;
 				x->l2_blocked = cw;
 				return -EAGAIN;
 			}
 		}
 		cw->allocating_l2 = true;
+		cw->next_l2alloc = img->l2_allocators;
+		img->l2_allocators = cw;
 		cw->old_l2 = e & L1E_OFFSET_MASK;
 	}
 	ret = writeback_gate(img, &cw->waiter);
@@ -533,7 +558,7 @@ static int cw_l2(struct cluster_write *cw)
 	image_mark_l1_dirty(img, (uint32_t)cw->l1_idx);
 	if (cw->old_l2)
 		cluster_free_later(img, cw->old_l2);
-	cw->allocating_l2 = false;
+	l2_allocator_remove(cw);
 	{
 		struct cluster_write *list = cw->l2_blocked;
 		cw->l2_blocked = NULL;
@@ -1069,7 +1094,8 @@ static int start_cluster_write(struct write_req *req, enum write_kind kind,
 
 static bool cluster_allocating(struct qcow2_image *img, uint64_t guest)
 {
-	for (struct cluster_write *x = img->allocating; x; x = x->next_alloc)
+	for (struct cluster_write *x = *alloc_bucket(img, guest); x;
+	     x = x->next_alloc)
 		if (x->guest == guest)
 			return true;
 	return false;

@@ -69,8 +69,8 @@ static const char *usage_text =
 	"a new qcow2 image (clusters that read as zeros stay unallocated) made\n"
 	"with the -o options. With -c, every cluster is compressed (zlib, or\n"
 	"zstd with -o compression_type=zstd) on worker threads; clusters that do\n"
-	"not shrink are stored as they are. Up to 16 chunks of up to 1 MiB (and\n"
-	"at most 64 clusters; one cluster when larger) are in flight.\n"
+	"not shrink are stored as they are. Up to 16 chunks of 1 MiB (one\n"
+	"cluster, when larger) are in flight.\n"
 	"\n"
 	"Options:\n"
 	"  -O raw|qcow2                  output format\n"
@@ -335,11 +335,7 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 	c.size = si.virtual_size;
 	c.cs = di.cluster_size;
 	c.wgran = di.cluster_size > di.block_size ? di.cluster_size : di.block_size;
-	/* At most 64 clusters a chunk: the engine tracks every cluster being
-	 * allocated, and small clusters would make thousands. */
-	c.chunk = CONVERT_CHUNK < 64 * c.cs ? CONVERT_CHUNK : 64 * c.cs;
-	if (c.chunk < c.cs)
-		c.chunk = c.cs;
+	c.chunk = CONVERT_CHUNK > c.cs ? CONVERT_CHUNK : c.cs;
 	pool.type = di.compression_type;
 	pool.cluster_size = c.cs;
 	for (int i = 0; i < CONVERT_SLOTS; i++) {
