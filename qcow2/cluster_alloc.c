@@ -397,6 +397,56 @@ int cluster_free_later(struct qcow2_image *img, uint64_t host)
 			&img->frees_waiting_cap, host);
 }
 
+/* Bit 0 of a queued free (cluster offsets are aligned): punch a hole. */
+#define FREE_PUNCH 1ull
+
+int cluster_discard_later(struct qcow2_image *img, uint64_t host)
+{
+	return cluster_free_later(img, host | FREE_PUNCH);
+}
+
+struct punch {
+	struct io_op op;
+	struct qcow2_image *img;
+};
+
+static void punch_done(struct io_op *op, int64_t res)
+{
+	struct punch *p = (struct punch *)op;
+	struct qcow2_image *img = p->img;
+
+	/* Not supported by the file system, or failed: the cluster keeps its
+	 * blocks, and is free all the same. */
+	(void)res;
+	if (vec_push(&img->free_pool, &img->free_pool_len, &img->free_pool_cap,
+		     op->offset) == 0)
+		img->stats.punched_clusters += res == 0;
+	img->punches_inflight--;
+	free(p);
+}
+
+/* A cluster dropped by a discard reached refcount 0: give its blocks back
+ * to the file system. It enters the pool only once the hole is punched, so
+ * that a new write into it cannot race with the punch. */
+static void punch_then_pool(struct qcow2_image *img, uint64_t host)
+{
+	struct punch *p = calloc(1, sizeof(*p));
+
+	if (!p) {
+		vec_push(&img->free_pool, &img->free_pool_len, &img->free_pool_cap,
+			 host);
+		return;
+	}
+	p->img = img;
+	p->op.opcode = IO_OP_PUNCH;
+	p->op.fd = img->file.fd;
+	p->op.offset = host;
+	p->op.len = img->cluster_size;
+	p->op.complete = punch_done;
+	img->punches_inflight++;
+	ctx_queue(img->ctx, &p->op);
+}
+
 void cluster_frees_flush_started(struct qcow2_image *img)
 {
 	/* Entries dropped so far are written by this flush. */
@@ -425,7 +475,8 @@ static void free_worker(struct qcow2_image *img)
 {
 	while (!img->free_worker_parked &&
 	       img->frees_ready_pos < img->frees_ready_len) {
-		uint64_t host = img->frees_ready[img->frees_ready_pos];
+		uint64_t host = img->frees_ready[img->frees_ready_pos] & ~FREE_PUNCH;
+		bool punch = img->frees_ready[img->frees_ready_pos] & FREE_PUNCH;
 		uint64_t rc;
 		int ret;
 
@@ -448,9 +499,13 @@ static void free_worker(struct qcow2_image *img)
 		img->stats.freed_clusters++;
 		/* the slice is cached: refcount_update just used it */
 		ret = refcount_get(img, host, &rc, &img->free_waiter);
-		if (ret == 0 && rc == 0)
-			vec_push(&img->free_pool, &img->free_pool_len,
-				 &img->free_pool_cap, host);
+		if (ret == 0 && rc == 0) {
+			if (punch)
+				punch_then_pool(img, host);
+			else
+				vec_push(&img->free_pool, &img->free_pool_len,
+					 &img->free_pool_cap, host);
+		}
 	}
 	if (img->frees_ready_pos == img->frees_ready_len) {
 		img->frees_ready_len = 0;

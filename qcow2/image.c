@@ -566,6 +566,9 @@ void qcow2_close(struct qcow2_image *img)
 		return;
 	if (img->wb) {
 		close_flush(img);
+		while (img->punches_inflight && qcow2_ctx_inflight(img->ctx) > 0)
+			if (qcow2_ctx_process(img->ctx, true) < 0)
+				break;
 		cluster_alloc_trim(img);
 	}
 	writeback_free(img);

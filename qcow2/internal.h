@@ -155,6 +155,7 @@ struct qcow2_image {
 	uint64_t *frees_ready;       /* decrement now */
 	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
 	struct slice_waiter free_waiter;
+	unsigned punches_inflight;   /* holes being punched (cluster_alloc.c) */
 	/* Packing of compressed clusters (cluster_alloc_bytes) */
 	uint64_t cz_cluster;         /* cluster taking blobs, held; or 0 */
 	uint64_t cz_off;             /* its next free byte */
@@ -211,6 +212,9 @@ int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
 			uint64_t touch[2], int64_t delta[2], int *ntouch);
 /* Drop the hold on the cluster compressed data was packed into (close). */
 void cluster_alloc_bytes_release(struct qcow2_image *img);
+/* Like cluster_free_later(), for a cluster a discard dropped: once free,
+ * its blocks are given back to the file system (punched). */
+int cluster_discard_later(struct qcow2_image *img, uint64_t host);
 /* Queue the decrement of a host cluster dropped by a metadata change. */
 int cluster_free_later(struct qcow2_image *img, uint64_t host);
 /* Called by the write-back machinery around a flush. */

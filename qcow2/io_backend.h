@@ -10,7 +10,9 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-enum io_opcode { IO_OP_READ, IO_OP_WRITE, IO_OP_FSYNC };
+/* IO_OP_PUNCH: deallocate [offset, offset+len) keeping the size (reads
+ * zeros after); no iov. */
+enum io_opcode { IO_OP_READ, IO_OP_WRITE, IO_OP_FSYNC, IO_OP_PUNCH };
 
 struct io_op;
 /* result: bytes transferred (always the full length for reads: the backend

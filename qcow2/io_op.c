@@ -32,7 +32,7 @@ bool io_op_progress(struct io_op *op, int64_t res, int64_t *final)
 		*final = res;
 		return true;
 	}
-	if (op->opcode == IO_OP_FSYNC) {
+	if (op->opcode == IO_OP_FSYNC || op->opcode == IO_OP_PUNCH) {
 		*final = 0;
 		return true;
 	}

@@ -5,6 +5,7 @@
  * or submit(), so callers see the same ordering as with io_uring.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -44,13 +45,24 @@ static void fault_log(struct io_sync *s, struct io_op *op, int64_t res)
 
 	if (s->fo.log_fd < 0 || res < 0 || op->opcode == IO_OP_READ)
 		return;
-	rec.type = op->opcode == IO_OP_WRITE ? QCOW2_FAULT_REC_WRITE :
-					       QCOW2_FAULT_REC_FSYNC;
+	rec.type = op->opcode == IO_OP_FSYNC ? QCOW2_FAULT_REC_FSYNC :
+					       QCOW2_FAULT_REC_WRITE;
 	rec.fd = op->fd;
 	rec.offset = op->offset;
-	rec.len = op->opcode == IO_OP_WRITE ? (uint64_t)res : 0;
+	rec.len = op->opcode == IO_OP_WRITE ? (uint64_t)res :
+		  op->opcode == IO_OP_PUNCH ? op->len : 0;
 	if (write(s->fo.log_fd, &rec, sizeof(rec)) != sizeof(rec))
 		return;
+	if (op->opcode == IO_OP_PUNCH) {
+		/* A punched range reads zeros: logged as a write of zeros. */
+		static const uint8_t zeros[4096];
+		for (uint64_t left = rec.len; left;) {
+			size_t n = left < sizeof(zeros) ? left : sizeof(zeros);
+			if (write(s->fo.log_fd, zeros, n) != (ssize_t)n)
+				return;
+			left -= n;
+		}
+	}
 	if (op->opcode == IO_OP_WRITE) {
 		uint64_t left = rec.len;
 		for (int i = 0; i < op->iovcnt && left; i++) {
@@ -66,8 +78,8 @@ static void fault_log(struct io_sync *s, struct io_op *op, int64_t res)
 static bool fault_hit(struct io_sync *s, struct io_op *op)
 {
 	unsigned bit = op->opcode == IO_OP_READ ? QCOW2_FAULT_READ :
-		       op->opcode == IO_OP_WRITE ? QCOW2_FAULT_WRITE :
-						   QCOW2_FAULT_FSYNC;
+		       op->opcode == IO_OP_FSYNC ? QCOW2_FAULT_FSYNC :
+						   QCOW2_FAULT_WRITE;
 
 	if (!s->fault || !(s->fo.fail_ops & bit))
 		return false;
@@ -93,6 +105,10 @@ static int64_t sync_do(struct io_op *op)
 		break;
 	case IO_OP_FSYNC:
 		r = fdatasync(op->fd);
+		break;
+	case IO_OP_PUNCH:
+		r = fallocate(op->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)op->offset, (off_t)op->len);
 		break;
 	default:
 		return -EINVAL;

@@ -5,6 +5,7 @@
  * ops wait on an overflow list and are prepared as completions free room.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,11 @@ static bool ur_prep(struct io_ur *u, struct io_op *op)
 		break;
 	case IO_OP_FSYNC:
 		io_uring_prep_fsync(sqe, op->fd, IORING_FSYNC_DATASYNC);
+		break;
+	case IO_OP_PUNCH:
+		io_uring_prep_fallocate(sqe, op->fd,
+					FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					op->offset, op->len);
 		break;
 	}
 	io_uring_sqe_set_data(sqe, op);

@@ -923,7 +923,12 @@ static void free_old(struct cluster_write *cw)
 		     c < host + len; c += img->cluster_size)
 			cluster_free_later(img, c);
 	} else if ((e & L2E_OFFSET_MASK) && (e & L2E_OFFSET_MASK) != cw->host) {
-		cluster_free_later(img, e & L2E_OFFSET_MASK);
+		/* Dropped by a discard or an unmapping zero write: the guest
+		 * gave the space back, so does the image file. */
+		if (cw->kind == WRITE_DISCARD || cw->kind == WRITE_ZEROES)
+			cluster_discard_later(img, e & L2E_OFFSET_MASK);
+		else
+			cluster_free_later(img, e & L2E_OFFSET_MASK);
 	}
 }
 

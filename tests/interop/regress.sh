@@ -18,6 +18,7 @@ CASES=(
 	zero-unmap-frees-cluster-of-earlier-session
 	writes-invalidate-persistent-bitmaps
 	extl2-write-allocates-only-its-subclusters
+	discard-punches-holes
 )
 
 if [[ ${1:-} == --list ]]; then
@@ -140,6 +141,21 @@ if top != [(69632, 6144)]:
 	qemu-io -c 'read -P 0x11 69632 3584' -c 'read -P 0x22 73216 1024' \
 		-c 'read -P 0x5a 74240 1536' -c 'read -P 0x5a 65536 4096' img.qcow2 >/dev/null ||
 		die "contents around the written subclusters"
+	;;
+discard-punches-holes)
+	# A discard gives the space back to the file system: the freed
+	# clusters are punched (the file keeps its size).
+	qemu-img create -q -f qcow2 img.qcow2 64M
+	qemu-io -c 'write -P 0x11 0 32M' img.qcow2 >/dev/null
+	before=$(stat -c %b img.qcow2)
+	qcow2io -c 'discard 0 16M' -c 'write -z -u 16M 8M' img.qcow2
+	after=$(stat -c %b img.qcow2)
+	echo "512-byte blocks: $before before, $after after"
+	# 24 MiB given back = 49152 blocks; allow for file system slack
+	((before - after >= 45000)) || die "only $(((before - after) / 2)) KiB given back"
+	check_clean img.qcow2
+	qemu-io -c 'read -P 0 0 24M' -c 'read -P 0x11 24M 8M' img.qcow2 >/dev/null ||
+		die "contents after the discard"
 	;;
 *)
 	die "unknown case '$case_name'"
