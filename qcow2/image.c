@@ -269,6 +269,9 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 							"cannot load the refcount table");
 		return ret;
 	}
+	img->lazy_refcounts = img->hdr.version >= 3 &&
+			      (img->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) &&
+			      !(img->flags & QCOW2_OPEN_STRICT_REFCOUNTS);
 	img->alloc_hash = calloc(ALLOC_HASH_BUCKETS, sizeof(*img->alloc_hash));
 	if (!img->alloc_hash)
 		return -ENOMEM;
@@ -525,6 +528,62 @@ static void close_cb(void *opaque, int ret)
 	w->ret = ret;
 }
 
+struct header_io {
+	struct io_op op;
+	struct iovec iov;
+	int64_t res;
+	bool done;
+};
+
+static void header_io_done(struct io_op *op, int64_t res)
+{
+	struct header_io *h = (struct header_io *)op;
+
+	h->res = res;
+	h->done = true;
+}
+
+/* Write the header block and make it durable, through the IO backend (so
+ * the fault backend sees it), outside any write-back. */
+static int header_write_sync(struct qcow2_image *img)
+{
+	struct header_io w = { 0 }, s = { 0 };
+
+	w.iov.iov_base = img->hdr_block;
+	w.iov.iov_len = img->hdr_block_len;
+	w.op = (struct io_op){ .opcode = IO_OP_WRITE, .fd = img->file.fd,
+			       .iov = &w.iov, .iovcnt = 1,
+			       .len = img->hdr_block_len,
+			       .complete = header_io_done };
+	s.op = (struct io_op){ .opcode = IO_OP_FSYNC, .fd = img->file.fd,
+			       .complete = header_io_done };
+	ctx_queue(img->ctx, &w.op);
+	while (!w.done)
+		if (qcow2_ctx_process(img->ctx, true) < 0)
+			return -EIO;
+	if (w.res < 0)
+		return (int)w.res;
+	ctx_queue(img->ctx, &s.op);
+	while (!s.done)
+		if (qcow2_ctx_process(img->ctx, true) < 0)
+			return -EIO;
+	return (int)s.res;
+}
+
+/* Lazy refcounts, clean close: every refcount is on disk (the close flush
+ * wrote them, synced); now the image may say so. On failure the bit stays
+ * set, which only costs a refcount rebuild. */
+static void clear_dirty_bit(struct qcow2_image *img)
+{
+	uint64_t v;
+
+	memcpy(&v, img->hdr_block + 72, 8);
+	v = htobe64(be64toh(v) & ~QCOW2_INCOMPAT_DIRTY);
+	memcpy(img->hdr_block + 72, &v, 8);
+	if (header_write_sync(img) == 0)
+		img->dirty_on_disk = false;
+}
+
 static bool frees_pending(const struct qcow2_image *img)
 {
 	return img->frees_waiting_len || img->frees_flushing_len ||
@@ -569,6 +628,8 @@ void qcow2_close(struct qcow2_image *img)
 		while (img->punches_inflight && qcow2_ctx_inflight(img->ctx) > 0)
 			if (qcow2_ctx_process(img->ctx, true) < 0)
 				break;
+		if (img->dirty_on_disk && !qcow2_has_dirty_metadata(img))
+			clear_dirty_bit(img);
 		cluster_alloc_trim(img);
 	}
 	writeback_free(img);

@@ -139,6 +139,10 @@ struct qcow2_image {
 	uint32_t grow_clusters;
 	uint32_t grow_counted;
 	bool data_unsynced;          /* data written since the last fdatasync */
+	/* Lazy refcounts: flushes leave refcounts in the cache (written at
+	 * close) once the dirty bit is on disk. */
+	bool lazy_refcounts;
+	bool dirty_on_disk;
 	/* In-flight allocations (write.c): hashed by guest cluster, and those
 	 * allocating an L2 table. */
 	struct cluster_write **alloc_hash;

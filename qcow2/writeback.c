@@ -37,8 +37,8 @@
 #include "internal.h"
 
 enum wb_stage {
-	WB_IDLE, WB_REFBLOCKS, WB_REFTABLE, WB_L2, WB_L1, WB_HEADER,
-	WB_SYNC_LAST, WB_DONE
+	WB_IDLE, WB_DIRTY_BIT, WB_REFBLOCKS, WB_REFTABLE, WB_L2, WB_L1,
+	WB_HEADER, WB_SYNC_LAST, WB_DONE
 };
 
 struct wb_waiter {
@@ -70,6 +70,7 @@ struct writeback {
 	enum qcow2_flush_cause next_cause;
 	struct slice_waiter *frozen; /* mutators waiting for the end */
 	int failed;                  /* the last write-back's error, or 0 */
+	bool lazy;                   /* this round leaves refcounts cached */
 };
 
 static uint64_t now_ns(void)
@@ -362,14 +363,32 @@ static void wb_advance(struct writeback *wb)
 		switch (wb->stage) {
 		case WB_IDLE:
 			return;
+		case WB_DIRTY_BIT:
+			/* Lazy refcounts: before tables that point at clusters
+			 * whose refcounts stay in the cache reach the disk, the
+			 * dirty bit says the refcounts on disk may be stale. */
+			wb->stage = WB_REFBLOCKS;
+			if (wb->lazy && !img->dirty_on_disk && !wb->error &&
+			    (img->l1_dirty || slice_cache_dirty_count(img->l2_cache))) {
+				uint64_t v;
+				memcpy(&v, img->hdr_block + 72, 8);
+				v = htobe64(be64toh(v) | QCOW2_INCOMPAT_DIRTY);
+				memcpy(img->hdr_block + 72, &v, 8);
+				img->dirty_on_disk = true;
+				fs->header_writes++;
+				/* synced before the L2 stage writes anything */
+				wb_submit(wb, IO_OP_WRITE, img->file.fd, 0, img->hdr_block,
+					  img->hdr_block_len, NULL, NULL, NULL);
+			}
+			break;
 		case WB_REFBLOCKS:
 			wb->stage = WB_REFTABLE;
-			if (img->rc_cache)
+			if (img->rc_cache && !wb->lazy)
 				fs->refblock_bytes += wb_write_slices(wb, img->rc_cache,
 								      &fs->refblock_slices);
 			break;
 		case WB_REFTABLE:
-			if (img->reftable_dirty && !wb->error) {
+			if (img->reftable_dirty && !wb->error && !wb->lazy) {
 				if (wb_sync(wb, false))
 					break; /* blocks before the table */
 				img->reftable_dirty = false;
@@ -470,7 +489,14 @@ int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
 	wb->cause = cause;
 	wb->error = 0;
 	wb->start_ns = now_ns();
-	wb->stage = WB_REFBLOCKS;
+	/* Lazy refcounts: refcounts stay cached, except at close, when a
+	 * table moved (the header will point at it), or when the refcount
+	 * cache fills up. */
+	wb->lazy = img->lazy_refcounts && cause != QCOW2_FLUSH_CLOSE &&
+		   !img->header_dirty && img->rc_cache &&
+		   slice_cache_dirty_count(img->rc_cache) * 2 <
+			   slice_cache_capacity(img->rc_cache);
+	wb->stage = WB_DIRTY_BIT;
 	cluster_frees_flush_started(img);
 	wb_advance(wb);
 	return 0;

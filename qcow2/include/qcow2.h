@@ -102,6 +102,9 @@ unsigned qcow2_ctx_inflight(const struct qcow2_ctx *ctx);
 #define QCOW2_OPEN_BUFFERED (1u << 1)   /* page cache instead of O_DIRECT */
 #define QCOW2_OPEN_NO_BACKING (1u << 2) /* unallocated clusters read zeros */
 #define QCOW2_OPEN_RAW (1u << 3)        /* the file is raw, not qcow2 */
+/* Write refcounts in every flush even when the image has the lazy
+ * refcounts feature (by default such images defer them to close). */
+#define QCOW2_OPEN_STRICT_REFCOUNTS (1u << 4)
 
 struct qcow2_open_opts {
 	unsigned flags;

@@ -35,6 +35,8 @@ snapshot    | cluster_size=16k            | snapshot | --seed 18
 growth      | cluster_size=512            | none     | --seed 19 --max-len 512k --no-meta --ops 150 --buffered
 extl2       | extended_l2=on,cluster_size=16k | qcow2 | --seed 21
 extl2-64k   | extended_l2=on              | none     | --seed 22 --max-len 32k
+lazy        | lazy_refcounts=on,cluster_size=16k | none | --seed 23
+lazy-backing | lazy_refcounts=on          | qcow2    | --seed 24
 EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
