@@ -200,12 +200,6 @@ static int check_writable(struct qcow2_image *img, struct qcow2_error *err)
 			"read-only (repair it with qemu-img check -r all)");
 		return -EACCES;
 	}
-	if (incompat & QCOW2_INCOMPAT_DIRTY) {
-		set_err(err, "the image was not closed cleanly (dirty bit set) and "
-			"its refcounts must be rebuilt first: run qemu-img check -r "
-			"all, or open it read-only");
-		return -ENOTSUP;
-	}
 	return 0;
 }
 
@@ -262,6 +256,16 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 			return -EIO;
 		}
 		img->hdr.autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
+	}
+	if (img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+		/* Not closed cleanly with lazy refcounts: the refcounts on
+		 * disk are stale; rebuild them before the first write. */
+		ret = refcount_rebuild(img);
+		if (ret < 0) {
+			set_err(err, "%s", img->last_error[0] ? img->last_error :
+				"cannot rebuild the refcounts of the dirty image");
+			return ret;
+		}
 	}
 	ret = refcount_open(img);
 	if (ret < 0) {

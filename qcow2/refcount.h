@@ -17,6 +17,10 @@ uint64_t refblock_get(const uint8_t *slice, uint64_t i, uint32_t order);
 void refblock_set(uint8_t *slice, uint64_t i, uint32_t order, uint64_t v);
 
 int refcount_open(struct qcow2_image *img);
+/* A dirty image (lazy refcounts): count every reference, write new
+ * refcount structures past the end, then point the header at them and
+ * clear the dirty bit (refcount_rebuild.c). Before refcount_open(). */
+int refcount_rebuild(struct qcow2_image *img);
 void refcount_close(struct qcow2_image *img);
 
 /*

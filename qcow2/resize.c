@@ -271,7 +271,7 @@ int qcow2_truncate(struct qcow2_image *img, uint64_t size,
 		image_set_error(img, "shrinking an image is not supported");
 		return -ENOTSUP;
 	}
-	if (img->hdr.nb_snapshots) {
+	if (img->hdr.nb_snapshots && size != img->virtual_size) {
 		image_set_error(img, "cannot resize an image with internal snapshots");
 		return -ENOTSUP;
 	}

@@ -420,6 +420,7 @@ struct qcow2_stats {
 	uint64_t cow_clusters;       /* allocations that copied old data */
 	uint64_t freed_clusters;
 	uint64_t punched_clusters;   /* freed by discards, hole punched in the file */
+	uint64_t refcount_rebuilds;  /* dirty image: refcounts rebuilt at open */
 	struct qcow2_flush_stats flush;
 	struct qcow2_cache_stats refcount_cache;
 	uint64_t read_requests;

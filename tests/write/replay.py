@@ -129,10 +129,21 @@ def check_image(path):
     must: its L1/L2 tables must allow that."""
     if is_dirty(path):
         DIRTY_STATES[0] += 1
-        r = qemu_img("check", "-r", "all", "-f", "qcow2", path)
+        ours = os.environ.get("QCOW2_IMG")
+        if ours:
+            # our own rebuild: opening it read-write (a resize to the same
+            # size writes nothing else)
+            r = subprocess.run([ours, "resize", "-q", "-t", "writeback", path, "+0"],
+                               capture_output=True, text=True)
+            what = "qcow2-img resize +0 (our refcount rebuild)"
+        else:
+            r = qemu_img("check", "-r", "all", "-f", "qcow2", path)
+            what = "qemu-img check -r all"
         if r.returncode != 0:
-            return (f"dirty image: qemu-img check -r all exit {r.returncode}\n"
+            return (f"dirty image: {what} exit {r.returncode}\n"
                     f"{r.stdout}{r.stderr}")
+        if is_dirty(path):
+            return f"dirty image: still dirty after {what}"
     r = qemu_img("check", "--output=json", "-f", "qcow2", path)
     text = r.stdout
     try:
@@ -400,7 +411,9 @@ def main():
             os.unlink(f)
     if DIRTY_STATES[0]:
         print(f"{DIRTY_STATES[0]} of them dirty (lazy refcounts): refcounts "
-              "rebuilt by qemu-img check -r all before judging")
+              "rebuilt before judging, by "
+              + ("our read-write open" if os.environ.get("QCOW2_IMG")
+                 else "qemu-img check -r all"))
     print(f"ok: {checked} crash states: no corruption"
           + (", contents as durable as promised" if marks else "")
           + (", snapshot intact" if snap_want is not None else ""))
