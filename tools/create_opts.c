@@ -34,16 +34,32 @@ static int parse_u32_size(const char *key, const char *v, uint32_t *out)
 	return 0;
 }
 
-/* Option values live as long as the argument strings: copies are kept. */
+/* Option values are copied (the list is split in place); the copies live
+ * until create_opts_release(). */
+static char **kept;
+static size_t nkept;
+
 static char *keep(const char *v)
 {
 	char *s = strdup(v);
+	char **k = realloc(kept, (nkept + 1) * sizeof(*kept));
 
-	if (!s) {
+	if (!s || !k) {
 		fprintf(stderr, "%s: out of memory\n", cli_prog);
 		exit(1);
 	}
+	kept = k;
+	kept[nkept++] = s;
 	return s;
+}
+
+void create_opts_release(void)
+{
+	for (size_t i = 0; i < nkept; i++)
+		free(kept[i]);
+	free(kept);
+	kept = NULL;
+	nkept = 0;
 }
 
 static int one(char *kv, struct qcow2_create_opts *o, bool *size_set)
@@ -121,9 +137,11 @@ static int one(char *kv, struct qcow2_create_opts *o, bool *size_set)
 int create_opts_parse(const char *list, struct qcow2_create_opts *o,
 		      bool *size_set)
 {
-	char *copy = keep(list), *save = NULL;
+	char *copy = strdup(list), *save = NULL;
 	int ret = 0;
 
+	if (!copy)
+		return -ENOMEM;
 	for (char *kv = strtok_r(copy, ",", &save); kv && !ret;
 	     kv = strtok_r(NULL, ",", &save))
 		ret = one(kv, o, size_set);

@@ -14,6 +14,9 @@
 int create_opts_parse(const char *list, struct qcow2_create_opts *o,
 		      bool *size_set);
 
+/* Free the option values parsed so far (at the end of the command). */
+void create_opts_release(void);
+
 /* One line, qemu-img style: "fmt=qcow2 cluster_size=65536 ... size=N". */
 void create_opts_print(const char *path, const struct qcow2_create_opts *o);
 

@@ -475,7 +475,7 @@ out:
 	return c.status;
 }
 
-int cmd_convert(int argc, char **argv)
+static int convert_main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "progress", no_argument, 0, 'p' },
@@ -571,5 +571,13 @@ int cmd_convert(int argc, char **argv)
 		status = convert_qcow2(ctx, img, src, dst, &co, compress,
 				       dst_buffered, (unsigned)nthreads, progress);
 	cli_close_image(ctx, img);
+	return status;
+}
+
+int cmd_convert(int argc, char **argv)
+{
+	int status = convert_main(argc, argv);
+
+	create_opts_release();
 	return status;
 }

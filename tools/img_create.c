@@ -69,7 +69,7 @@ static int backing_size(const char *image, const struct qcow2_create_opts *o,
 	return 0;
 }
 
-int cmd_create(int argc, char **argv)
+static int create_main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "backing", required_argument, 0, 'b' },
@@ -162,4 +162,12 @@ int cmd_create(int argc, char **argv)
 		return 1;
 	}
 	return 0;
+}
+
+int cmd_create(int argc, char **argv)
+{
+	int status = create_main(argc, argv);
+
+	create_opts_release();
+	return status;
 }
