@@ -1,0 +1,53 @@
+/* ring.h: private helpers shared by both sides of a queue. */
+#ifndef QCOW2_IPC_RING_H
+#define QCOW2_IPC_RING_H
+
+#include "qcow2_ipc.h"
+
+#include <stdbool.h>
+
+/* Pointers into one mapping of a queue region. */
+struct ring_view {
+        struct qcow2_ipc_ctrl *ctrl;
+        struct qcow2_ipc_sqe *sq;
+        struct qcow2_ipc_cqe *cq;
+        struct qcow2_ipc_seg *segs;             /* cq_entries * max_segs */
+        struct qcow2_ipc_inflight *inflight;    /* cq_entries */
+        uint8_t *data;
+        uint32_t sq_mask, cq_mask;
+};
+
+void ring_view_init(struct ring_view *v, void *base, const struct qcow2_ipc_geometry *g,
+                    const struct qcow2_ipc_layout *l);
+
+/* Maps size bytes of fd shared, between two PROT_NONE guard pages, so that an
+ * access just past either end faults instead of touching other memory. */
+int ring_map(int fd, uint64_t size, void **base);
+void ring_unmap(void *base, uint64_t size);
+
+/* Doorbells: eventfd writes and drains that never block. */
+int ring_doorbell_ring(int fd);
+int ring_doorbell_drain(int fd);
+
+static inline bool ring_is_pow2(uint32_t x)
+{
+        return x != 0 && (x & (x - 1)) == 0;
+}
+
+/* Dekker-style fence between publishing an index and reading the peer's
+ * need-wakeup flag (and between setting our flag and rechecking the ring). */
+static inline void ring_full_fence(void)
+{
+        atomic_thread_fence(memory_order_seq_cst);
+}
+
+static inline void ring_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+#endif
+}
+
+#endif
