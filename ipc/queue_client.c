@@ -121,6 +121,12 @@ int qcow2_ipc_client_new(const struct qcow2_ipc_client_opts *opts,
         h->max_segs = c->g.max_segs;
         h->data_size = c->g.data_size;
         h->region_size = c->l.size;
+        struct qcow2_ipc_ctrl *ctrl = c->v.ctrl;
+        c->sq_tail = c->sq_published = c->cq_head = opts->first_index;
+        atomic_store(&ctrl->sq_prod.sq_tail, opts->first_index);
+        atomic_store(&ctrl->sq_cons.sq_head, opts->first_index);
+        atomic_store(&ctrl->cq_prod.cq_tail, opts->first_index);
+        atomic_store(&ctrl->cq_cons.cq_head, opts->first_index);
 
         c->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         c->call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -341,18 +347,6 @@ int qcow2_ipc_client_reap(struct qcow2_ipc_client *c, struct qcow2_ipc_completio
         if (head != c->cq_head) {
                 c->cq_head = head;
                 atomic_store_explicit(&ctrl->cq_cons.cq_head, head, memory_order_release);
-                /* A service that stopped taking because the CQ was full sleeps
-                 * until CQ space appears: kick it if it waits and has work. */
-                uint32_t sq_head = atomic_load_explicit(&ctrl->sq_cons.sq_head,
-                                                        memory_order_relaxed);
-                if (sq_head != c->sq_published) {
-                        ring_full_fence();
-                        if (atomic_load_explicit(&ctrl->sq_cons.sq_need_wakeup,
-                                                 memory_order_relaxed)) {
-                                c->stats.kicks++;
-                                ring_doorbell_ring(c->kick_fd);
-                        }
-                }
         }
         c->stats.completed += n;
         *nr = n;

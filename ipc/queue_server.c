@@ -594,6 +594,16 @@ int qcow2_ipc_server_kick_fd(const struct qcow2_ipc_server *s)
         return s->kick_fd;
 }
 
+int qcow2_ipc_server_region(const struct qcow2_ipc_server *s, unsigned idx, void **base,
+                            uint64_t *size)
+{
+        if (idx > s->nr_regions)
+                return -EINVAL;
+        *base = s->regions[idx].base;
+        *size = s->regions[idx].size;
+        return 0;
+}
+
 unsigned qcow2_ipc_server_in_flight(const struct qcow2_ipc_server *s)
 {
         return s->g.cq_entries - s->nr_free;

@@ -214,6 +214,7 @@ struct qcow2_ipc_client_opts {
         uint32_t flags;                 /* QCOW2_IPC_CLIENT_* */
         unsigned nr_regions;            /* <= QCOW2_IPC_MAX_REGIONS */
         const int *region_fds;          /* memfds (sealed F_SEAL_SHRINK); dup'ed */
+        uint32_t first_index;           /* where all four indices start (usually 0) */
 };
 
 /* A request. segs (nr_segs of them, for READ and WRITE) is copied by submit. */
@@ -344,6 +345,10 @@ int qcow2_ipc_server_woken(struct qcow2_ipc_server *s);
 /* The above around poll(): spin, then sleep. 0, -ETIMEDOUT or -EPROTO. */
 int qcow2_ipc_server_wait(struct qcow2_ipc_server *s, unsigned spin, int timeout_ms);
 int qcow2_ipc_server_kick_fd(const struct qcow2_ipc_server *s);
+/* Where region idx (0: the data area) is mapped, e.g. to register it as
+ * io_uring fixed buffers. -EINVAL past the last region. */
+int qcow2_ipc_server_region(const struct qcow2_ipc_server *s, unsigned idx, void **base,
+                            uint64_t *size);
 unsigned qcow2_ipc_server_in_flight(const struct qcow2_ipc_server *s);
 int qcow2_ipc_server_broken(const struct qcow2_ipc_server *s);  /* 0 or -EPROTO */
 void qcow2_ipc_server_get_stats(const struct qcow2_ipc_server *s,
