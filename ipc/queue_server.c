@@ -452,6 +452,7 @@ int qcow2_ipc_server_take(struct qcow2_ipc_server *s, struct qcow2_ipc_server_re
                 rec->sqe = e;
                 atomic_store_explicit(&rec->state, QCOW2_IPC_INFLIGHT_TAKEN << 32 | pos,
                                       memory_order_release);
+                ring_maybe_crash("take: recorded, sq_head not moved");
                 s->stats.taken++;
                 if (server_prepare(s, id, &e, &out[n]))
                         n++;
@@ -461,6 +462,7 @@ int qcow2_ipc_server_take(struct qcow2_ipc_server *s, struct qcow2_ipc_server_re
                 /* Release: the in-flight records are written before the client
                  * may reuse the SQ entries they came from. */
                 atomic_store_explicit(&ctrl->sq_cons.sq_head, s->sq_head, memory_order_release);
+                ring_maybe_crash("take: sq_head moved");
         }
         *nr = n;
         return 0;
@@ -485,6 +487,7 @@ int qcow2_ipc_server_complete(struct qcow2_ipc_server *s, uint32_t id, int32_t r
         cqe->gen = d->gen;
         cqe->res = res;
         cqe->reserved = 0;
+        ring_maybe_crash("complete: entry written, not recorded");
         atomic_store_explicit(&s->v.inflight[id].state,
                               QCOW2_IPC_INFLIGHT_COMPLETING << 32 | s->cq_tail,
                               memory_order_release);
@@ -507,6 +510,7 @@ int qcow2_ipc_server_publish(struct qcow2_ipc_server *s)
         s->cq_published = s->cq_tail;
         for (uint32_t i = 0; i < s->nr_completing; i++) {
                 uint32_t id = s->completing[i];
+                ring_maybe_crash("publish: cq_tail moved, record not freed");
                 atomic_store_explicit(&s->v.inflight[id].state, 0, memory_order_release);
                 s->ids[id].state = ID_FREE;
                 s->free_ids[s->nr_free++] = id;

@@ -7,6 +7,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+void (*ring_crash_point)(const char *where);
+
 static uint64_t align_page(uint64_t x)
 {
         return (x + QCOW2_IPC_PAGE - 1) & ~(uint64_t)(QCOW2_IPC_PAGE - 1);

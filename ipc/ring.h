@@ -29,6 +29,16 @@ void ring_unmap(void *base, uint64_t size);
 int ring_doorbell_ring(int fd);
 int ring_doorbell_drain(int fd);
 
+/* Crash injection for the restart tests: when set, called at each point where
+ * a service dying leaves the in-flight table in a distinct state. */
+extern void (*ring_crash_point)(const char *where);
+
+static inline void ring_maybe_crash(const char *where)
+{
+        if (__builtin_expect(ring_crash_point != NULL, 0))
+                ring_crash_point(where);
+}
+
 static inline bool ring_is_pow2(uint32_t x)
 {
         return x != 0 && (x & (x - 1)) == 0;
