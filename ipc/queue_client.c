@@ -25,6 +25,7 @@ struct qcow2_ipc_client {
         struct qcow2_ipc_layout l;
         struct ring_view v;
         void *base;
+        uint64_t map_align;
         int queue_fd, kick_fd, call_fd;
         unsigned nr_regions;
         int region_fds[QCOW2_IPC_MAX_REGIONS];
@@ -46,7 +47,7 @@ void qcow2_ipc_client_free(struct qcow2_ipc_client *c)
 {
         if (!c)
                 return;
-        ring_unmap(c->base, c->l.size);
+        ring_unmap(c->base, c->l.size, c->map_align);
         int fds[] = { c->queue_fd, c->kick_fd, c->call_fd };
         for (unsigned i = 0; i < 3; i++)
                 if (fds[i] >= 0)
@@ -109,7 +110,7 @@ int qcow2_ipc_client_new(const struct qcow2_ipc_client_opts *opts,
                 err = -errno;
                 goto fail;
         }
-        err = ring_map(c->queue_fd, c->l.size, &c->base);
+        err = ring_map(c->queue_fd, c->l.size, &c->base, &c->map_align);
         if (err < 0)
                 goto fail;
         ring_view_init(&c->v, c->base, &c->g, &c->l);

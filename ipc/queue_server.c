@@ -35,6 +35,7 @@ struct server_region {
         uint8_t *base;
         uint64_t size;
         void *mapping;          /* NULL for region 0 (inside the queue mapping) */
+        uint64_t map_align;
 };
 
 struct qcow2_ipc_server {
@@ -42,6 +43,7 @@ struct qcow2_ipc_server {
         struct qcow2_ipc_layout l;
         struct ring_view v;
         void *base;
+        uint64_t map_align;
         int queue_fd, kick_fd, call_fd;
         struct qcow2_ipc_server_opts opts;
         unsigned nr_regions;                    /* registered ones; region 0 extra */
@@ -75,9 +77,9 @@ void qcow2_ipc_server_close(struct qcow2_ipc_server *s)
 {
         if (!s)
                 return;
-        ring_unmap(s->base, s->l.size);
+        ring_unmap(s->base, s->l.size, s->map_align);
         for (unsigned i = 1; i <= s->nr_regions; i++)
-                ring_unmap(s->regions[i].mapping, s->regions[i].size);
+                ring_unmap(s->regions[i].mapping, s->regions[i].size, s->regions[i].map_align);
         int fds[] = { s->queue_fd, s->kick_fd, s->call_fd };
         for (unsigned i = 0; i < 3; i++)
                 if (fds[i] >= 0)
@@ -216,7 +218,7 @@ int qcow2_ipc_server_open(struct qcow2_ipc_attach *att, const struct qcow2_ipc_s
                 goto fail;
         }
 
-        err = ring_map(att->queue_fd, s->l.size, &s->base);
+        err = ring_map(att->queue_fd, s->l.size, &s->base, &s->map_align);
         if (err < 0)
                 goto fail;
         ring_view_init(&s->v, s->base, &s->g, &s->l);
@@ -224,7 +226,7 @@ int qcow2_ipc_server_open(struct qcow2_ipc_attach *att, const struct qcow2_ipc_s
         s->regions[0].size = s->g.data_size;
         for (unsigned i = 0; i < att->nr_regions; i++) {
                 err = ring_map(att->region_fds[i], s->regions[1 + i].size,
-                               &s->regions[1 + i].mapping);
+                               &s->regions[1 + i].mapping, &s->regions[1 + i].map_align);
                 if (err < 0)
                         goto fail;
                 s->regions[1 + i].base = s->regions[1 + i].mapping;
@@ -274,8 +276,9 @@ int qcow2_ipc_server_accept(int sock, const struct qcow2_ipc_server_opts *opts,
                 err = qcow2_ipc_server_open(&att, opts, out);
                 qcow2_ipc_attach_close(&att);
         }
-        /* A peer that went away or sent no hello gets no reply. */
-        if (err == -ECONNRESET || err == -ENOTSOCK || err == -EBADF)
+        /* A peer that went away or sent no hello gets no reply (and a
+         * non-blocking socket with nothing to read is the caller's bug). */
+        if (err == -ECONNRESET || err == -ENOTSOCK || err == -EBADF || err == -EAGAIN)
                 return err;
         int e = qcow2_ipc_server_send_reply(sock, QCOW2_IPC_VERSION, err);
         if (err == 0 && e < 0) {

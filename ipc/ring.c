@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void (*ring_crash_point)(const char *where);
@@ -58,30 +59,57 @@ void ring_view_init(struct ring_view *v, void *base, const struct qcow2_ipc_geom
         v->cq_mask = g->cq_entries - 1;
 }
 
-int ring_map(int fd, uint64_t size, void **base)
+/* The alignment a mapping of fd needs: the page size of its file system
+ * (huge pages for a hugetlbfs memfd, as guest RAM often is). */
+static uint64_t map_align(int fd)
 {
-        if (size == 0 || size > SIZE_MAX - 2 * (uint64_t)QCOW2_IPC_PAGE)
+        struct stat st;
+
+        if (fstat(fd, &st) == 0 && st.st_blksize > QCOW2_IPC_PAGE &&
+            st.st_blksize <= (1 << 30) && ((uint64_t)st.st_blksize & (st.st_blksize - 1)) == 0)
+                return (uint64_t)st.st_blksize;
+        return QCOW2_IPC_PAGE;
+}
+
+/* Layout of a guarded mapping: [guard | size rounded to align | guard],
+ * the whole reservation aligned to align. */
+int ring_map(int fd, uint64_t size, void **base, uint64_t *align_out)
+{
+        uint64_t align = map_align(fd);
+        if (size == 0 || size > SIZE_MAX / 2)
                 return -EINVAL;
-        size_t total = (size_t)size + 2 * QCOW2_IPC_PAGE;
+        uint64_t span = (size + align - 1) & ~(align - 1);
+        size_t total = (size_t)(span + 3 * align);     /* one align of slack to align the start */
         uint8_t *reserve = mmap(NULL, total, PROT_NONE,
                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (reserve == MAP_FAILED)
                 return -errno;
-        void *p = mmap(reserve + QCOW2_IPC_PAGE, (size_t)size, PROT_READ | PROT_WRITE,
+        uint8_t *start = (uint8_t *)(((uintptr_t)reserve + align - 1) & ~(uintptr_t)(align - 1));
+        void *p = mmap(start + align, (size_t)span, PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_FIXED, fd, 0);
         if (p == MAP_FAILED) {
                 int err = -errno;
                 munmap(reserve, total);
                 return err;
         }
+        /* Trim the slack so that ring_unmap finds the reservation again from
+         * base, size and align: keep [start, start + span + 2 align). */
+        if (start > reserve)
+                munmap(reserve, (size_t)(start - reserve));
+        uint8_t *end = start + span + 2 * align;
+        if (reserve + total > end)
+                munmap(end, (size_t)(reserve + total - end));
         *base = p;
+        *align_out = align;
         return 0;
 }
 
-void ring_unmap(void *base, uint64_t size)
+void ring_unmap(void *base, uint64_t size, uint64_t align)
 {
-        if (base)
-                munmap((uint8_t *)base - QCOW2_IPC_PAGE, (size_t)size + 2 * QCOW2_IPC_PAGE);
+        if (!base)
+                return;
+        uint64_t span = (size + align - 1) & ~(align - 1);
+        munmap((uint8_t *)base - align, (size_t)(span + 2 * align));
 }
 
 int ring_doorbell_ring(int fd)

@@ -20,10 +20,12 @@ struct ring_view {
 void ring_view_init(struct ring_view *v, void *base, const struct qcow2_ipc_geometry *g,
                     const struct qcow2_ipc_layout *l);
 
-/* Maps size bytes of fd shared, between two PROT_NONE guard pages, so that an
- * access just past either end faults instead of touching other memory. */
-int ring_map(int fd, uint64_t size, void **base);
-void ring_unmap(void *base, uint64_t size);
+/* Maps size bytes of fd shared, between two PROT_NONE guard areas, so that
+ * an access just past either end faults instead of touching other memory.
+ * *align is the mapping's alignment (4096, or the huge page size of a
+ * hugetlbfs memfd); ring_unmap needs it back. */
+int ring_map(int fd, uint64_t size, void **base, uint64_t *align);
+void ring_unmap(void *base, uint64_t size, uint64_t align);
 
 /* Doorbells: eventfd writes and drains that never block. */
 int ring_doorbell_ring(int fd);

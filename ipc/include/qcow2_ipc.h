@@ -323,7 +323,7 @@ void qcow2_ipc_attach_close(struct qcow2_ipc_attach *att);
  * -1) on success. */
 int qcow2_ipc_server_open(struct qcow2_ipc_attach *att, const struct qcow2_ipc_server_opts *opts,
                           struct qcow2_ipc_server **out);
-/* recv_hello + open + send_reply. */
+/* recv_hello + open + send_reply, on a blocking socket. */
 int qcow2_ipc_server_accept(int sock, const struct qcow2_ipc_server_opts *opts,
                             struct qcow2_ipc_server **out);
 void qcow2_ipc_server_close(struct qcow2_ipc_server *s);

@@ -42,7 +42,7 @@ struct target {
         struct qcow2_ipc_client *c;     /* NULL once the client "closed" */
         int rfd;
         void *raw;                      /* the client's own view, kept after close */
-        uint64_t raw_size;
+        uint64_t raw_size, raw_align;
         struct ring_view v;
         struct qcow2_ipc_layout l;
 };
@@ -55,7 +55,7 @@ static void target_open(struct target *t)
         TEST_CHECK(qcow2_ipc_client_new(&co, &t->c) == 0);
         TEST_CHECK(qcow2_ipc_layout(&geom, &t->l) == 0);
         /* A second mapping that outlives the client object. */
-        TEST_CHECK(ring_map(qcow2_ipc_client_fd(t->c, 0), t->l.size, &t->raw) == 0);
+        TEST_CHECK(ring_map(qcow2_ipc_client_fd(t->c, 0), t->l.size, &t->raw, &t->raw_align) == 0);
         t->raw_size = t->l.size;
         ring_view_init(&t->v, t->raw, &geom, &t->l);
 }
@@ -64,7 +64,7 @@ static void target_close(struct target *t)
 {
         qcow2_ipc_client_free(t->c);
         t->c = NULL;
-        ring_unmap(t->raw, t->raw_size);
+        ring_unmap(t->raw, t->raw_size, t->raw_align);
         close(t->rfd);
 }
 

@@ -842,6 +842,44 @@ static void test_cq_backpressure(void **state)
         pair_fini(&p);
 }
 
+/* Guest RAM is often a hugetlbfs memfd: its mapping must be huge-page
+ * aligned. Skipped where no huge pages are available. */
+static void test_hugetlb_region(void **state)
+{
+        (void)state;
+        const uint64_t huge = 2u << 20;
+        int fd = memfd_create("ipc-test-huge", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
+        if (fd < 0)
+                skip();
+        void *probe = MAP_FAILED;
+        if (ftruncate(fd, (off_t)huge) == 0)
+                probe = mmap(NULL, huge, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+        if (probe == MAP_FAILED) {
+                close(fd);
+                skip();
+        }
+        munmap(probe, huge);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+        struct qcow2_ipc_client *c;
+        struct qcow2_ipc_client_opts co = { .geometry = default_geometry, .nr_regions = 1,
+                                            .region_fds = &fd };
+        assert_int_equal(qcow2_ipc_client_new(&co, &c), 0);
+        struct qcow2_ipc_attach att;
+        struct qcow2_ipc_server *s;
+        struct qcow2_ipc_server_opts so = { .disk_size = DISK_SIZE, .block_size = 512 };
+        assert_int_equal(test_attach_from_client(c, &default_geometry, &fd, 1, &att), 0);
+        assert_int_equal(qcow2_ipc_server_open(&att, &so, &s), 0);
+        void *base;
+        uint64_t size;
+        assert_int_equal(qcow2_ipc_server_region(s, 1, &base, &size), 0);
+        assert_int_equal(size, huge);
+        assert_int_equal((uintptr_t)base % huge, 0);
+        memset(base, 0x77, huge);
+        qcow2_ipc_server_close(s);
+        qcow2_ipc_client_free(c);
+        close(fd);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -854,6 +892,7 @@ int main(void)
                 cmocka_unit_test(test_protocol_errors),
                 cmocka_unit_test(test_doorbells),
                 cmocka_unit_test(test_cq_backpressure),
+                cmocka_unit_test(test_hugetlb_region),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
