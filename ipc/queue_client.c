@@ -332,7 +332,8 @@ int qcow2_ipc_client_reap(struct qcow2_ipc_client *c, struct qcow2_ipc_completio
         }
         uint32_t head = c->cq_head;
         while (head != tail && n < max) {
-                struct qcow2_ipc_cqe cqe = c->v.cq[head & c->v.cq_mask];
+                struct qcow2_ipc_cqe cqe;
+                ring_copy_in(&cqe, &c->v.cq[head & c->v.cq_mask], sizeof(cqe));
                 head++;
                 struct client_slot *s = cqe.slot < c->g.cq_entries ? &c->slots[cqe.slot] : NULL;
                 if (!s || !s->busy || s->gen != cqe.gen || s->tag != cqe.tag) {

@@ -353,7 +353,7 @@ int qcow2_ipc_server_validate(struct qcow2_ipc_server *s, const struct qcow2_ipc
                                 &s->v.segs[(size_t)sqe->slot * s->g.max_segs];
                         for (unsigned i = 0; i < sqe->nr_segs; i++) {
                                 struct qcow2_ipc_seg seg;
-                                memcpy(&seg, &table[i], sizeof(seg));
+                                ring_copy_in(&seg, &table[i], sizeof(seg));
                                 if (server_translate(s, seg, &req->iov[i]) < 0)
                                         return -EINVAL;
                                 sum += seg.len;
@@ -418,7 +418,7 @@ int qcow2_ipc_server_take(struct qcow2_ipc_server *s, struct qcow2_ipc_server_re
         while (n < max && s->recovered_next < s->nr_recovered) {
                 uint32_t id = s->recovered[s->recovered_next++];
                 struct qcow2_ipc_sqe e;
-                memcpy(&e, &s->v.inflight[id].sqe, sizeof(e));
+                ring_copy_in(&e, &s->v.inflight[id].sqe, sizeof(e));
                 s->stats.taken++;
                 if (server_prepare(s, id, &e, &out[n]))
                         n++;
@@ -451,7 +451,7 @@ int qcow2_ipc_server_take(struct qcow2_ipc_server *s, struct qcow2_ipc_server_re
                 struct qcow2_ipc_inflight *rec = &s->v.inflight[id];
                 struct qcow2_ipc_sqe e;
 
-                memcpy(&e, &s->v.sq[pos & s->v.sq_mask], sizeof(e));
+                ring_copy_in(&e, &s->v.sq[pos & s->v.sq_mask], sizeof(e));
                 rec->sqe = e;
                 atomic_store_explicit(&rec->state, QCOW2_IPC_INFLIGHT_TAKEN << 32 | pos,
                                       memory_order_release);

@@ -5,6 +5,7 @@
 #include "qcow2_ipc.h"
 
 #include <stdbool.h>
+#include <string.h>
 
 /* Pointers into one mapping of a queue region. */
 struct ring_view {
@@ -51,6 +52,15 @@ static inline bool ring_is_pow2(uint32_t x)
 static inline void ring_full_fence(void)
 {
         atomic_thread_fence(memory_order_seq_cst);
+}
+
+/* Copies len bytes the peer may be changing into local memory. The compiler
+ * barrier after the copy forbids it to drop the copy and read the shared
+ * bytes again later (a double fetch): what was checked is what is used. */
+static inline void ring_copy_in(void *dst, const void *src, size_t len)
+{
+        memcpy(dst, src, len);
+        atomic_signal_fence(memory_order_seq_cst);
 }
 
 static inline void ring_cpu_relax(void)
