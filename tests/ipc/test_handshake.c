@@ -248,6 +248,19 @@ static void test_bad_hello(void **state)
                 assert_int_equal(try_accept(type, &h, sizeof(h), many, 19), -EINVAL);
         }
 
+        /* A stream may deliver the hello in pieces: fds with the first. */
+        {
+                int sv[2];
+                assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+                raw_send(sv[0], &e.hello, 10, e.fds, 4);
+                raw_send(sv[0], (const uint8_t *)&e.hello + 10, 54, NULL, 0);
+                struct qcow2_ipc_server *s;
+                assert_int_equal(qcow2_ipc_server_accept(sv[1], &sopts, &s), 0);
+                qcow2_ipc_server_close(s);
+                close(sv[0]);
+                close(sv[1]);
+        }
+
         /* Short, long and missing messages. */
         assert_int_equal(try_accept(SOCK_STREAM, &e.hello, 10, e.fds, 4), -EPROTO);
         assert_int_equal(try_accept(SOCK_SEQPACKET, &e.hello, 10, e.fds, 4), -EPROTO);

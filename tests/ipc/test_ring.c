@@ -842,6 +842,59 @@ static void test_cq_backpressure(void **state)
         pair_fini(&p);
 }
 
+/* The client library refuses what it can tell is wrong, and reports full
+ * rings and slots as -EAGAIN. */
+static void test_client_submit_checks(void **state)
+{
+        (void)state;
+        struct pair p;
+        struct qcow2_ipc_seg segs[5] = { { 0, 512, 0 }, { 512, 512, 0 }, { 1024, 512, 0 },
+                                         { 1536, 512, 0 }, { 2048, 512, 0 } };
+        pair_init(&p, &default_geometry, 0);
+        struct qcow2_ipc_req bad[] = {
+                { .opcode = 0 },
+                { .opcode = 9 },
+                { .opcode = QCOW2_IPC_OP_READ, .nr_segs = 0, .segs = segs },
+                { .opcode = QCOW2_IPC_OP_READ, .nr_segs = 5, .segs = segs },
+                { .opcode = QCOW2_IPC_OP_READ, .nr_segs = 1, .segs = NULL },
+                { .opcode = QCOW2_IPC_OP_WRITE, .flags = QCOW2_IPC_F_UNMAP, .nr_segs = 1, .segs = segs },
+                { .opcode = QCOW2_IPC_OP_FLUSH, .nr_segs = 1, .segs = segs },
+                { .opcode = QCOW2_IPC_OP_WRITE_ZEROES, .flags = 2, .len = 512 },
+                { .opcode = QCOW2_IPC_OP_DISCARD, .flags = QCOW2_IPC_F_UNMAP, .len = 512 },
+        };
+        for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                assert_int_equal(qcow2_ipc_client_submit(p.c, &bad[i]), -EINVAL);
+        assert_int_equal(qcow2_ipc_client_in_flight(p.c), 0);
+
+        /* SQ of 8: the ninth waits for the service. */
+        struct qcow2_ipc_req r = { .opcode = QCOW2_IPC_OP_READ, .nr_segs = 4, .segs = segs };
+        for (unsigned i = 0; i < 8; i++)
+                assert_int_equal(qcow2_ipc_client_submit(p.c, &r), 0);
+        assert_int_equal(qcow2_ipc_client_submit(p.c, &r), -EAGAIN);
+        assert_int_equal(qcow2_ipc_client_commit(p.c), 0);
+        struct qcow2_ipc_server_req req[16];
+        unsigned n;
+        assert_int_equal(qcow2_ipc_server_take(p.s, req, 16, &n), 0);
+        assert_int_equal(n, 8);
+        assert_int_equal(req[7].len, 2048);
+        assert_int_equal(req[7].nr_iov, 4);
+        /* 16 slots (cq_entries): 8 more fit, then none until a completion is reaped. */
+        for (unsigned i = 0; i < 8; i++)
+                assert_int_equal(qcow2_ipc_client_submit(p.c, &r), 0);
+        assert_int_equal(qcow2_ipc_client_commit(p.c), 0);
+        assert_int_equal(qcow2_ipc_server_take(p.s, req + 8, 8, &n), 0);
+        assert_int_equal(n, 8);
+        assert_int_equal(qcow2_ipc_client_submit(p.c, &r), -EAGAIN);
+        assert_int_equal(qcow2_ipc_server_complete(p.s, req[0].id, 0), 0);
+        assert_int_equal(qcow2_ipc_server_publish(p.s), 0);
+        assert_int_equal(qcow2_ipc_client_submit(p.c, &r), -EAGAIN);   /* not reaped yet */
+        struct qcow2_ipc_completion comp[4];
+        assert_int_equal(qcow2_ipc_client_reap(p.c, comp, 4, &n), 0);
+        assert_int_equal(n, 1);
+        assert_int_equal(qcow2_ipc_client_submit(p.c, &r), 0);
+        pair_fini(&p);
+}
+
 /* Guest RAM is often a hugetlbfs memfd: its mapping must be huge-page
  * aligned. Skipped where no huge pages are available. */
 static void test_hugetlb_region(void **state)
@@ -892,6 +945,7 @@ int main(void)
                 cmocka_unit_test(test_protocol_errors),
                 cmocka_unit_test(test_doorbells),
                 cmocka_unit_test(test_cq_backpressure),
+                cmocka_unit_test(test_client_submit_checks),
                 cmocka_unit_test(test_hugetlb_region),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
