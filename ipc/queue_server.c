@@ -113,9 +113,10 @@ static int server_recover(struct qcow2_ipc_server *s)
             sq_tail - s->sq_head > s->g.sq_entries || s->cq_tail - cq_head > s->g.cq_entries)
                 return -EPROTO;
 
+        /* Decide everything before changing anything: a refused attach
+         * leaves the table as it found it. */
         for (uint32_t id = 0; id < s->g.cq_entries; id++) {
-                struct qcow2_ipc_inflight *rec = &s->v.inflight[id];
-                uint64_t st = atomic_load_explicit(&rec->state, memory_order_acquire);
+                uint64_t st = atomic_load_explicit(&s->v.inflight[id].state, memory_order_acquire);
                 uint64_t kind = st >> 32;
                 uint32_t pos = (uint32_t)st;
                 bool owed;
@@ -131,19 +132,21 @@ static int server_recover(struct qcow2_ipc_server *s)
                         owed = (int32_t)(s->cq_tail - pos) <= 0;
                 else
                         return -EPROTO;
-                if (!owed) {
-                        atomic_store_explicit(&rec->state, 0, memory_order_relaxed);
-                        continue;
+                if (owed) {
+                        s->ids[id].state = ID_TAKEN;
+                        s->recovered[s->nr_recovered++] = id;
                 }
-                /* Owed: it is TAKEN again, from an SQ position below sq_head. */
-                atomic_store_explicit(&rec->state,
-                                      QCOW2_IPC_INFLIGHT_TAKEN << 32 | (uint32_t)(s->sq_head - 1),
-                                      memory_order_release);
-                s->ids[id].state = ID_TAKEN;
-                s->recovered[s->nr_recovered++] = id;
         }
         if (s->nr_recovered + (s->cq_tail - cq_head) > s->g.cq_entries)
                 return -EPROTO;
+        for (uint32_t id = 0; id < s->g.cq_entries; id++) {
+                /* Owed records become TAKEN from a position below sq_head (the
+                 * same meaning, whatever they said); the rest are freed. */
+                uint64_t st = s->ids[id].state == ID_TAKEN
+                                      ? QCOW2_IPC_INFLIGHT_TAKEN << 32 | (uint32_t)(s->sq_head - 1)
+                                      : 0;
+                atomic_store_explicit(&s->v.inflight[id].state, st, memory_order_release);
+        }
         s->nr_free = 0;
         for (uint32_t id = s->g.cq_entries; id-- > 0;)
                 if (s->ids[id].state == ID_FREE)

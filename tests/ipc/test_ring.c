@@ -609,6 +609,10 @@ static void test_inflight_reattach(void **state)
         assert_int_equal(test_attach_from_client(p.c, &p.g, &p.region_fd, 1, &att), 0);
         assert_int_equal(qcow2_ipc_server_open(&att, &p.so, &p.s), -EPROTO);
         qcow2_ipc_attach_close(&att);
+        /* A refused attach changed nothing. */
+        for (unsigned i = 0; i < p.g.cq_entries; i++)
+                assert_int_equal(atomic_load(&v.inflight[i].state),
+                                 QCOW2_IPC_INFLIGHT_TAKEN << 32 | (uint32_t)(head - 5));
         p.s = NULL;
         pair_fini(&p);
 }
