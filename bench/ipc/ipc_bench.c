@@ -3,8 +3,10 @@
  * and 32; and the QD1 round-trip latency (submit one request, wait for its
  * completion) with doorbells and with busy polling on both sides.
  *
- *   ipc-bench [-n COUNT] [-l LAT_COUNT] [--pin] [--spin N]
+ *   ipc-bench [-n COUNT] [-l LAT_COUNT] [-q CQ_ENTRIES] [--pin] [--spin N]
  *
+ * -q sets the CQ size (a power of two, 2..4096; the SQ is half of it), which
+ * bounds the requests in flight.
  * --pin puts the producer on CPU 0 and the consumer on CPU 1. --spin is how
  * many polls a side makes before it sleeps on its doorbell in the doorbell
  * modes (0 = sleep at once). */
@@ -27,7 +29,7 @@
 
 #define STOP_TAG UINT64_MAX
 
-static const struct qcow2_ipc_geometry geom = {
+static struct qcow2_ipc_geometry geom = {
         .sq_entries = 128, .cq_entries = 256, .max_segs = 1, .data_size = 1 << 20,
 };
 
@@ -139,7 +141,7 @@ static void throughput(unsigned batch, uint64_t count, unsigned spin, double *mr
         struct queue q;
         struct qcow2_ipc_seg seg = { .off = 0, .len = 4096 };
         struct qcow2_ipc_req r = { .opcode = QCOW2_IPC_OP_READ, .nr_segs = 1, .segs = &seg };
-        struct qcow2_ipc_completion comp[256];
+        struct qcow2_ipc_completion comp[512];
         uint64_t submitted = 0, completed = 0;
 
         queue_start(&q, spin);
@@ -149,7 +151,7 @@ static void throughput(unsigned batch, uint64_t count, unsigned spin, double *mr
                     qcow2_ipc_client_in_flight(q.c) + batch <= geom.cq_entries) {
                         for (unsigned i = 0; i < batch; i++) {
                                 r.tag = submitted;
-                                seg.off = (r.tag & 255) * 4096;
+                                seg.off = (r.tag & 255) * 4096;   /* 1 MiB data area */
                                 if (qcow2_ipc_client_submit(q.c, &r) < 0)
                                         break;          /* SQ full */
                                 submitted++;
@@ -157,7 +159,7 @@ static void throughput(unsigned batch, uint64_t count, unsigned spin, double *mr
                         qcow2_ipc_client_commit(q.c);
                 }
                 unsigned n;
-                qcow2_ipc_client_reap(q.c, comp, 256, &n);
+                qcow2_ipc_client_reap(q.c, comp, 512, &n);
                 completed += n;
                 if (n == 0 && (submitted == count ||
                                qcow2_ipc_client_in_flight(q.c) + batch > geom.cq_entries))
@@ -263,19 +265,27 @@ int main(int argc, char **argv)
         };
         int opt;
 
-        while ((opt = getopt_long(argc, argv, "n:l:", longopts, NULL)) != -1) {
+        while ((opt = getopt_long(argc, argv, "n:l:q:", longopts, NULL)) != -1) {
                 switch (opt) {
+                case 'q':
+                        geom.cq_entries = (uint32_t)strtoul(optarg, NULL, 0);
+                        geom.sq_entries = geom.cq_entries / 2;
+                        break;
                 case 'n': count = strtoull(optarg, NULL, 0); break;
                 case 'l': lat_count = strtoull(optarg, NULL, 0); break;
                 case 'p': pin = true; break;
                 case 'S': spin = (unsigned)strtoul(optarg, NULL, 0); break;
                 default:
-                        fprintf(stderr, "usage: ipc-bench [-n COUNT] [-l LAT_COUNT] [--pin] [--spin N]\n");
+                        fprintf(stderr, "usage: ipc-bench [-n COUNT] [-l LAT_COUNT] [-q CQ_ENTRIES] "
+                                        "[--pin] [--spin N]\n");
                         return 2;
                 }
         }
-        if (lat_count == 0 || count == 0)
+        struct qcow2_ipc_layout l;
+        if (lat_count == 0 || count == 0 || geom.sq_entries < 1 || qcow2_ipc_layout(&geom, &l) < 0) {
+                fprintf(stderr, "ipc-bench: bad -n, -l or -q\n");
                 return 2;
+        }
         struct utsname u;
         uname(&u);
         printf("ipc-bench: %ld CPUs online, kernel %s, %s; null consumer thread%s\n",
