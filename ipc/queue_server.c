@@ -203,6 +203,14 @@ int qcow2_ipc_server_open(struct qcow2_ipc_attach *att, const struct qcow2_ipc_s
                         goto fail;
                 s->regions[1 + i].size = size;
         }
+        uint64_t mapped = s->l.size;
+        for (unsigned i = 0; i < att->nr_regions; i++)
+                mapped += s->regions[1 + i].size;      /* each < 2^63: no overflow in 17 */
+        if ((opts->max_map_bytes && mapped > opts->max_map_bytes) ||
+            (opts->max_entries && s->g.cq_entries > opts->max_entries)) {
+                err = -E2BIG;
+                goto fail;
+        }
         /* Non-blocking doorbells: a client that saturates the counter or
          * never reads cannot block the service. */
         if (fcntl(att->kick_fd, F_SETFL, O_NONBLOCK) < 0 ||

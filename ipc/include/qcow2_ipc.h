@@ -290,6 +290,12 @@ struct qcow2_ipc_server_opts {
         uint32_t buf_align;     /* power of two (or 0 = 1): segment offset/length alignment */
         uint64_t max_io_bytes;  /* largest READ/WRITE (0: no limit beyond 4 GiB) */
         uint32_t flags;         /* QCOW2_IPC_SERVER_* */
+        /* Policy limits on what one client may make the service map and
+         * allocate (0: only the protocol's limits): the queue region plus all
+         * registered regions, and cq_entries (service memory per queue grows
+         * with cq_entries * max_segs). Beyond them open fails with -E2BIG. */
+        uint64_t max_map_bytes;
+        uint32_t max_entries;
 };
 
 /* A validated request, copied out of the ring. iov points into the service's

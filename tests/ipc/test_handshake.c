@@ -273,6 +273,37 @@ static void test_bad_hello(void **state)
         env_fini(&e);
 }
 
+/* The service's policy limits on what a client may make it map. */
+static void test_limits(void **state)
+{
+        (void)state;
+        struct bad_env e;
+        env_init(&e);
+        struct qcow2_ipc_layout l;
+        assert_int_equal(qcow2_ipc_layout(&geom, &l), 0);
+        uint64_t total = l.size + (1 << 16);     /* queue + the 64 KiB region */
+        struct {
+                uint64_t max_map;
+                uint32_t max_entries;
+                int expect;
+        } cases[] = {
+                { total, 0, 0 }, { total - 1, 0, -E2BIG }, { 0, 32, 0 }, { 0, 16, -E2BIG },
+                { total, 32, 0 },
+        };
+        for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct qcow2_ipc_attach att;
+                struct qcow2_ipc_server *s = NULL;
+                struct qcow2_ipc_server_opts o = sopts;
+                o.max_map_bytes = cases[i].max_map;
+                o.max_entries = cases[i].max_entries;
+                assert_int_equal(test_attach_from_client(e.c, &geom, &e.region_fd, 1, &att), 0);
+                assert_int_equal(qcow2_ipc_server_open(&att, &o, &s), cases[i].expect);
+                qcow2_ipc_attach_close(&att);
+                qcow2_ipc_server_close(s);
+        }
+        env_fini(&e);
+}
+
 static void test_bad_fds(void **state)
 {
         (void)state;
@@ -441,6 +472,7 @@ int main(void)
                 cmocka_unit_test(test_good_seqpacket),
                 cmocka_unit_test(test_bad_hello),
                 cmocka_unit_test(test_bad_fds),
+                cmocka_unit_test(test_limits),
                 cmocka_unit_test(test_garbage_hello),
                 cmocka_unit_test(test_bad_reply),
         };
