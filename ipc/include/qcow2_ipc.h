@@ -36,11 +36,11 @@
 /* ---- entries ----------------------------------------------------------------- */
 
 enum qcow2_ipc_opcode {
-        QCOW2_IPC_OP_READ = 1,
-        QCOW2_IPC_OP_WRITE = 2,
-        QCOW2_IPC_OP_FLUSH = 3,
-        QCOW2_IPC_OP_WRITE_ZEROES = 4,
-        QCOW2_IPC_OP_DISCARD = 5,
+	QCOW2_IPC_OP_READ = 1,
+	QCOW2_IPC_OP_WRITE = 2,
+	QCOW2_IPC_OP_FLUSH = 3,
+	QCOW2_IPC_OP_WRITE_ZEROES = 4,
+	QCOW2_IPC_OP_DISCARD = 5,
 };
 
 /* sqe.flags */
@@ -49,9 +49,9 @@ enum qcow2_ipc_opcode {
 /* A buffer: bytes [off, off + len) of a memory region. Region 0 is the queue's
  * own data area; region k >= 1 is the k-th memfd registered at attach time. */
 struct qcow2_ipc_seg {
-        uint64_t off;
-        uint32_t len;
-        uint32_t region;
+	uint64_t off;
+	uint32_t len;
+	uint32_t region;
 };
 static_assert(sizeof(struct qcow2_ipc_seg) == 16, "seg layout");
 
@@ -60,17 +60,17 @@ static_assert(sizeof(struct qcow2_ipc_seg) == 16, "seg layout");
  * inline in seg; with more, they are in the slot's segment table and seg must
  * be zero. */
 struct qcow2_ipc_sqe {
-        uint8_t opcode;
-        uint8_t flags;
-        uint16_t nr_segs;
-        uint32_t slot;          /* < cq_entries */
-        uint64_t tag;           /* client's choice, echoed */
-        uint32_t gen;           /* client's generation of slot, echoed */
-        uint32_t reserved0;     /* 0 */
-        uint64_t offset;        /* disk byte offset */
-        uint64_t len;           /* bytes; for READ/WRITE the sum of the segments */
-        struct qcow2_ipc_seg seg;
-        uint64_t reserved1;     /* 0 */
+	uint8_t opcode;
+	uint8_t flags;
+	uint16_t nr_segs;
+	uint32_t slot;          /* < cq_entries */
+	uint64_t tag;           /* client's choice, echoed */
+	uint32_t gen;           /* client's generation of slot, echoed */
+	uint32_t reserved0;     /* 0 */
+	uint64_t offset;        /* disk byte offset */
+	uint64_t len;           /* bytes; for READ/WRITE the sum of the segments */
+	struct qcow2_ipc_seg seg;
+	uint64_t reserved1;     /* 0 */
 };
 static_assert(sizeof(struct qcow2_ipc_sqe) == 64, "sqe layout");
 static_assert(offsetof(struct qcow2_ipc_sqe, tag) == 8, "sqe layout");
@@ -81,11 +81,11 @@ static_assert(offsetof(struct qcow2_ipc_sqe, seg) == 40, "sqe layout");
 
 /* A completion: 0 or a negative errno in res. */
 struct qcow2_ipc_cqe {
-        uint64_t tag;
-        uint32_t slot;
-        uint32_t gen;
-        int32_t res;
-        uint32_t reserved;      /* 0 */
+	uint64_t tag;
+	uint32_t slot;
+	uint32_t gen;
+	int32_t res;
+	uint32_t reserved;      /* 0 */
 };
 static_assert(sizeof(struct qcow2_ipc_cqe) == 24, "cqe layout");
 
@@ -94,39 +94,39 @@ static_assert(sizeof(struct qcow2_ipc_cqe) == 24, "cqe layout");
 /* Written once by the client when it creates the region; read by the service
  * at attach only, to cross-check the handshake. */
 struct qcow2_ipc_region_header {
-        uint32_t magic;
-        uint32_t version;
-        uint32_t sq_entries;
-        uint32_t cq_entries;
-        uint32_t max_segs;
-        uint32_t reserved0;
-        uint64_t data_size;
-        uint64_t region_size;
-        uint8_t pad[QCOW2_IPC_LINE - 40];
+	uint32_t magic;
+	uint32_t version;
+	uint32_t sq_entries;
+	uint32_t cq_entries;
+	uint32_t max_segs;
+	uint32_t reserved0;
+	uint64_t data_size;
+	uint64_t region_size;
+	uint8_t pad[QCOW2_IPC_LINE - 40];
 };
 
 /* Each line is written by one side only. */
 struct qcow2_ipc_ctrl {
-        struct qcow2_ipc_region_header hdr;
-        struct {                        /* client writes */
-                _Atomic uint32_t sq_tail;
-                uint8_t pad[QCOW2_IPC_LINE - 4];
-        } sq_prod;
-        struct {                        /* service writes */
-                _Atomic uint32_t sq_head;
-                _Atomic uint32_t sq_need_wakeup;  /* service sleeps: kick it */
-                _Atomic uint32_t status;          /* QCOW2_IPC_STATUS_* */
-                uint8_t pad[QCOW2_IPC_LINE - 12];
-        } sq_cons;
-        struct {                        /* service writes */
-                _Atomic uint32_t cq_tail;
-                uint8_t pad[QCOW2_IPC_LINE - 4];
-        } cq_prod;
-        struct {                        /* client writes */
-                _Atomic uint32_t cq_head;
-                _Atomic uint32_t cq_need_wakeup;  /* client sleeps: call it */
-                uint8_t pad[QCOW2_IPC_LINE - 8];
-        } cq_cons;
+	struct qcow2_ipc_region_header hdr;
+	struct {                        /* client writes */
+		_Atomic uint32_t sq_tail;
+		uint8_t pad[QCOW2_IPC_LINE - 4];
+	} sq_prod;
+	struct {                        /* service writes */
+		_Atomic uint32_t sq_head;
+		_Atomic uint32_t sq_need_wakeup;  /* service sleeps: kick it */
+		_Atomic uint32_t status;          /* QCOW2_IPC_STATUS_* */
+		uint8_t pad[QCOW2_IPC_LINE - 12];
+	} sq_cons;
+	struct {                        /* service writes */
+		_Atomic uint32_t cq_tail;
+		uint8_t pad[QCOW2_IPC_LINE - 4];
+	} cq_prod;
+	struct {                        /* client writes */
+		_Atomic uint32_t cq_head;
+		_Atomic uint32_t cq_need_wakeup;  /* client sleeps: call it */
+		uint8_t pad[QCOW2_IPC_LINE - 8];
+	} cq_cons;
 };
 static_assert(sizeof(_Atomic uint32_t) == 4, "lock-free 32-bit atomics");
 static_assert(sizeof(struct qcow2_ipc_region_header) == QCOW2_IPC_LINE, "ctrl layout");
@@ -142,9 +142,9 @@ static_assert(sizeof(struct qcow2_ipc_ctrl) == 640, "ctrl layout");
 /* One record of the in-flight table (service writes; read back only by a
  * service that re-attaches). state: 0 free, else kind << 32 | position. */
 struct qcow2_ipc_inflight {
-        _Atomic uint64_t state;
-        uint8_t pad[56];
-        struct qcow2_ipc_sqe sqe;       /* the entry as taken */
+	_Atomic uint64_t state;
+	uint8_t pad[56];
+	struct qcow2_ipc_sqe sqe;       /* the entry as taken */
 };
 static_assert(sizeof(struct qcow2_ipc_inflight) == 128, "inflight layout");
 static_assert(sizeof(_Atomic uint64_t) == 8, "lock-free 64-bit atomics");
@@ -155,20 +155,20 @@ static_assert(sizeof(_Atomic uint64_t) == 8, "lock-free 64-bit atomics");
 /* ---- geometry and layout ----------------------------------------------------- */
 
 struct qcow2_ipc_geometry {
-        uint32_t sq_entries;    /* power of two, 1..4096 */
-        uint32_t cq_entries;    /* power of two, sq_entries..4096 */
-        uint32_t max_segs;      /* 1..1024, cq_entries * max_segs <= 256 Ki */
-        uint64_t data_size;     /* multiple of 4096, may be 0 */
+	uint32_t sq_entries;    /* power of two, 1..4096 */
+	uint32_t cq_entries;    /* power of two, sq_entries..4096 */
+	uint32_t max_segs;      /* 1..1024, cq_entries * max_segs <= 256 Ki */
+	uint64_t data_size;     /* multiple of 4096, may be 0 */
 };
 
 /* Byte offsets of each area in the region, all multiples of QCOW2_IPC_PAGE. */
 struct qcow2_ipc_layout {
-        uint64_t sq_off;
-        uint64_t cq_off;
-        uint64_t seg_off;       /* cq_entries tables of max_segs segments */
-        uint64_t inflight_off;  /* cq_entries records */
-        uint64_t data_off;
-        uint64_t size;          /* the whole region */
+	uint64_t sq_off;
+	uint64_t cq_off;
+	uint64_t seg_off;       /* cq_entries tables of max_segs segments */
+	uint64_t inflight_off;  /* cq_entries records */
+	uint64_t data_off;
+	uint64_t size;          /* the whole region */
 };
 
 /* Checks g and computes where everything is. -EINVAL when g is out of limits. */
@@ -179,27 +179,27 @@ int qcow2_ipc_layout(const struct qcow2_ipc_geometry *g, struct qcow2_ipc_layout
 /* Client -> service, with SCM_RIGHTS fds: queue memfd, kick eventfd
  * (client -> service), call eventfd (service -> client), then nr_regions memfds. */
 struct qcow2_ipc_hello {
-        uint32_t magic;
-        uint16_t version_min;
-        uint16_t version_max;
-        uint32_t sq_entries;
-        uint32_t cq_entries;
-        uint32_t max_segs;
-        uint32_t nr_regions;
-        uint64_t data_size;
-        uint64_t region_size;
-        uint32_t flags;         /* 0 */
-        uint32_t reserved[5];   /* 0 */
+	uint32_t magic;
+	uint16_t version_min;
+	uint16_t version_max;
+	uint32_t sq_entries;
+	uint32_t cq_entries;
+	uint32_t max_segs;
+	uint32_t nr_regions;
+	uint64_t data_size;
+	uint64_t region_size;
+	uint32_t flags;         /* 0 */
+	uint32_t reserved[5];   /* 0 */
 };
 static_assert(sizeof(struct qcow2_ipc_hello) == 64, "hello layout");
 
 /* Service -> client, no fds. status 0: attached with that version. */
 struct qcow2_ipc_reply {
-        uint32_t magic;
-        uint16_t version;
-        uint16_t reserved0;
-        int32_t status;
-        uint32_t reserved[5];
+	uint32_t magic;
+	uint16_t version;
+	uint16_t reserved0;
+	int32_t status;
+	uint32_t reserved[5];
 };
 static_assert(sizeof(struct qcow2_ipc_reply) == 32, "reply layout");
 
@@ -210,38 +210,38 @@ struct qcow2_ipc_client;
 #define QCOW2_IPC_CLIENT_ALWAYS_KICK 0x1u  /* ring the doorbell on every commit */
 
 struct qcow2_ipc_client_opts {
-        struct qcow2_ipc_geometry geometry;
-        uint32_t flags;                 /* QCOW2_IPC_CLIENT_* */
-        unsigned nr_regions;            /* <= QCOW2_IPC_MAX_REGIONS */
-        const int *region_fds;          /* memfds (sealed F_SEAL_SHRINK); dup'ed */
-        uint32_t first_index;           /* where all four indices start (usually 0) */
+	struct qcow2_ipc_geometry geometry;
+	uint32_t flags;                 /* QCOW2_IPC_CLIENT_* */
+	unsigned nr_regions;            /* <= QCOW2_IPC_MAX_REGIONS */
+	const int *region_fds;          /* memfds (sealed F_SEAL_SHRINK); dup'ed */
+	uint32_t first_index;           /* where all four indices start (usually 0) */
 };
 
 /* A request. segs (nr_segs of them, for READ and WRITE) is copied by submit. */
 struct qcow2_ipc_req {
-        uint8_t opcode;
-        uint8_t flags;
-        uint16_t nr_segs;
-        uint64_t tag;
-        uint64_t offset;
-        uint64_t len;           /* ignored for READ/WRITE: the sum of segs */
-        const struct qcow2_ipc_seg *segs;
+	uint8_t opcode;
+	uint8_t flags;
+	uint16_t nr_segs;
+	uint64_t tag;
+	uint64_t offset;
+	uint64_t len;           /* ignored for READ/WRITE: the sum of segs */
+	const struct qcow2_ipc_seg *segs;
 };
 
 struct qcow2_ipc_completion {
-        uint64_t tag;
-        int32_t res;
+	uint64_t tag;
+	int32_t res;
 };
 
 struct qcow2_ipc_client_stats {
-        uint64_t submitted, completed;
-        uint64_t kicks;                 /* doorbell writes */
-        uint64_t stale;                 /* completions of no in-flight request, dropped */
+	uint64_t submitted, completed;
+	uint64_t kicks;                 /* doorbell writes */
+	uint64_t stale;                 /* completions of no in-flight request, dropped */
 };
 
 /* Creates the region (memfd, sealed against shrinking) and the eventfds. */
 int qcow2_ipc_client_new(const struct qcow2_ipc_client_opts *opts,
-                         struct qcow2_ipc_client **out);
+			 struct qcow2_ipc_client **out);
 void qcow2_ipc_client_free(struct qcow2_ipc_client *c);
 /* Sends the hello with the fds and waits for the reply; may be called again
  * on a new connection to re-attach to a restarted service. */
@@ -256,14 +256,14 @@ int qcow2_ipc_client_commit(struct qcow2_ipc_client *c);
 /* Takes up to max completions. Completions of requests not in flight (stale
  * generation) are dropped and counted. -EPROTO when the service broke the ring. */
 int qcow2_ipc_client_reap(struct qcow2_ipc_client *c, struct qcow2_ipc_completion *out,
-                          unsigned max, unsigned *nr);
+			  unsigned max, unsigned *nr);
 /* Waits for a completion: spins `spin` times, then sleeps on the call
  * eventfd (timeout_ms < 0: no limit). 0 when something may be reaped,
  * -ETIMEDOUT, -EPROTO when the service marked the queue broken. */
 int qcow2_ipc_client_wait(struct qcow2_ipc_client *c, unsigned spin, int timeout_ms);
 unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c);
 void qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
-                                struct qcow2_ipc_client_stats *out);
+				struct qcow2_ipc_client_stats *out);
 /* For tests and other-language peers: the raw mapping and its fds. */
 struct qcow2_ipc_ctrl *qcow2_ipc_client_ctrl(struct qcow2_ipc_client *c);
 int qcow2_ipc_client_fd(const struct qcow2_ipc_client *c, int which); /* 0 queue, 1 kick, 2 call */
@@ -274,48 +274,48 @@ struct qcow2_ipc_server;
 
 /* What a hello delivered; the fds belong to whoever holds this. */
 struct qcow2_ipc_attach {
-        uint16_t version;
-        struct qcow2_ipc_geometry geometry;
-        uint64_t region_size;
-        int queue_fd, kick_fd, call_fd;
-        unsigned nr_regions;
-        int region_fds[QCOW2_IPC_MAX_REGIONS];
+	uint16_t version;
+	struct qcow2_ipc_geometry geometry;
+	uint64_t region_size;
+	int queue_fd, kick_fd, call_fd;
+	unsigned nr_regions;
+	int region_fds[QCOW2_IPC_MAX_REGIONS];
 };
 
 #define QCOW2_IPC_SERVER_ALWAYS_CALL 0x1u  /* signal the client on every publish */
 
 struct qcow2_ipc_server_opts {
-        uint64_t disk_size;     /* requests must lie in [0, disk_size) */
-        uint32_t block_size;    /* power of two: disk offset and length alignment */
-        uint32_t buf_align;     /* power of two (or 0 = 1): segment offset/length alignment */
-        uint64_t max_io_bytes;  /* largest READ/WRITE (0: no limit beyond 4 GiB) */
-        uint32_t flags;         /* QCOW2_IPC_SERVER_* */
-        /* Policy limits on what one client may make the service map and
-         * allocate (0: only the protocol's limits): the queue region plus all
-         * registered regions, and cq_entries (service memory per queue grows
-         * with cq_entries * max_segs). Beyond them open fails with -E2BIG. */
-        uint64_t max_map_bytes;
-        uint32_t max_entries;
+	uint64_t disk_size;     /* requests must lie in [0, disk_size) */
+	uint32_t block_size;    /* power of two: disk offset and length alignment */
+	uint32_t buf_align;     /* power of two (or 0 = 1): segment offset/length alignment */
+	uint64_t max_io_bytes;  /* largest READ/WRITE (0: no limit beyond 4 GiB) */
+	uint32_t flags;         /* QCOW2_IPC_SERVER_* */
+	/* Policy limits on what one client may make the service map and
+	 * allocate (0: only the protocol's limits): the queue region plus all
+	 * registered regions, and cq_entries (service memory per queue grows
+	 * with cq_entries * max_segs). Beyond them open fails with -E2BIG. */
+	uint64_t max_map_bytes;
+	uint32_t max_entries;
 };
 
 /* A validated request, copied out of the ring. iov points into the service's
  * mappings and stays valid until qcow2_ipc_server_complete(id). */
 struct qcow2_ipc_server_req {
-        uint32_t id;
-        uint8_t opcode;
-        uint8_t flags;
-        uint16_t nr_iov;
-        uint64_t offset;
-        uint64_t len;
-        uint64_t tag;           /* for logs only */
-        struct iovec *iov;
+	uint32_t id;
+	uint8_t opcode;
+	uint8_t flags;
+	uint16_t nr_iov;
+	uint64_t offset;
+	uint64_t len;
+	uint64_t tag;           /* for logs only */
+	struct iovec *iov;
 };
 
 struct qcow2_ipc_server_stats {
-        uint64_t taken, completed;
-        uint64_t invalid;       /* entries completed with -EINVAL by validation */
-        uint64_t recovered;     /* in-flight entries found at attach */
-        uint64_t calls;         /* doorbell writes */
+	uint64_t taken, completed;
+	uint64_t invalid;       /* entries completed with -EINVAL by validation */
+	uint64_t recovered;     /* in-flight entries found at attach */
+	uint64_t calls;         /* doorbell writes */
 };
 
 /* Receives and validates a hello (fd count, kinds, seals, sizes). Fills att,
@@ -328,17 +328,17 @@ void qcow2_ipc_attach_close(struct qcow2_ipc_attach *att);
  * shared state and recovers the in-flight table. Takes the fds of att (set to
  * -1) on success. */
 int qcow2_ipc_server_open(struct qcow2_ipc_attach *att, const struct qcow2_ipc_server_opts *opts,
-                          struct qcow2_ipc_server **out);
+			  struct qcow2_ipc_server **out);
 /* recv_hello + open + send_reply, on a blocking socket. */
 int qcow2_ipc_server_accept(int sock, const struct qcow2_ipc_server_opts *opts,
-                            struct qcow2_ipc_server **out);
+			    struct qcow2_ipc_server **out);
 void qcow2_ipc_server_close(struct qcow2_ipc_server *s);
 
 /* Takes up to max requests: first those recovered from the in-flight table,
  * then new ones from the SQ. Invalid entries are completed with -EINVAL and
  * not returned. -EPROTO: the client broke the ring; the queue is broken. */
 int qcow2_ipc_server_take(struct qcow2_ipc_server *s, struct qcow2_ipc_server_req *out,
-                          unsigned max, unsigned *nr);
+			  unsigned max, unsigned *nr);
 /* Writes the completion of request id (visible at the next publish). */
 int qcow2_ipc_server_complete(struct qcow2_ipc_server *s, uint32_t id, int32_t res);
 /* Publishes completions; calls the client if it sleeps. */
@@ -354,15 +354,15 @@ int qcow2_ipc_server_kick_fd(const struct qcow2_ipc_server *s);
 /* Where region idx (0: the data area) is mapped, e.g. to register it as
  * io_uring fixed buffers. -EINVAL past the last region. */
 int qcow2_ipc_server_region(const struct qcow2_ipc_server *s, unsigned idx, void **base,
-                            uint64_t *size);
+			    uint64_t *size);
 unsigned qcow2_ipc_server_in_flight(const struct qcow2_ipc_server *s);
 int qcow2_ipc_server_broken(const struct qcow2_ipc_server *s);  /* 0 or -EPROTO */
 void qcow2_ipc_server_get_stats(const struct qcow2_ipc_server *s,
-                                struct qcow2_ipc_server_stats *out);
+				struct qcow2_ipc_server_stats *out);
 
 /* Validates one entry (a local copy) against geometry, region sizes and opts;
  * fills req (its iov must hold max_segs). Exposed for tests; used by take. */
 int qcow2_ipc_server_validate(struct qcow2_ipc_server *s, const struct qcow2_ipc_sqe *sqe,
-                              struct qcow2_ipc_server_req *req);
+			      struct qcow2_ipc_server_req *req);
 
 #endif
