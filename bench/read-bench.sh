@@ -39,7 +39,10 @@ echo "== preparing: $size raw file written by fio, converted to qcow2 (64 KiB cl
 rm -f "$raw" "$img"
 fio --name=fill --filename="$raw" --size="$size" --rw=write --bs=1M --direct=1 \
 	--ioengine=io_uring --iodepth=8 --refill_buffers --output=/dev/null
-qemu-img convert -O qcow2 "$raw" "$img"
+# O_DIRECT, like fio's fill: written through the page cache instead, the
+# image's blocks land elsewhere (delayed allocation) and random writes to it
+# measured 15% slower than to the raw file for reasons of layout alone.
+qemu-img convert -t none -T none -O qcow2 "$raw" "$img"
 
 
 fio_iops() { # rw
