@@ -33,6 +33,25 @@ measure() {
 	median "${vals[@]}"
 }
 
+# interleave CASE...: run the functions case_CASE once per round, for
+# $runs rounds, the cases in turn within each round (the disk's speed
+# drifts over minutes: every case sees the same drift); set RESULT[CASE] to
+# the median of its outputs. RESULT must be declared: declare -A RESULT.
+interleave() {
+	local -A vals=()
+	local c r
+	for r in $(seq "$runs"); do
+		for c in "$@"; do
+			vals[$c]+=" $("case_$c")"
+		done
+		echo "   round $r/$runs done" >&2
+	done
+	for c in "$@"; do
+		# shellcheck disable=SC2086
+		RESULT[$c]=$(median ${vals[$c]})
+	done
+}
+
 # machine_line: what the figures were measured on.
 machine_line() {
 	echo "== machine: $(nproc) cores, $(uname -r), $(findmnt -n -o FSTYPE -T "$1") on $(findmnt -n -o SOURCE -T "$1")"

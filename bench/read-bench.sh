@@ -66,20 +66,19 @@ ours_iops() { # extra args
 
 
 machine_line "$dir"
-echo "== config: 4 KiB reads, depth $depth, $count requests per run, median of $runs runs, O_DIRECT, io_uring"
+echo "== config: 4 KiB reads, depth $depth, $count requests per run, median of $runs rounds" \
+	"(cases interleaved), O_DIRECT, io_uring"
+case_fio_seq() { fio_iops read; }
+case_qemu_seq() { qemu_iops; }
+case_ours_seq() { ours_iops; }
+case_fio_rand() { fio_iops randread; }
+case_ours_rand() { ours_iops --random; }
+declare -A RESULT
+interleave fio_seq qemu_seq ours_seq fio_rand ours_rand
 printf '%-12s %12s %12s %12s %10s %10s\n' pattern fio-raw qemu-img qcow2-img ours/fio ours/qemu
-for pattern in sequential random; do
-	if [ $pattern = sequential ]; then
-		f=$(measure fio_iops read)
-		q=$(measure qemu_iops)
-		o=$(measure ours_iops)
-	else
-		f=$(measure fio_iops randread)
-		q=""
-		o=$(measure ours_iops --random)
-	fi
-	rf=$(python3 -c "print(f'{$o/$f:.2f}')")
-	rq=$([ -n "$q" ] && python3 -c "print(f'{$o/$q:.2f}')" || echo "n/a")
-	printf '%-12s %12s %12s %12s %10s %10s\n' $pattern "$f" "${q:-n/a}" "$o" "$rf" "$rq"
-done
+printf '%-12s %12s %12s %12s %10s %10s\n' sequential "${RESULT[fio_seq]}" "${RESULT[qemu_seq]}" \
+	"${RESULT[ours_seq]}" "$(ratio "${RESULT[ours_seq]}" "${RESULT[fio_seq]}")" \
+	"$(ratio "${RESULT[ours_seq]}" "${RESULT[qemu_seq]}")"
+printf '%-12s %12s %12s %12s %10s %10s\n' random "${RESULT[fio_rand]}" n/a "${RESULT[ours_rand]}" \
+	"$(ratio "${RESULT[ours_rand]}" "${RESULT[fio_rand]}")" n/a
 echo "(qemu-img bench has no random mode; its column is n/a there)"

@@ -6,7 +6,9 @@
 #                same file system), qemu-img bench -w and qcow2-img bench -w on
 #                the same fully allocated qcow2 image;
 #   allocating - qemu-img bench -w and qcow2-img bench -w on empty images of the
-#                same options (fresh image per run).
+#                same options (fresh image per run), and as the reference
+#                fio writing into fresh space (a file fallocate()d but never
+#                written: what the file system charges for first writes).
 # Prints IOPS (median of --runs) and the ratios the write path aims at.
 #
 # Usage: bench/write-bench.sh [--size 1G] [--count 100000] [--depth 32]
@@ -33,7 +35,7 @@ source "$here/bench/lib.sh"
 require_tools fio qemu-img python3 "$qimg"
 mkdir -p "$dir"
 raw="$dir/wraw.img" img="$dir/wimage.qcow2" empty="$dir/wempty.qcow2"
-trap 'rm -f "$raw" "$img" "$empty"' EXIT
+trap 'rm -f "$raw" "$img" "$empty" "$dir/wunwritten.raw"' EXIT
 
 echo "== preparing: $size raw file written by fio, converted to qcow2 (64 KiB clusters, all allocated)"
 fio --name=fill --filename="$raw" --size="$size" --rw=write --bs=1M --direct=1 \
@@ -68,14 +70,44 @@ ours_alloc() { fresh; ours_iops "$empty" "$@"; }
 
 
 machine_line "$dir"
-echo "== config: 4 KiB writes, depth $depth, $count requests per run, median of $runs runs, O_DIRECT, io_uring"
+echo "== config: 4 KiB writes, depth $depth, $count requests per run, median of $runs rounds" \
+	"(cases interleaved), O_DIRECT, io_uring"
+case_fio_seq() { fio_iops write; }
+case_qemu_seq() { qemu_iops "$img"; }
+case_ours_seq() { ours_iops "$img"; }
+case_fio_rand() { fio_iops randwrite; }
+case_ours_rand() { ours_iops "$img" --random; }
+# The file system's own price for writing into fresh space: fio into a file
+# whose blocks are reserved (fallocate) but never written, like the space
+# the engine reserves ahead of its allocations.
+fio_unwritten() { # rw
+	rm -f "$dir/wunwritten.raw"
+	fio --name=ref --filename="$dir/wunwritten.raw" --size="$size" --fallocate=native \
+		--rw="$1" --bs=4k --iodepth="$depth" --ioengine=io_uring --direct=1 \
+		--number_ios="$count" --randrepeat=1 --output-format=json 2>/dev/null |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["write"]["iops"])'
+	rm -f "$dir/wunwritten.raw"
+}
+case_fio_fresh() { fio_unwritten write; }
+case_fio_fresh_rand() { fio_unwritten randwrite; }
+case_qemu_alloc() { qemu_alloc; }
+case_ours_alloc() { ours_alloc; }
+case_ours_alloc_rand() { ours_alloc --random; }
+declare -A RESULT
+interleave fio_seq qemu_seq ours_seq fio_rand ours_rand fio_fresh qemu_alloc ours_alloc \
+	fio_fresh_rand ours_alloc_rand
 printf '%-24s %10s %10s %10s %9s %9s\n' case fio-raw qemu-img qcow2-img ours/fio ours/qemu
-f=$(measure fio_iops write); q=$(measure qemu_iops "$img"); o_seq=$(measure ours_iops "$img")
-printf '%-24s %10s %10s %10s %9s %9s\n' "in-place sequential" "$f" "$q" "$o_seq" "$(ratio "$o_seq" "$f")" "$(ratio "$o_seq" "$q")"
-f=$(measure fio_iops randwrite); o_rand=$(measure ours_iops "$img" --random)
-printf '%-24s %10s %10s %10s %9s %9s\n' "in-place random" "$f" "n/a" "$o_rand" "$(ratio "$o_rand" "$f")" "n/a"
-q=$(measure qemu_alloc); o=$(measure ours_alloc)
-printf '%-24s %10s %10s %10s %9s %9s\n' "allocating sequential" "n/a" "$q" "$o" "n/a" "$(ratio "$o" "$q")"
-echo "allocating/in-place (sequential): $(ratio "$o" "$o_seq")"
-o=$(measure ours_alloc --random)
-echo "allocating random: $o IOPS; allocating/in-place (random): $(ratio "$o" "$o_rand")"
+printf '%-24s %10s %10s %10s %9s %9s\n' "in-place sequential" "${RESULT[fio_seq]}" \
+	"${RESULT[qemu_seq]}" "${RESULT[ours_seq]}" "$(ratio "${RESULT[ours_seq]}" "${RESULT[fio_seq]}")" \
+	"$(ratio "${RESULT[ours_seq]}" "${RESULT[qemu_seq]}")"
+printf '%-24s %10s %10s %10s %9s %9s\n' "in-place random" "${RESULT[fio_rand]}" "n/a" \
+	"${RESULT[ours_rand]}" "$(ratio "${RESULT[ours_rand]}" "${RESULT[fio_rand]}")" "n/a"
+printf '%-24s %10s %10s %10s %9s %9s\n' "allocating sequential" "${RESULT[fio_fresh]}" \
+	"${RESULT[qemu_alloc]}" "${RESULT[ours_alloc]}" \
+	"$(ratio "${RESULT[ours_alloc]}" "${RESULT[fio_fresh]}")" \
+	"$(ratio "${RESULT[ours_alloc]}" "${RESULT[qemu_alloc]}")"
+printf '%-24s %10s %10s %10s %9s %9s\n' "allocating random" "${RESULT[fio_fresh_rand]}" "n/a" \
+	"${RESULT[ours_alloc_rand]}" "$(ratio "${RESULT[ours_alloc_rand]}" "${RESULT[fio_fresh_rand]}")" "n/a"
+echo "(allocating: fio-raw is fio writing into fresh space, reserved with fallocate but never written)"
+echo "allocating/in-place: sequential $(ratio "${RESULT[ours_alloc]}" "${RESULT[ours_seq]}")," \
+	"random $(ratio "${RESULT[ours_alloc_rand]}" "${RESULT[ours_rand]}")"
