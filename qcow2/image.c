@@ -257,7 +257,8 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 		}
 		img->hdr.autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
 	}
-	if (img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+	if ((img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) ||
+	    (img->flags & QCOW2_OPEN_REBUILD_REFCOUNTS)) {
 		/* Not closed cleanly with lazy refcounts: the refcounts on
 		 * disk are stale; rebuild them before the first write. */
 		ret = refcount_rebuild(img);

@@ -9,5 +9,6 @@ int cmd_convert(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_check(int argc, char **argv);
 
 #endif

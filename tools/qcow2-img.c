@@ -13,6 +13,7 @@ static const struct {
 } commands[] = {
 	{ "create", cmd_create, "create a qcow2 image (qemu-img's options)" },
 	{ "resize", cmd_resize, "grow an image's virtual disk" },
+	{ "check", cmd_check, "verify the metadata; repair leaks and refcounts" },
 	{ "info", cmd_info, "describe an image and its backing chain" },
 	{ "map", cmd_map, "show where every guest range reads from" },
 	{ "convert", cmd_convert, "copy an image's contents to a raw file" },

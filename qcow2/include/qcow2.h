@@ -105,6 +105,9 @@ unsigned qcow2_ctx_inflight(const struct qcow2_ctx *ctx);
 /* Write refcounts in every flush even when the image has the lazy
  * refcounts feature (by default such images defer them to close). */
 #define QCOW2_OPEN_STRICT_REFCOUNTS (1u << 4)
+/* Read-write: rebuild the refcounts from the tables before anything else
+ * (what a dirty image gets anyway); for repairs. */
+#define QCOW2_OPEN_REBUILD_REFCOUNTS (1u << 5)
 
 struct qcow2_open_opts {
 	unsigned flags;

@@ -546,8 +546,43 @@ check_info_map() {
 	fi
 }
 
+# qcow2-img check must count what qemu-img check counts (qcow2 images).
+check_counts() {
+	local rc=0 qrc=0
+	[[ -z $fmt ]] || return 0
+	tool check "$QCOW2_IMG" check --json "$rel" || rc=$?
+	(cd "$base" && "$QEMU_IMG" check --output=json "$rel") >"$W/qcheck.out" 2>&1 || qrc=$?
+	if ((rc != qrc)) && ! ((rc == 0 && qrc == 0)); then
+		echo "FAIL qcow2-img check $rel: exit $rc, qemu-img check exit $qrc"
+		show check
+		failures+=("check exit $rc (qemu-img $qrc)")
+		return
+	fi
+	if python3 - "$W/check.out" "$W/qcheck.out" <<'PY'
+import json, sys
+ours = json.load(open(sys.argv[1]))
+t = open(sys.argv[2]).read()
+ref = json.loads(t[t.index("{"):])
+keys = ["corruptions", "leaks", "check-errors", "allocated-clusters",
+        "fragmented-clusters", "compressed-clusters", "image-end-offset",
+        "total-clusters"]
+bad = [f"{k}: ours {ours.get(k, 0)}, qemu-img {ref.get(k, 0)}"
+       for k in keys if ours.get(k, 0) != ref.get(k, 0)]
+if bad:
+    print("\n".join(bad))
+    sys.exit(1)
+PY
+	then
+		echo "ok   qcow2-img check --json: the counts of qemu-img check"
+	else
+		echo "FAIL qcow2-img check --json $rel: counts differ from qemu-img check"
+		failures+=("check counts")
+	fi
+}
+
 check_wrong_pattern
 check_info_map
+check_counts
 
 if ((${#failures[@]})); then
 	echo

@@ -41,6 +41,30 @@ print(f"qemu-img check: corruptions {c}, leaks {l}, check-errors {e}, exit {rc}"
       + (" -> FAIL" if bad else ""))
 sys.exit(1 if bad else 0)
 ' "$mode" "$rc" "$out" || { echo "$out"; return 1; }
+	[[ -n ${QCOW2_IMG:-} ]] || return 0
+	# qcow2-img check must count what qemu-img check counts.
+	local ours orc=0
+	ours=$("$QCOW2_IMG" check --json "$img" 2>&1) || orc=$?
+	python3 -c '
+import json, sys
+rc, orc, text, otext = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ref = json.loads(text[text.index("{"):])
+try:
+    ours = json.loads(otext)
+except Exception:
+    print(f"qcow2-img check gave no JSON (exit {orc}): {otext.strip()[:500]}")
+    sys.exit(1)
+keys = ["corruptions", "leaks", "check-errors", "allocated-clusters",
+        "fragmented-clusters", "compressed-clusters", "image-end-offset",
+        "total-clusters"]
+bad = [f"{k}: ours {ours.get(k, 0)}, qemu-img {ref.get(k, 0)}"
+       for k in keys if ours.get(k, 0) != ref.get(k, 0)]
+if orc != rc:
+    bad.append(f"exit status: ours {orc}, qemu-img {rc}")
+if bad:
+    print("qcow2-img check disagrees with qemu-img check: " + "; ".join(bad))
+    sys.exit(1)
+' "$rc" "$orc" "$out" "$ours"
 }
 
 # asan_report FILE: true when FILE holds a sanitizer report.
