@@ -257,22 +257,6 @@ static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
 	return 0;
 }
 
-static uint32_t be32_at(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return be32toh(v);
-}
-
-static uint64_t be64_at(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return be64toh(v);
-}
-
 /* Walk a variable-length table (snapshots, bitmap directory) of count
  * entries; fn gets each entry and returns its length, or 0 if malformed. */
 static int check_snapshots(struct chk *c)

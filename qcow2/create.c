@@ -13,7 +13,6 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -328,23 +327,6 @@ static void build_l2(const struct qcow2_create_opts *o, const struct layout *l,
 	}
 }
 
-/* A file named relative to the image is found beside it. */
-static char *beside(const char *image, const char *name)
-{
-	char *dir, *copy, *out;
-
-	if (name[0] == '/')
-		return strdup(name);
-	copy = strdup(image);
-	if (!copy)
-		return NULL;
-	dir = dirname(copy);
-	if (asprintf(&out, "%s/%s", dir, name) < 0)
-		out = NULL;
-	free(copy);
-	return out;
-}
-
 static void progress(const struct qcow2_create_opts *o, uint64_t done,
 		     uint64_t total)
 {
@@ -414,7 +396,7 @@ int qcow2_create(const char *path, const struct qcow2_create_opts *opts,
 		goto out;
 	}
 	if (opts->data_file) {
-		data_path = beside(path, opts->data_file);
+		data_path = path_beside(path, opts->data_file);
 		if (!data_path) {
 			ret = -ENOMEM;
 			goto out;

@@ -27,6 +27,17 @@
 #define QCOW2_EXT_CRYPTO 0x0537be77u
 #define QCOW2_EXT_DATA_FILE 0x44415441u
 
+/* Big-endian fields of on-disk structures. */
+static inline uint32_t be32_at(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline uint64_t be64_at(const uint8_t *p)
+{
+	return (uint64_t)be32_at(p) << 32 | be32_at(p + 4);
+}
+
 struct qcow2_feature_name {
 	uint8_t type; /* 0 incompatible, 1 compatible, 2 autoclear */
 	uint8_t bit;

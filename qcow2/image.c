@@ -66,8 +66,7 @@ static void prefix_err(struct qcow2_error *err, const char *what,
 	set_err(err, "%s%s: %s", what, name, inner);
 }
 
-/* A path recorded in an image is relative to the image's directory. */
-static char *resolve_relative(const char *image_path, const char *name)
+char *path_beside(const char *image_path, const char *name)
 {
 	char *copy, *dir, *out;
 
@@ -317,7 +316,7 @@ static int open_backing(struct qcow2_image *img,
 	}
 	bopts.flags |= opts ? (opts->flags & QCOW2_OPEN_BUFFERED) : 0;
 	bopts.l2_slice_size = opts ? opts->l2_slice_size : 0;
-	path = resolve_relative(img->filename, img->hdr.backing_file);
+	path = path_beside(img->filename, img->hdr.backing_file);
 	if (!path)
 		return -ENOMEM;
 	ret = open_chain(img->ctx, path, &bopts, &img->backing, err, ids,
@@ -338,7 +337,7 @@ static int open_data_file(struct qcow2_image *img,
 	if (opts && opts->data_file)
 		path = strdup(opts->data_file);
 	else if (img->hdr.data_file)
-		path = resolve_relative(img->filename, img->hdr.data_file);
+		path = path_beside(img->filename, img->hdr.data_file);
 	else {
 		set_err(err, "the image needs an external data file but does not "
 			"name one; pass its path explicitly");

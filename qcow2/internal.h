@@ -282,6 +282,10 @@ int read_start(struct qcow2_image *img, uint64_t offset,
 	       const struct iovec *iov, int iovcnt, uint64_t len,
 	       bool top_level, qcow2_complete_fn cb, void *opaque);
 
+/* A path recorded in an image (backing file, data file) is relative to the
+ * image's directory: the path to open (malloc'd), or NULL. */
+char *path_beside(const char *image_path, const char *name);
+
 /* Detect the block size and buffer alignment O_DIRECT needs for fd. */
 void detect_alignment(int fd, uint32_t *align, uint32_t *mem_align);
 

@@ -169,22 +169,6 @@ static int count_l1(struct rebuild *rb, uint64_t l1_off, uint32_t l1_size)
 	return ret;
 }
 
-static uint32_t be32_at(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return be32toh(v);
-}
-
-static uint64_t be64_at(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return be64toh(v);
-}
-
 static int count_snapshots(struct rebuild *rb)
 {
 	const struct qcow2_header *h = &rb->img->hdr;

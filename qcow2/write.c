@@ -1237,31 +1237,22 @@ static void write_advance(struct write_req *req)
 	wreq_put(req, 0); /* the cursor is done */
 }
 
-static int wreq_start(struct qcow2_image *img, enum write_kind kind,
-		      unsigned flags, uint64_t offset, const struct iovec *iov,
-		      int iovcnt, uint64_t len, qcow2_complete_fn cb,
-		      void *opaque)
+/* A new request (validated by the caller), its cursor counted as pending. */
+static struct write_req *wreq_new(struct qcow2_image *img, enum write_kind kind,
+				  unsigned flags, uint64_t offset,
+				  const struct iovec *iov, int iovcnt, uint64_t len,
+				  qcow2_complete_fn cb, void *opaque)
 {
-	struct write_req *req;
+	struct write_req *req = calloc(1, sizeof(*req));
 
-	if (!img || !cb)
-		return -EINVAL;
-	if (!(img->flags & QCOW2_OPEN_RDWR) || !img->wb)
-		return -EROFS;
-	if (offset > img->virtual_size || len > img->virtual_size - offset)
-		return -EINVAL;
-	if (offset % img->block_size ||
-	    (len % img->block_size && offset + len != img->virtual_size))
-		return -EINVAL;
-	req = calloc(1, sizeof(*req));
 	if (!req)
-		return -ENOMEM;
+		return NULL;
 	req->iov = req->iov_inline;
 	if (iovcnt > 2) {
 		req->iov = malloc((size_t)iovcnt * sizeof(*iov));
 		if (!req->iov) {
 			free(req);
-			return -ENOMEM;
+			return NULL;
 		}
 	}
 	if (iovcnt)
@@ -1279,6 +1270,28 @@ static int wreq_start(struct qcow2_image *img, enum write_kind kind,
 	req->waiter.wake = write_wake;
 	img->stats.write_requests++;
 	img->stats.write_bytes += len;
+	return req;
+}
+
+static int wreq_start(struct qcow2_image *img, enum write_kind kind,
+		      unsigned flags, uint64_t offset, const struct iovec *iov,
+		      int iovcnt, uint64_t len, qcow2_complete_fn cb,
+		      void *opaque)
+{
+	struct write_req *req;
+
+	if (!img || !cb)
+		return -EINVAL;
+	if (!(img->flags & QCOW2_OPEN_RDWR) || !img->wb)
+		return -EROFS;
+	if (offset > img->virtual_size || len > img->virtual_size - offset)
+		return -EINVAL;
+	if (offset % img->block_size ||
+	    (len % img->block_size && offset + len != img->virtual_size))
+		return -EINVAL;
+	req = wreq_new(img, kind, flags, offset, iov, iovcnt, len, cb, opaque);
+	if (!req)
+		return -ENOMEM;
 	if (kind == WRITE_DATA)
 		write_advance(req);
 	else
@@ -1335,24 +1348,11 @@ int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset,
 		return -EINVAL;
 	csize = img->virtual_size - offset < img->cluster_size ?
 			img->virtual_size - offset : img->cluster_size;
-	req = calloc(1, sizeof(*req));
+	/* The iovec is the compressed data; the request covers the cluster. */
+	req = wreq_new(img, WRITE_COMPRESSED, 0, offset,
+		       &(struct iovec){ (void *)data, len }, 1, csize, cb, opaque);
 	if (!req)
 		return -ENOMEM;
-	req->iov = req->iov_inline;
-	req->iov[0].iov_base = (void *)data;
-	req->iov[0].iov_len = len;
-	req->iovcnt = 1;
-	req->img = img;
-	req->kind = WRITE_COMPRESSED;
-	req->offset = offset;
-	req->len = csize;
-	req->cb = cb;
-	req->opaque = opaque;
-	req->pending = 1;
-	req->in_submit = true;
-	req->waiter.wake = write_wake;
-	img->stats.write_requests++;
-	img->stats.write_bytes += csize;
 	ret = start_cluster_write(req, WRITE_COMPRESSED, offset, 0, csize);
 	if (ret < 0)
 		req->error = ret;
