@@ -13,6 +13,8 @@
 # Exit 0 pass, 1 fail (work directory kept), 77 skip.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+# shellcheck source=tests/write/lib.sh
+source "$here/../write/lib.sh"
 
 # name | repair: leaks, all, or none (ours refuses; the verdict is checked)
 cases() {
@@ -30,23 +32,15 @@ EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
 case_name=${1:?usage: check_damaged.sh CASE | --list}
-line=$(cases | awk -F'|' -v c="$case_name" '{n=$1; gsub(/[ \t]/,"",n); if (n==c) print}')
-[[ -n $line ]] || { echo "check_damaged.sh: unknown case $case_name" >&2; exit 1; }
+line=$(case_line "$case_name")
 repair=$(echo "$line" | cut -d'|' -f2 | xargs)
-for t in qemu-img qemu-io python3; do
-	command -v $t >/dev/null || { echo "SKIP: $t not installed"; exit 77; }
-done
+need qemu-img qemu-io python3
 [[ -x ${QCOW2_IMG:-} ]] || { echo "FAIL: QCOW2_IMG must name qcow2-img"; exit 1; }
 
 work=${QCOW2_TEST_WORKDIR:-$PWD/check-work}/damaged-$case_name
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
-fail() {
-	echo "FAIL: $*" >&2
-	echo "(work directory kept: $work)" >&2
-	exit 1
-}
 SAN_RE='ERROR: [A-Za-z]*Sanitizer|runtime error:|SUMMARY: [A-Za-z]*Sanitizer'
 
 qemu-img create -q -f qcow2 img.qcow2 16M

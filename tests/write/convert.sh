@@ -38,8 +38,7 @@ EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
 case_name=${1:?usage: convert.sh CASE | --list}
-line=$(cases | awk -F'|' -v c="$case_name" '{n=$1; gsub(/[ \t]/,"",n); if (n==c) print}')
-[[ -n $line ]] || { echo "convert.sh: unknown case $case_name" >&2; exit 1; }
+line=$(case_line "$case_name")
 source_kind=$(echo "$line" | cut -d'|' -f2 | xargs)
 read -r -a cargs <<<"$(echo "$line" | cut -d'|' -f3)"
 need qemu-img qemu-io python3
@@ -50,12 +49,6 @@ work=${QCOW2_TEST_WORKDIR:-$PWD/convert-work}/convert-$case_name
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
-fail() {
-	echo "FAIL: $*" >&2
-	echo "(work directory kept: $work)" >&2
-	exit 1
-}
-run() { echo "+ $*"; "$@"; }
 
 qemu-img create -q -f raw src.raw 32M
 qemu-io -f raw -c 'write -P 0x11 0 6M' -c 'write -P 0x00 7M 1M' \

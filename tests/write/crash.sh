@@ -41,8 +41,7 @@ EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
 case_name=${1:?usage: crash.sh CASE | --list}
-line=$(cases | awk -F'|' -v c="$case_name" '{n=$1; gsub(/[ \t]/,"",n); if (n==c) print}')
-[[ -n $line ]] || { echo "crash.sh: unknown case $case_name" >&2; exit 1; }
+line=$(case_line "$case_name")
 opts=$(echo "$line" | cut -d'|' -f2 | xargs)
 backing=$(echo "$line" | cut -d'|' -f3 | xargs)
 args=$(echo "$line" | cut -d'|' -f4 | xargs)
@@ -57,12 +56,6 @@ work=${QCOW2_TEST_WORKDIR:-$PWD/crash-work}/crash-$case_name
 rm -rf "$work"
 mkdir -p "$work/marks"
 cd "$work"
-fail() {
-	echo "FAIL: $*" >&2
-	echo "(work directory kept: $work)" >&2
-	exit 1
-}
-run() { echo "+ $*"; "$@"; }
 
 size=16M
 snap=()

@@ -65,8 +65,7 @@ EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
 case_name=${1:?usage: create_resize.sh CASE | --list}
-line=$(cases | awk -F'|' -v c="$case_name" '{n=$1; gsub(/[ \t]/,"",n); if (n==c) print}')
-[[ -n $line ]] || { echo "create_resize.sh: unknown case $case_name" >&2; exit 1; }
+line=$(case_line "$case_name")
 opts=$(echo "$line" | cut -d'|' -f2 | xargs)
 size=$(echo "$line" | cut -d'|' -f3 | xargs)
 extra=$(echo "$line" | cut -d'|' -f4 | xargs)
@@ -79,12 +78,6 @@ work=${QCOW2_TEST_WORKDIR:-$PWD/create-work}/$case_name
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
-fail() {
-	echo "FAIL: $*" >&2
-	echo "(work directory kept: $work)" >&2
-	exit 1
-}
-run() { echo "+ $*"; "$@"; }
 bytes() { python3 -c '
 import sys
 v = sys.argv[1]; m = {"k": 10, "M": 20, "G": 30, "T": 40}

@@ -32,8 +32,7 @@ EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
 case_name=${1:?usage: enospc.sh CASE | --list}
-line=$(cases | awk -F'|' -v c="$case_name" '{n=$1; gsub(/[ \t]/,"",n); if (n==c) print}')
-[[ -n $line ]] || { echo "enospc.sh: unknown case $case_name" >&2; exit 1; }
+line=$(case_line "$case_name")
 fs_size=$(echo "$line" | cut -d'|' -f2 | xargs)
 opts=$(echo "$line" | cut -d'|' -f3 | xargs)
 read -r -a args <<<"$(echo "$line" | cut -d'|' -f4)"
@@ -55,12 +54,6 @@ if ! mount -t tmpfs -o "size=$fs_size" tmpfs "$mnt" 2>mount.err; then
 	exit 77
 fi
 trap 'umount "$mnt" 2>/dev/null || true' EXIT
-fail() {
-	echo "FAIL: $*" >&2
-	echo "(work directory kept: $work)" >&2
-	exit 1
-}
-run() { echo "+ $*"; "$@"; }
 
 copts=() backing=0 compressed=0
 IFS=, read -r -a words <<<"$opts"

@@ -38,8 +38,7 @@ EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
 case_name=${1:?usage: faults.sh CASE | --list}
-line=$(cases | awk -F'|' -v c="$case_name" '{n=$1; gsub(/[ \t]/,"",n); if (n==c) print}')
-[[ -n $line ]] || { echo "faults.sh: unknown case $case_name" >&2; exit 1; }
+line=$(case_line "$case_name")
 errno=$(echo "$line" | cut -d'|' -f2 | xargs)
 fops=$(echo "$line" | cut -d'|' -f3 | xargs)
 image=$(echo "$line" | cut -d'|' -f4 | xargs)
@@ -52,11 +51,6 @@ work=${QCOW2_TEST_WORKDIR:-$PWD/fault-work}/faults-$case_name
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
-fail() {
-	echo "FAIL: $*" >&2
-	echo "(work directory kept: $work)" >&2
-	exit 1
-}
 
 case $image in
 backing-4k)

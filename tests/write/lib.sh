@@ -1,6 +1,25 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
 # Helpers shared by the write tests (sourced, not run).
 
+# case_line CASE: the row of the script's `cases` table (fields separated
+# by |, the first the case's name) named CASE; exit 1 if there is none.
+case_line() {
+	local row
+	row=$(cases | awk -F'|' -v c="$1" '{n=$1; gsub(/[ \t]/,"",n); if (n==c) print}')
+	[[ -n $row ]] || { echo "${0##*/}: unknown case $1" >&2; exit 1; }
+	echo "$row"
+}
+
+# fail MESSAGE: the test fails; its work directory ($work) is kept.
+fail() {
+	echo "FAIL: $*" >&2
+	echo "(work directory kept: ${work:-?})" >&2
+	exit 1
+}
+
+# run CMD...: show the command, then run it.
+run() { echo "+ $*"; "$@"; }
+
 # need TOOL...: exit 77 (skip) with a message when a tool is missing.
 need() {
 	local t
