@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A tour of the engine: build, make a sample image with qemu-img, then
 #   qcow2-img info / map / convert (compared with qemu-img convert) / bench,
-#   and writes through qcow2-io judged by qemu-img (compare with qemu-io's
-#   result on a copy; check).
+#   writes through qcow2-io judged by qemu-img (compare with qemu-io's result
+#   on a copy; check), qcow2-img check, and create / convert -O qcow2 -c /
+#   resize judged by qemu-img.
 #
 #   ./scripts/demo.sh            everything (installs missing Debian packages)
 #   DEMO_DIR=/some/dir ./scripts/demo.sh
@@ -159,6 +160,25 @@ fi
 echo "+ qemu-img check written.qcow2"
 qemu-img check written.qcow2 || step_failed "qemu-img check after our writes"
 rm -f written-qemu.qcow2
+
+section "qcow2-img check written.qcow2 (the same counts as qemu-img check)"
+"$img_tool" check written.qcow2 || step_failed "qcow2-img check after our writes"
+
+section "qcow2-img create, convert -O qcow2 -c, resize; judged by qemu-img"
+"$img_tool" create -o cluster_size=64k,lazy_refcounts=on created.qcow2 256M ||
+	step_failed "qcow2-img create"
+qemu-img check created.qcow2 || step_failed "qemu-img check of a created image"
+echo "+ qcow2-img convert -O qcow2 -c -o compression_type=zstd written.qcow2 compressed.qcow2"
+"$img_tool" convert -O qcow2 -c -o compression_type=zstd written.qcow2 compressed.qcow2 ||
+	step_failed "qcow2-img convert -O qcow2 -c"
+ls -l written.qcow2 compressed.qcow2
+qemu-img compare -q written.qcow2 compressed.qcow2 && echo "  identical contents" ||
+	step_failed "the compressed copy differs"
+echo "+ qcow2-img resize compressed.qcow2 +1G"
+"$img_tool" resize compressed.qcow2 +1G || step_failed "qcow2-img resize"
+qemu-img check compressed.qcow2 || step_failed "qemu-img check after resize"
+qemu-img info compressed.qcow2 | grep -E "virtual size|compression" || true
+rm -f created.qcow2
 
 rm -f sample-qemu.raw base.raw
 section "done"
