@@ -477,8 +477,11 @@ int qcow2_create(const char *path, const struct qcow2_create_opts *opts,
 		ret = fail(err, ret, "cannot write the header of %s: %s", path,
 			   strerror(-ret));
 out:
-	if (dfd >= 0)
+	if (dfd >= 0) {
 		close(dfd);
+		if (ret < 0)
+			unlink(data_path); /* we created it */
+	}
 	if (fd >= 0) {
 		close(fd);
 		if (ret < 0)

@@ -4,7 +4,7 @@
 # IO error injection, SQLite style: one short workload (fixed seed) is run
 # again and again with the Nth write/fdatasync (or read) failing with EIO or
 # ENOSPC, for N = 1 .. M (M: operations the workload has; sampled with a
-# step when M > 60). Each run must:
+# step when M > 40). Each run must:
 #   - surface exactly the injected errno on some request (random_io
 #     --expect-failure: any other error fails), without hanging or crashing
 #     (no signal, no sanitizer report);
@@ -15,7 +15,7 @@
 #
 #   faults.sh CASE | --list
 # Environment: RANDOM_IO (required), QCOW2_TEST_WORKDIR, MAX_RUNS (default
-# 60). Exit 0 pass, 1 fail (work directory kept, failing command printed),
+# 40). Exit 0 pass, 1 fail (work directory kept, failing command printed),
 # 77 skip.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -45,7 +45,7 @@ image=$(echo "$line" | cut -d'|' -f4 | xargs)
 read -r -a extra <<<"$(echo "$line" | cut -d'|' -f5)"
 need qemu-img qemu-io python3
 need_random_io
-max_runs=${MAX_RUNS:-60}
+max_runs=${MAX_RUNS:-40}
 
 work=${QCOW2_TEST_WORKDIR:-$PWD/fault-work}/faults-$case_name
 rm -rf "$work"
