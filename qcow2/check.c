@@ -2,8 +2,9 @@
 /*
  * qcow2_check(): walk the whole metadata graph of an image, count the
  * references to every host cluster, and compare them with the refcounts on
- * disk. Read-only, with plain preads; memory is one counter per cluster of
- * the file (a 1 TiB sparse image with a small file costs little).
+ * disk. Read-only, with plain preads. Memory is a 32-bit counter and a bit
+ * per cluster of the file, not of the virtual disk: 1 TiB preallocated with
+ * 64 KiB clusters costs 66 MiB, a sparse 1 TiB image almost nothing.
  *
  * References: the header cluster; the active L1 table and every snapshot's,
  * each L2 table they point at (once per L1 that reaches it) and each data
@@ -11,41 +12,58 @@
  * descriptor touches); the snapshot table; the refcount table and blocks;
  * with valid bitmaps (autoclear bit), their directory, tables and data.
  *
+ * The same walk gathers the metadata statistics of qcow2-img stats, and
+ * describes the references to one cluster (qcow2-img dump cluster).
+ *
  * Repair reuses the engine: the image is opened read-write with
- * QCOW2_OPEN_REBUILD_REFCOUNTS (refcount_rebuild.c: new refcount
+ * QCOW2_OPEN_REPAIR (refcount_rebuild.c: new refcount
  * structures past the end, then one header write), then checked again.
  */
 #include <endian.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "qcow2_check.h"
+#include "qcow2_meta.h"
+#include "check.h"
 #include "internal.h"
 #include "l2_entry.h"
 #include "refcount.h"
 
+/* What a host cluster is used for (stats only). */
+enum role { ROLE_NONE, ROLE_META, ROLE_DATA, ROLE_SNAPSHOT_DATA };
+
 struct chk {
-	int fd;
+	struct qcow2_meta *m;
 	uint64_t file_size;
-	struct qcow2_header h;
+	struct qcow2_header h;      /* a copy of the meta reader's */
 	uint64_t cs;
 	uint32_t cb;
 	bool extl2, data_file;
 	uint32_t l2e;               /* L2 entry size */
 	uint64_t n;                 /* clusters of the file */
-	uint64_t *ref;              /* references counted, per cluster */
+	uint32_t *ref;              /* references counted, per cluster
+				       (saturating: 4 bytes per cluster) */
 	uint64_t max_rc;
 	uint8_t *buf;               /* one cluster */
 	uint64_t next_contig;
 	uint64_t l2_done, l2_total;
 	struct qcow2_check_result *res;
 	const struct qcow2_check_opts *o;
+	/* Stats: a role per cluster of the file, and the last data cluster
+	 * of the guest walk (fragmentation). */
+	struct qcow2_image_stats *st;
+	uint8_t *role;
+	uint64_t prev_guest, prev_host;
+	bool have_prev;
+	/* Where the walk is, for the trace of one cluster. */
+	bool active;
+	uint32_t snap_index;
+	uint32_t l1_index;
+	uint64_t l2_off, l2_index;
 };
 
 static void problem(struct chk *c, enum qcow2_check_problem kind,
@@ -74,23 +92,33 @@ static void problem(struct chk *c, enum qcow2_check_problem kind,
 
 static int read_at(struct chk *c, void *buf, uint64_t len, uint64_t off)
 {
-	uint8_t *p = buf;
+	return qcow2_meta_pread(c->m, buf, len, off);
+}
 
-	while (len) {
-		ssize_t r = pread(c->fd, p, len, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0) { /* past the end: zeros */
-			memset(p, 0, len);
-			return 0;
-		}
-		p += r;
-		off += (uint64_t)r;
-		len -= (uint64_t)r;
-	}
-	return 0;
+/* Describe a reference to the traced cluster. */
+static void trace(struct chk *c, uint64_t off, const char *what)
+{
+	char msg[256], where[64];
+
+	if (c->active)
+		snprintf(where, sizeof(where), "the active L1 table");
+	else
+		snprintf(where, sizeof(where), "snapshot %u", c->snap_index);
+	if (!strcmp(what, "data cluster") || !strcmp(what, "compressed cluster"))
+		snprintf(msg, sizeof(msg), "%s of guest offset 0x%llx: entry %llu of "
+			 "the L2 table at 0x%llx (%s)", what,
+			 (unsigned long long)(((uint64_t)c->l1_index *
+					       (c->cs / c->l2e) + c->l2_index) << c->cb),
+			 (unsigned long long)c->l2_index,
+			 (unsigned long long)c->l2_off, where);
+	else if (!strcmp(what, "L2 table"))
+		snprintf(msg, sizeof(msg), "L2 table of L1 index %u (%s)",
+			 c->l1_index, where);
+	else if (!strcmp(what, "L1 table") && !c->active)
+		snprintf(msg, sizeof(msg), "L1 table of snapshot %u", c->snap_index);
+	else
+		snprintf(msg, sizeof(msg), "%s", what);
+	c->o->reference(c->o->opaque, off, msg);
 }
 
 /* One reference to the cluster holding host offset off. */
@@ -104,7 +132,20 @@ static bool inc(struct chk *c, uint64_t off, const char *what)
 			(unsigned long long)c->file_size);
 		return false;
 	}
-	c->ref[i]++;
+	if (c->ref[i] < UINT32_MAX)
+		c->ref[i]++;
+	if (c->o && c->o->reference && i == c->o->trace_offset / c->cs)
+		trace(c, off, what);
+	if (c->role) {
+		bool data = !strcmp(what, "data cluster") ||
+			    !strcmp(what, "compressed cluster");
+		if (!data)
+			c->role[i] = ROLE_META;
+		else if (c->active && c->role[i] != ROLE_META)
+			c->role[i] = ROLE_DATA;
+		else if (c->role[i] == ROLE_NONE)
+			c->role[i] = ROLE_SNAPSHOT_DATA;
+	}
 	return true;
 }
 
@@ -130,6 +171,50 @@ static bool mapped(const struct chk *c, uint64_t e)
 	return (e & L2E_OFFSET_MASK) || (c->data_file && (e & QCOW_OFLAG_COPIED));
 }
 
+/* Guest-side statistics of one active L2 entry. */
+static void stat_entry(struct chk *c, uint64_t e, uint64_t bm)
+{
+	struct qcow2_image_stats *st = c->st;
+	uint64_t g = (uint64_t)c->l1_index * (c->cs / c->l2e) + c->l2_index;
+	struct qcow2_l2_entry d;
+
+	qcow2_meta_decode_l2(c->m, e, bm, &d);
+	st->l2_entries++;
+	if (d.type != QCOW2_L2_UNALLOCATED)
+		st->l2_entries_used++;
+	if (g >= st->guest_clusters)
+		return;
+	switch (d.type) {
+	case QCOW2_L2_UNALLOCATED:
+		return; /* counted as the rest, at the end */
+	case QCOW2_L2_ZERO:
+		st->zero_clusters++;
+		return;
+	case QCOW2_L2_COMPRESSED:
+		st->compressed_clusters++;
+		st->compressed_bytes += d.compressed_len;
+		return;
+	case QCOW2_L2_INVALID:
+		st->invalid_clusters++;
+		return;
+	case QCOW2_L2_NORMAL:
+		break;
+	}
+	st->data_clusters++;
+	if (c->have_prev && g == c->prev_guest + 1) {
+		st->adjacent_pairs++;
+		if (d.host_offset != c->prev_host + c->cs) {
+			st->split_pairs++;
+			st->extents++;
+		}
+	} else {
+		st->extents++;
+	}
+	c->have_prev = true;
+	c->prev_guest = g;
+	c->prev_host = d.host_offset;
+}
+
 static void check_l2(struct chk *c, uint64_t l2_off, bool active)
 {
 	uint64_t n = c->cs / c->l2e;
@@ -151,6 +236,9 @@ static void check_l2(struct chk *c, uint64_t l2_off, bool active)
 			memcpy(&bm, c->buf + i * 16 + 8, 8);
 			bm = be64toh(bm);
 		}
+		c->l2_index = i;
+		if (active && c->st)
+			stat_entry(c, e, bm);
 		if (e & QCOW_OFLAG_COMPRESSED) {
 			uint64_t host, nb, len;
 
@@ -212,20 +300,7 @@ static void check_l2(struct chk *c, uint64_t l2_off, bool active)
 
 static int read_l1(struct chk *c, uint64_t off, uint32_t size, uint64_t **out)
 {
-	uint64_t *l1 = malloc((size_t)size * 8 + 8);
-	int ret;
-
-	if (!l1)
-		return -ENOMEM;
-	ret = read_at(c, l1, (uint64_t)size * 8, off);
-	if (ret < 0) {
-		free(l1);
-		return ret;
-	}
-	for (uint32_t i = 0; i < size; i++)
-		l1[i] = be64toh(l1[i]);
-	*out = l1;
-	return 0;
+	return qcow2_meta_read_table(c->m, off, size, out);
 }
 
 static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
@@ -236,16 +311,22 @@ static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
 
 	if (!l1_size)
 		return 0;
+	c->active = active;
 	if (!inc_range(c, l1_off, (uint64_t)l1_size * 8, "L1 table"))
 		return 0;
 	ret = read_l1(c, l1_off, l1_size, &l1);
 	if (ret < 0)
 		return ret;
+	c->active = active;
 	for (uint32_t i = 0; i < l1_size; i++) {
 		uint64_t l2 = l1[i] & L1E_OFFSET_MASK;
 
 		if (!l2)
 			continue;
+		c->l1_index = i;
+		c->l2_off = l2;
+		if (active && c->st)
+			c->st->l2_tables++;
 		if (inc_range(c, l2, 1, "L2 table"))
 			check_l2(c, l2, active);
 		c->l2_done++;
@@ -257,113 +338,103 @@ static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
 	return 0;
 }
 
-/* Walk a variable-length table (snapshots, bitmap directory) of count
- * entries; fn gets each entry and returns its length, or 0 if malformed. */
 static int check_snapshots(struct chk *c)
 {
-	uint64_t pos = 0, size;
-	uint8_t *t;
+	struct qcow2_snapshot_entry *s;
+	uint64_t bytes = 0;
+	uint32_t n;
 	int ret;
 
 	if (!c->h.nb_snapshots)
 		return 0;
-	if (c->h.snapshots_offset >= c->file_size) {
+	ret = qcow2_meta_snapshots(c->m, &s, &n);
+	if (ret == -EINVAL) {
 		problem(c, QCOW2_CHECK_CORRUPTION, c->h.snapshots_offset,
-			"the snapshot table lies past the end of the file");
+			"the snapshot table at 0x%llx is malformed or lies past the "
+			"end of the file", (unsigned long long)c->h.snapshots_offset);
 		return 0;
 	}
-	size = c->file_size - c->h.snapshots_offset;
-	if (size > (64ull << 20))
-		size = 64ull << 20;
-	t = malloc(size);
-	if (!t)
-		return -ENOMEM;
-	ret = read_at(c, t, size, c->h.snapshots_offset);
-	for (uint32_t i = 0; ret == 0 && i < c->h.nb_snapshots; i++) {
-		uint64_t len;
-
-		if (pos + 40 > size)
-			break;
-		len = align_up(40ull + be32_at(t + pos + 36) +
-			       (uint32_t)(t[pos + 12] << 8 | t[pos + 13]) +
-			       (uint32_t)(t[pos + 14] << 8 | t[pos + 15]), 8);
-		if (pos + len > size)
-			break;
-		ret = check_l1(c, be64_at(t + pos), be32_at(t + pos + 8), false);
-		pos += len;
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; ret == 0 && i < n; i++) {
+		c->snap_index = i;
+		ret = check_l1(c, s[i].l1_table_offset, s[i].l1_size, false);
+		bytes += s[i].entry_size;
 	}
+	c->active = true;
 	if (ret == 0)
-		inc_range(c, c->h.snapshots_offset, pos, "snapshot table");
-	free(t);
+		inc_range(c, c->h.snapshots_offset, bytes, "snapshot table");
+	qcow2_meta_free_snapshots(s, n);
 	return ret;
 }
 
 static int check_bitmaps(struct chk *c)
 {
-	uint64_t size = c->h.bitmap_directory_size, pos = 0;
-	uint8_t *d;
+	struct qcow2_bitmap_entry *b;
+	uint32_t n;
 	int ret;
 
 	if (!(c->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) ||
-	    !c->h.nb_bitmaps || !size)
+	    !c->h.nb_bitmaps || !c->h.bitmap_directory_size)
 		return 0;
-	if (size > (64ull << 20) || !inc_range(c, c->h.bitmap_directory_offset,
-					       size, "bitmap directory"))
+	if (c->h.bitmap_directory_size > (64ull << 20) ||
+	    !inc_range(c, c->h.bitmap_directory_offset,
+		       c->h.bitmap_directory_size, "bitmap directory"))
 		return 0;
-	d = malloc(size);
-	if (!d)
-		return -ENOMEM;
-	ret = read_at(c, d, size, c->h.bitmap_directory_offset);
-	for (uint32_t i = 0; ret == 0 && i < c->h.nb_bitmaps && pos + 24 <= size; i++) {
-		uint64_t t_off = be64_at(d + pos);
-		uint32_t t_size = be32_at(d + pos + 8);
-		uint16_t name = (uint16_t)(d[pos + 18] << 8 | d[pos + 19]);
-		uint32_t extra = be32_at(d + pos + 20);
+	ret = qcow2_meta_bitmaps(c->m, &b, &n);
+	if (ret == -EINVAL) {
+		problem(c, QCOW2_CHECK_CORRUPTION, c->h.bitmap_directory_offset,
+			"the bitmap directory at 0x%llx is malformed",
+			(unsigned long long)c->h.bitmap_directory_offset);
+		return 0;
+	}
+	for (uint32_t i = 0; ret == 0 && i < n; i++) {
 		uint64_t *t;
 
-		pos += align_up(24ull + extra + name, 8);
-		if (!t_size || (uint64_t)t_size * 8 > (64ull << 20) ||
-		    !inc_range(c, t_off, (uint64_t)t_size * 8, "bitmap table"))
+		if (!b[i].table_size || (uint64_t)b[i].table_size * 8 > (64ull << 20) ||
+		    !inc_range(c, b[i].table_offset, (uint64_t)b[i].table_size * 8,
+			       "bitmap table"))
 			continue;
-		t = malloc((size_t)t_size * 8);
-		if (!t) {
-			ret = -ENOMEM;
-			break;
-		}
-		ret = read_at(c, t, (uint64_t)t_size * 8, t_off);
-		for (uint32_t j = 0; ret == 0 && j < t_size; j++) {
-			uint64_t off = be64toh(t[j]) & 0x00fffffffffffe00ull;
+		ret = qcow2_meta_read_table(c->m, b[i].table_offset,
+					    b[i].table_size, &t);
+		for (uint32_t j = 0; ret == 0 && j < b[i].table_size; j++) {
+			uint64_t off = t[j] & 0x00fffffffffffe00ull;
 			if (off)
 				inc_range(c, off, 1, "bitmap data cluster");
 		}
-		free(t);
+		if (ret == 0)
+			free(t);
 	}
-	free(d);
+	qcow2_meta_free_bitmaps(b, n);
 	return ret;
 }
 
 /* The refcount table and blocks: count them, then compare every cluster's
- * refcount with its references. */
-static int compare_refcounts(struct chk *c, uint64_t **disk_out)
+ * refcount with its references, one block at a time. Only whether each
+ * refcount is 1 is kept (a bit per cluster, for the COPIED flags). */
+static int compare_refcounts(struct chk *c, uint64_t **one_out)
 {
-	uint64_t rt_bytes = (uint64_t)c->h.refcount_table_clusters * c->cs;
+	uint64_t rt_entries = (uint64_t)c->h.refcount_table_clusters * c->cs / 8;
 	uint64_t per = (c->cs * 8) >> c->h.refcount_order;
-	uint64_t *rt, *disk, highest = 0;
-	bool any = false;
+	uint64_t *rt, *one, highest = 0, loaded = UINT64_MAX;
+	bool any = false, have = false;
 	int ret;
 
-	disk = calloc(c->n ? c->n : 1, sizeof(*disk));
-	rt = malloc(rt_bytes ? rt_bytes : 8);
-	if (!disk || !rt) {
-		free(disk);
-		free(rt);
+	one = calloc((c->n + 63) / 64 + 1, sizeof(*one));
+	if (!one)
 		return -ENOMEM;
+	inc_range(c, c->h.refcount_table_offset, rt_entries * 8, "refcount table");
+	ret = qcow2_meta_read_table(c->m, c->h.refcount_table_offset, rt_entries,
+				    &rt);
+	if (ret < 0) {
+		free(one);
+		return ret;
 	}
-	inc_range(c, c->h.refcount_table_offset, rt_bytes, "refcount table");
-	ret = read_at(c, rt, rt_bytes, c->h.refcount_table_offset);
-	for (uint64_t b = 0; ret == 0 && b < rt_bytes / 8; b++) {
-		uint64_t off = be64toh(rt[b]) & REFT_OFFSET_MASK;
+	/* The blocks are references too: all counted before comparing. */
+	for (uint64_t b = 0; b < rt_entries; b++) {
+		uint64_t off = rt[b] & REFT_OFFSET_MASK;
 
+		rt[b] = 0;
 		if (!off)
 			continue;
 		if (off % c->cs) {
@@ -374,28 +445,40 @@ static int compare_refcounts(struct chk *c, uint64_t **disk_out)
 		}
 		if (!inc(c, off, "refcount block"))
 			continue;
-		if (b * per >= c->n)
-			continue;
-		ret = read_at(c, c->buf, c->cs, off);
-		for (uint64_t i = 0; ret == 0 && i < per && b * per + i < c->n; i++)
-			disk[b * per + i] = refblock_get(c->buf, i, c->h.refcount_order);
+		rt[b] = off;
+		if (c->st)
+			c->st->refcount_blocks++;
 	}
-	free(rt);
-	if (ret < 0) {
-		free(disk);
-		return ret;
-	}
-	for (uint64_t i = 0; i < c->n; i++) {
-		uint64_t r1 = c->ref[i], r2 = disk[i];
+	for (uint64_t i = 0; ret == 0 && i < c->n; i++) {
+		uint64_t b = i / per, r1 = c->ref[i], r2 = 0;
 
+		if (b != loaded) {
+			loaded = b;
+			have = b < rt_entries && rt[b];
+			if (have)
+				ret = read_at(c, c->buf, c->cs, rt[b]);
+			if (ret < 0)
+				break;
+		}
+		if (have)
+			r2 = refblock_get(c->buf, i % per, c->h.refcount_order);
+		if (r2 == 1)
+			one[i / 64] |= 1ull << (i % 64);
+		if (c->st) {
+			unsigned k = r2 < 4 ? (unsigned)r2 : r2 < 8 ? 4 : r2 < 16 ? 5 : 6;
+			c->st->rc_buckets[k]++;
+			if (!r1 && !r2)
+				c->st->free_clusters++;
+		}
 		if (r1 || r2) {
 			highest = i;
 			any = true;
 		}
-		if (r1 > c->max_rc)
+		if (r1 > c->max_rc || r1 == UINT32_MAX)
 			problem(c, QCOW2_CHECK_CORRUPTION, i * c->cs, "cluster %llu is "
-				"referenced %llu times, more than %u-bit refcounts hold",
+				"referenced %llu%s times, more than %u-bit refcounts hold",
 				(unsigned long long)i, (unsigned long long)r1,
+				r1 == UINT32_MAX ? " or more" : "",
 				1u << c->h.refcount_order);
 		else if (r2 < r1)
 			problem(c, QCOW2_CHECK_CORRUPTION, i * c->cs, "cluster %llu "
@@ -406,13 +489,38 @@ static int compare_refcounts(struct chk *c, uint64_t **disk_out)
 				"refcount=%llu reference=%llu", (unsigned long long)i,
 				(unsigned long long)r2, (unsigned long long)r1);
 	}
+	free(rt);
+	if (ret < 0) {
+		free(one);
+		return ret;
+	}
 	c->res->image_end_offset = any ? (highest + 1) * c->cs : 0;
-	*disk_out = disk;
+	*one_out = one;
 	return 0;
 }
 
+/* A COPIED flag on the entry for the cluster at off must mean refcount 1. */
+static void copied_flag(struct chk *c, const uint64_t *one, uint64_t off,
+			uint64_t entry, const char *what, uint32_t l1_index)
+{
+	uint64_t i = off / c->cs, rc = 0;
+
+	if (!!(one[i / 64] & (1ull << (i % 64))) == !!(entry & QCOW_OFLAG_COPIED))
+		return;
+	if (qcow2_meta_refcount(c->m, off, &rc) < 0)
+		rc = 0;
+	if (what)
+		problem(c, QCOW2_CHECK_CORRUPTION, off, "OFLAG_COPIED L2 table: "
+			"l1_index=%u l1_entry=0x%llx refcount=%llu", l1_index,
+			(unsigned long long)entry, (unsigned long long)rc);
+	else
+		problem(c, QCOW2_CHECK_CORRUPTION, off, "OFLAG_COPIED data "
+			"cluster: l2_entry=0x%llx refcount=%llu",
+			(unsigned long long)entry, (unsigned long long)rc);
+}
+
 /* COPIED must mean refcount 1, in the active tables only. */
-static int check_copied(struct chk *c, const uint64_t *disk)
+static int check_copied(struct chk *c, const uint64_t *one)
 {
 	uint64_t *l1;
 	int ret;
@@ -427,11 +535,7 @@ static int check_copied(struct chk *c, const uint64_t *disk)
 
 		if (!l2 || l2 % c->cs || l2 / c->cs >= c->n)
 			continue;
-		if ((disk[l2 / c->cs] == 1) != !!(l1[i] & QCOW_OFLAG_COPIED))
-			problem(c, QCOW2_CHECK_CORRUPTION, l2, "OFLAG_COPIED L2 table: "
-				"l1_index=%u l1_entry=0x%llx refcount=%llu", i,
-				(unsigned long long)l1[i],
-				(unsigned long long)disk[l2 / c->cs]);
+		copied_flag(c, one, l2, l1[i], "L2 table", i);
 		if (c->data_file || read_at(c, c->buf, c->cs, l2) < 0)
 			continue;
 		for (uint64_t j = 0; j < n; j++) {
@@ -442,91 +546,151 @@ static int check_copied(struct chk *c, const uint64_t *disk)
 			off = e & L2E_OFFSET_MASK;
 			if (!mapped(c, e) || off % c->cs || off / c->cs >= c->n)
 				continue;
-			if ((disk[off / c->cs] == 1) != !!(e & QCOW_OFLAG_COPIED))
-				problem(c, QCOW2_CHECK_CORRUPTION, off, "OFLAG_COPIED data "
-					"cluster: l2_entry=0x%llx refcount=%llu",
-					(unsigned long long)e,
-					(unsigned long long)disk[off / c->cs]);
+			copied_flag(c, one, off, e, NULL, 0);
 		}
 	}
 	free(l1);
 	return 0;
 }
 
+/* Figures that need the whole walk. */
+static void finish_stats(struct chk *c)
+{
+	struct qcow2_image_stats *st = c->st;
+
+	st->cluster_size = c->cs;
+	st->file_size = c->file_size;
+	st->file_clusters = c->n;
+	st->leaked_clusters = c->res->leaks;
+	st->unallocated_clusters = st->guest_clusters - st->data_clusters -
+				   st->zero_clusters - st->compressed_clusters -
+				   st->invalid_clusters;
+	for (uint64_t i = 0; i < c->n; i++) {
+		if (c->role[i] == ROLE_META)
+			st->metadata_clusters++;
+		else if (c->role[i] == ROLE_SNAPSHOT_DATA)
+			st->snapshot_only_clusters++;
+	}
+}
+
+static void chk_close(struct chk *c)
+{
+	free(c->ref);
+	free(c->role);
+	free(c->buf);
+	qcow2_meta_close(c->m);
+}
+
+static int chk_open(struct chk *c, const char *path, struct qcow2_error *err)
+{
+	int ret = qcow2_meta_open(path, &c->m, err);
+
+	if (ret < 0)
+		return ret;
+	c->h = *qcow2_meta_header(c->m);
+	c->file_size = qcow2_meta_file_size(c->m);
+	if (c->h.crypt_method) {
+		snprintf(err->msg, sizeof(err->msg), "encrypted images are not "
+			 "supported");
+		return -ENOTSUP;
+	}
+	c->cb = c->h.cluster_bits;
+	c->cs = 1ull << c->cb;
+	c->extl2 = c->h.incompatible_features & QCOW2_INCOMPAT_EXTL2;
+	c->data_file = c->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+	c->l2e = c->extl2 ? 16 : 8;
+	c->n = (c->file_size + c->cs - 1) / c->cs;
+	c->max_rc = c->h.refcount_order == 6 ? UINT64_MAX :
+		    (1ull << (1u << c->h.refcount_order)) - 1;
+	c->ref = calloc(c->n ? c->n : 1, sizeof(*c->ref));
+	c->buf = malloc(c->cs);
+	if (c->st) {
+		memset(c->st, 0, sizeof(*c->st));
+		c->role = calloc(c->n ? c->n : 1, 1);
+	}
+	if (!c->ref || !c->buf || (c->st && !c->role))
+		return -ENOMEM;
+	c->res->total_clusters = (c->h.size + c->cs - 1) / c->cs;
+	c->res->marked_corrupt = c->h.incompatible_features &
+				 QCOW2_INCOMPAT_CORRUPT;
+	if (c->st)
+		c->st->guest_clusters = c->res->total_clusters;
+	c->l2_total = c->h.l1_size;
+	return 0;
+}
+
+/* Every reference in the metadata graph, except those of the refcount
+ * structures themselves. */
+static int walk_graph(struct chk *c)
+{
+	int ret;
+
+	inc(c, 0, "header");
+	ret = check_l1(c, c->h.l1_table_offset, c->h.l1_size, true);
+	if (ret == 0)
+		ret = check_snapshots(c);
+	if (ret == 0)
+		ret = check_bitmaps(c);
+	return ret;
+}
+
 static int check_once(const char *path, const struct qcow2_check_opts *o,
+		      struct qcow2_image_stats *st,
 		      struct qcow2_check_result *res, struct qcow2_error *err)
 {
-	struct chk c = { .fd = -1, .res = res, .o = o };
-	uint64_t *disk = NULL;
-	uint8_t *hdr = NULL;
-	struct stat st;
-	size_t want;
+	struct chk c = { .res = res, .o = o, .st = st, .active = true };
+	uint64_t *one = NULL;
 	int ret;
 
 	memset(res, 0, sizeof(*res));
-	c.fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (c.fd < 0 || fstat(c.fd, &st) < 0) {
-		ret = -errno;
-		snprintf(err->msg, sizeof(err->msg), "cannot open %s: %s", path,
-			 strerror(errno));
-		goto out;
-	}
-	c.file_size = (uint64_t)st.st_size;
-	want = c.file_size < (2u << 20) ? (size_t)c.file_size : (2u << 20);
-	hdr = malloc(want ? want : 1);
-	if (!hdr) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	ret = read_at(&c, hdr, want, 0);
+	ret = chk_open(&c, path, err);
 	if (ret == 0)
-		ret = qcow2_header_parse(hdr, want, c.file_size, &c.h, err->msg,
-					 sizeof(err->msg));
-	if (ret < 0)
-		goto out;
-	if (c.h.crypt_method) {
-		snprintf(err->msg, sizeof(err->msg), "encrypted images are not "
-			 "supported");
-		ret = -ENOTSUP;
-		goto out;
-	}
-	c.cb = c.h.cluster_bits;
-	c.cs = 1ull << c.cb;
-	c.extl2 = c.h.incompatible_features & QCOW2_INCOMPAT_EXTL2;
-	c.data_file = c.h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
-	c.l2e = c.extl2 ? 16 : 8;
-	c.n = (c.file_size + c.cs - 1) / c.cs;
-	c.max_rc = c.h.refcount_order == 6 ? UINT64_MAX :
-		   (1ull << (1u << c.h.refcount_order)) - 1;
-	c.ref = calloc(c.n ? c.n : 1, sizeof(*c.ref));
-	c.buf = malloc(c.cs);
-	if (!c.ref || !c.buf) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	res->total_clusters = (c.h.size + c.cs - 1) / c.cs;
-	c.l2_total = c.h.l1_size;
-	inc(&c, 0, "header");
-	ret = check_l1(&c, c.h.l1_table_offset, c.h.l1_size, true);
+		ret = walk_graph(&c);
 	if (ret == 0)
-		ret = check_snapshots(&c);
+		ret = compare_refcounts(&c, &one);
 	if (ret == 0)
-		ret = check_bitmaps(&c);
-	if (ret == 0)
-		ret = compare_refcounts(&c, &disk);
-	if (ret == 0)
-		ret = check_copied(&c, disk);
+		ret = check_copied(&c, one);
+	if (ret == 0 && st)
+		finish_stats(&c);
 	if (ret < 0 && !err->msg[0])
 		snprintf(err->msg, sizeof(err->msg), "cannot check %s: %s", path,
 			 strerror(-ret));
-out:
-	free(disk);
-	free(c.ref);
-	free(c.buf);
-	free(hdr);
-	qcow2_header_free(&c.h);
-	if (c.fd >= 0)
-		close(c.fd);
+	free(one);
+	chk_close(&c);
+	return ret;
+}
+
+static void first_problem(void *opaque, enum qcow2_check_problem kind,
+			  uint64_t off, const char *msg)
+{
+	struct check_refs *r = opaque;
+
+	(void)kind;
+	(void)off;
+	if (!r->first[0])
+		snprintf(r->first, sizeof(r->first), "%s", msg);
+}
+
+int check_count_references(const char *path, struct check_refs *out,
+			   struct qcow2_error *err)
+{
+	struct qcow2_check_opts o = { .report = first_problem, .opaque = out };
+	struct qcow2_check_result res = { 0 };
+	struct chk c = { .res = &res, .o = &o, .active = true };
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	err->msg[0] = '\0';
+	ret = chk_open(&c, path, err);
+	if (ret == 0)
+		ret = walk_graph(&c);
+	if (ret == 0) {
+		out->refs = c.ref;
+		out->n = c.n;
+		out->problems = res.corruptions + res.check_errors;
+		c.ref = NULL;
+	}
+	chk_close(&c);
 	return ret;
 }
 
@@ -537,7 +701,7 @@ static int rebuild(const char *path, struct qcow2_error *err)
 	struct qcow2_ctx_opts co = { .backend = QCOW2_BACKEND_SYNC };
 	struct qcow2_open_opts oo = {
 		.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_BUFFERED |
-			 QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_REBUILD_REFCOUNTS,
+			 QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_REPAIR,
 	};
 	struct qcow2_ctx *ctx;
 	struct qcow2_image *img;
@@ -561,10 +725,11 @@ int qcow2_check(const char *path, const struct qcow2_check_opts *opts,
 	if (!path || !res || !err)
 		return -EINVAL;
 	err->msg[0] = '\0';
-	ret = check_once(path, opts, res, err);
+	ret = check_once(path, opts, opts ? opts->stats : NULL, res, err);
 	if (ret < 0 || !opts || opts->repair == QCOW2_CHECK_NO_REPAIR)
 		return ret;
-	if (!res->leaks && !res->corruptions)
+	if (!res->leaks && !res->corruptions &&
+	    !(opts->repair == QCOW2_CHECK_REPAIR_ALL && res->marked_corrupt))
 		return 0;
 	/* Leaks only, or (all) refcounts too low as well: a rebuild fixes
 	 * both. Other corruptions make the rebuild refuse, with a message. */
@@ -574,7 +739,7 @@ int qcow2_check(const char *path, const struct qcow2_check_opts *opts,
 	ret = rebuild(path, err);
 	if (ret < 0)
 		return ret;
-	ret = check_once(path, NULL, res, err);
+	ret = check_once(path, NULL, NULL, res, err);
 	if (ret < 0)
 		return ret;
 	res->leaks_fixed = before.leaks > res->leaks ? before.leaks - res->leaks : 0;

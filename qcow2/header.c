@@ -63,6 +63,7 @@ static int parse_extensions(const uint8_t *buf, size_t start, size_t end,
 		uint32_t type = be32_at(buf + off);
 		uint32_t len = be32_at(buf + off + 4);
 		const uint8_t *data = buf + off + 8;
+		struct qcow2_header_ext *x;
 
 		if (type == QCOW2_EXT_END)
 			return 0;
@@ -71,6 +72,12 @@ static int parse_extensions(const uint8_t *buf, size_t start, size_t end,
 				    "header extension 0x%08x at offset %zu is %u bytes long, "
 				    "past the end of the header cluster",
 				    type, off, len);
+		x = realloc(h->extensions, (h->nb_extensions + 1) * sizeof(*x));
+		if (!x)
+			return -ENOMEM;
+		h->extensions = x;
+		x[h->nb_extensions++] = (struct qcow2_header_ext){
+			.type = type, .length = len, .offset = off + 8 };
 		switch (type) {
 		case QCOW2_EXT_BACKING_FORMAT:
 			if (len == 0 || len > 31)
@@ -359,7 +366,9 @@ void qcow2_header_free(struct qcow2_header *h)
 	free(h->backing_format);
 	free(h->data_file);
 	free(h->features);
+	free(h->extensions);
 	h->backing_file = h->backing_format = h->data_file = NULL;
 	h->features = NULL;
-	h->nb_features = 0;
+	h->extensions = NULL;
+	h->nb_features = h->nb_extensions = 0;
 }

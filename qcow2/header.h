@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qcow2_meta.h" /* struct qcow2_header */
+
 #define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
 #define QCOW2_MIN_CLUSTER_BITS 9
 #define QCOW2_MAX_CLUSTER_BITS 21
@@ -37,46 +39,6 @@ static inline uint64_t be64_at(const uint8_t *p)
 {
 	return (uint64_t)be32_at(p) << 32 | be32_at(p + 4);
 }
-
-struct qcow2_feature_name {
-	uint8_t type; /* 0 incompatible, 1 compatible, 2 autoclear */
-	uint8_t bit;
-	char name[47];
-};
-
-struct qcow2_header {
-	uint32_t version;
-	uint64_t backing_file_offset;
-	uint32_t backing_file_size;
-	uint32_t cluster_bits;
-	uint64_t size;
-	uint32_t crypt_method;
-	uint32_t l1_size;
-	uint64_t l1_table_offset;
-	uint64_t refcount_table_offset;
-	uint32_t refcount_table_clusters;
-	uint32_t nb_snapshots;
-	uint64_t snapshots_offset;
-	uint64_t incompatible_features;
-	uint64_t compatible_features;
-	uint64_t autoclear_features;
-	uint32_t refcount_order;
-	uint32_t header_length;
-	uint8_t compression_type;
-
-	/* extensions; strings are malloc'd and NUL-terminated */
-	char *backing_file;
-	char *backing_format;
-	char *data_file;
-	struct qcow2_feature_name *features;
-	unsigned nb_features;
-	uint32_t nb_bitmaps;
-	uint64_t bitmap_directory_size;
-	uint64_t bitmap_directory_offset;
-	uint64_t crypto_header_offset;
-	uint64_t crypto_header_length;
-	unsigned nb_unknown_extensions;
-};
 
 /*
  * Decode and validate the header from buf, the first bytes of the image

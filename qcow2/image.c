@@ -194,9 +194,10 @@ static int check_writable(struct qcow2_image *img, struct qcow2_error *err)
 {
 	uint64_t incompat = img->hdr.incompatible_features;
 
-	if (incompat & QCOW2_INCOMPAT_CORRUPT) {
+	if ((incompat & QCOW2_INCOMPAT_CORRUPT) &&
+	    !(img->flags & QCOW2_OPEN_REPAIR)) {
 		set_err(err, "the image is marked corrupt; it can only be opened "
-			"read-only (repair it with qemu-img check -r all)");
+			"read-only (repair it with qcow2-img check -r all)");
 		return -EACCES;
 	}
 	return 0;
@@ -238,7 +239,7 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 	ret = qfile_pread_sync(&img->file, img->hdr_block, img->hdr_block_len, 0);
 	if (ret < 0)
 		return ret;
-	if (img->hdr.version >= 3 &&
+	if (img->hdr.version >= 3 && !(img->flags & QCOW2_OPEN_REPAIR) &&
 	    (img->hdr.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
 		/* Persistent bitmaps are not kept up to date by our writes: the
 		 * autoclear bit is cleared, durably, before the first one, so
@@ -257,7 +258,7 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 		img->hdr.autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
 	}
 	if ((img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) ||
-	    (img->flags & QCOW2_OPEN_REBUILD_REFCOUNTS)) {
+	    (img->flags & QCOW2_OPEN_REPAIR)) {
 		/* Not closed cleanly with lazy refcounts: the refcounts on
 		 * disk are stale; rebuild them before the first write. */
 		ret = refcount_rebuild(img);
@@ -266,6 +267,8 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 				"cannot rebuild the refcounts of the dirty image");
 			return ret;
 		}
+		if (img->flags & QCOW2_OPEN_REPAIR)
+			return 0; /* no write path: bitmaps stay valid */
 	}
 	ret = refcount_open(img);
 	if (ret < 0) {
@@ -678,7 +681,7 @@ int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info)
 	info->block_size = img->block_size;
 	info->mem_align = img->data->mem_align > img->file.mem_align ?
 				  img->data->mem_align : img->file.mem_align;
-	info->read_only = !(img->flags & QCOW2_OPEN_RDWR);
+	info->read_only = !(img->flags & QCOW2_OPEN_RDWR) || !img->wb;
 	info->direct = img->file.direct;
 	if (img->raw)
 		return 0;

@@ -1,22 +1,23 @@
 /* SPDX-License-Identifier: MIT OR Apache-2.0 */
 /*
- * Rebuilding the refcounts of a dirty image (lazy refcounts, not closed
- * cleanly) before it is written: its tables are consistent, its refcounts
- * are not to be trusted (some may be missing, with their blocks).
+ * Rebuilding the refcounts: of a dirty image (lazy refcounts, not closed
+ * cleanly) before it is written, and for repairs (QCOW2_OPEN_REPAIR, what
+ * qcow2-img check -r does). The tables are trusted, the refcounts are not.
  *
- * Every reference is counted from the metadata graph: the header cluster,
- * the active L1 table and each snapshot's, the L2 tables they point at and
- * the clusters those map (a compressed cluster counts once on every host
- * cluster it touches; each L1 that reaches an L2 table counts its clusters
- * again, as snapshots share them), the snapshot table. New refcount blocks
- * and table are written past the end of the file, made durable, and then
- * one header write points at them and clears the dirty bit. A crash before
- * that header write leaves the image as it was (dirty: rebuilt again next
- * time); the old refcount structures become free space.
+ * Every reference is counted by the checker's walk of the metadata graph
+ * (check.c): the header cluster, the active L1 table and each snapshot's,
+ * the L2 tables and the clusters they map, the snapshot table, valid
+ * bitmaps. New refcount blocks and table are written past the end of the
+ * file, made durable, and then one header write points at them and clears
+ * the dirty bit. A crash before that header write leaves the image as it
+ * was; the old refcount structures become free space. A repair then makes
+ * the active tables' COPIED flags agree with the new refcounts, in place
+ * (each flag, old or new, is safe once the refcounts are right).
  *
- * Memory is one counter per cluster of the file (not of the virtual disk).
+ * Memory is a 32-bit counter per cluster of the file (not of the virtual
+ * disk).
  * Anything pointing outside the file, or unaligned, stops the rebuild with
- * a message: such an image needs a real repair (qemu-img check -r all).
+ * a message: losing data is not a repair.
  */
 #include <endian.h>
 #include <errno.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "internal.h"
 #include "l2_entry.h"
 #include "refcount.h"
@@ -32,11 +34,11 @@ struct rebuild {
 	struct qcow2_image *img;
 	uint64_t cs;
 	uint64_t nclusters;      /* clusters of the file */
-	uint64_t *count;
-	uint64_t max_rc;
+	uint32_t *count;         /* references, from the checker's walk */
 	uint8_t *buf;            /* one cluster */
 	uint64_t per;            /* refcount entries per block */
-	bool verify;             /* second walk: COPIED flags vs counts */
+	bool fix_copied;         /* repair: set COPIED flags from the counts */
+	uint64_t copied_fixed;
 };
 
 static int pwrite_full(int fd, const void *buf, uint64_t len, uint64_t off)
@@ -48,179 +50,99 @@ static int pwrite_full(int fd, const void *buf, uint64_t len, uint64_t off)
 	return (uint64_t)r == len ? 0 : -EIO;
 }
 
-/* The active tables may write in place where COPIED is set: that must mean
- * refcount 1, or a snapshot's data would be overwritten. */
-static int verify_copied(struct rebuild *rb, uint64_t entry, uint64_t off,
-			 const char *what)
+/* COPIED (write in place) must mean refcount 1, or a snapshot's data, or
+ * another guest range's, would be overwritten. Returns the entry as it
+ * should be, or sets an error when it is wrong and not to be fixed. */
+static int want_copied(struct rebuild *rb, uint64_t *entry, uint64_t off,
+		       const char *what)
 {
-	if (!(entry & QCOW_OFLAG_COPIED) || rb->count[off / rb->cs] == 1)
+	uint64_t refs = rb->count[off / rb->cs];
+	bool copied = *entry & QCOW_OFLAG_COPIED;
+
+	if (copied == (refs == 1))
 		return 0;
+	if (rb->fix_copied) {
+		*entry ^= QCOW_OFLAG_COPIED;
+		rb->copied_fixed++;
+		return 0;
+	}
+	if (!copied)
+		return 0; /* only costs a copy on write */
 	image_set_error(rb->img, "cannot rebuild refcounts: %s at 0x%llx is "
 			"marked unshared but has %llu references; repair the image "
-			"with qemu-img check -r all", what, (unsigned long long)off,
-			(unsigned long long)rb->count[off / rb->cs]);
+			"with qcow2-img check -r all", what, (unsigned long long)off,
+			(unsigned long long)refs);
 	return -EINVAL;
 }
 
-static int ref(struct rebuild *rb, uint64_t off, const char *what)
-{
-	uint64_t c = off / rb->cs;
-
-	if (c >= rb->nclusters) {
-		image_set_error(rb->img, "cannot rebuild refcounts: the %s at 0x%llx "
-				"lies past the end of the file; repair the image with "
-				"qemu-img check -r all", what, (unsigned long long)off);
-		return -EINVAL;
-	}
-	if (rb->count[c] >= rb->max_rc) {
-		image_set_error(rb->img, "cannot rebuild refcounts: cluster 0x%llx is "
-				"referenced more often than %u-bit refcounts allow",
-				(unsigned long long)(c * rb->cs),
-				1u << rb->img->hdr.refcount_order);
-		return -EINVAL;
-	}
-	rb->count[c]++;
-	return 0;
-}
-
-/* Count a table of bytes at off (whole clusters). */
-static int ref_range(struct rebuild *rb, uint64_t off, uint64_t bytes,
-		     const char *what)
-{
-	if (off % rb->cs) {
-		image_set_error(rb->img, "cannot rebuild refcounts: the %s at 0x%llx "
-				"is not cluster-aligned", what, (unsigned long long)off);
-		return -EINVAL;
-	}
-	for (uint64_t o = 0; o < bytes; o += rb->cs) {
-		int ret = ref(rb, off + o, what);
-		if (ret < 0)
-			return ret;
-	}
-	return 0;
-}
-
-static int count_l2(struct rebuild *rb, uint64_t l2_off)
+/* The active L2 table at l2_off: verify (or fix, in place) its COPIED
+ * flags. Compressed clusters never carry it; with an external data file,
+ * data clusters always do. */
+static int copied_l2(struct rebuild *rb, uint64_t l2_off, bool write)
 {
 	struct qcow2_image *img = rb->img;
 	uint64_t n = rb->cs / img->l2_entry_size;
+	bool changed = false;
 	int ret;
 
+	if (img->has_data_file)
+		return 0;
 	ret = qfile_pread_sync(&img->file, rb->buf, rb->cs, l2_off);
-	if (ret < 0)
-		return ret;
-	for (uint64_t i = 0; i < n; i++) {
-		uint64_t e;
+	for (uint64_t i = 0; ret == 0 && i < n; i++) {
+		uint64_t e, e2;
 
 		memcpy(&e, rb->buf + i * img->l2_entry_size, 8);
-		e = be64toh(e);
-		if ((e & QCOW_OFLAG_COMPRESSED) && !rb->verify) {
-			uint64_t host, len;
-			compressed_range(img, e & ((1ull << 62) - 1), &host, &len);
-			for (uint64_t c = align_down(host, rb->cs); c < host + len;
-			     c += rb->cs) {
-				ret = ref(rb, c, "compressed cluster");
-				if (ret < 0)
-					return ret;
-			}
-		} else if (!(e & QCOW_OFLAG_COMPRESSED) && (e & L2E_OFFSET_MASK) &&
-			   !img->has_data_file) {
-			if (rb->verify)
-				ret = verify_copied(rb, e, e & L2E_OFFSET_MASK,
-						    "a data cluster");
-			else
-				ret = ref_range(rb, e & L2E_OFFSET_MASK, 1, "data cluster");
-			if (ret < 0)
-				return ret;
+		e = e2 = be64toh(e);
+		if ((e & QCOW_OFLAG_COMPRESSED) || !(e & L2E_OFFSET_MASK))
+			continue;
+		ret = want_copied(rb, &e2, e & L2E_OFFSET_MASK, "a data cluster");
+		if (ret == 0 && e2 != e) {
+			e2 = htobe64(e2);
+			memcpy(rb->buf + i * img->l2_entry_size, &e2, 8);
+			changed = true;
 		}
 	}
-	return 0;
-}
-
-static int count_l1(struct rebuild *rb, uint64_t l1_off, uint32_t l1_size)
-{
-	uint64_t bytes = (uint64_t)l1_size * 8;
-	uint64_t *l1;
-	int ret;
-
-	if (!l1_size)
-		return 0;
-	if (!rb->verify) {
-		ret = ref_range(rb, l1_off, bytes, "L1 table");
-		if (ret < 0)
-			return ret;
-	}
-	l1 = malloc(bytes);
-	if (!l1)
-		return -ENOMEM;
-	ret = qfile_pread_sync(&rb->img->file, l1, bytes, l1_off);
-	for (uint32_t i = 0; ret == 0 && i < l1_size; i++) {
-		uint64_t l2 = be64toh(l1[i]) & L1E_OFFSET_MASK;
-		if (!l2)
-			continue;
-		if (rb->verify)
-			ret = verify_copied(rb, be64toh(l1[i]), l2, "an L2 table");
-		else
-			ret = ref_range(rb, l2, 1, "L2 table");
-		if (ret == 0)
-			ret = count_l2(rb, l2);
-	}
-	free(l1);
+	if (ret == 0 && changed && write)
+		ret = pwrite_full(img->file.fd, rb->buf, rb->cs, l2_off);
 	return ret;
 }
 
-static int count_snapshots(struct rebuild *rb)
+/* The active L1 table and its L2 tables; with write, the fixes go to
+ * disk (the L1 table last, then a sync). */
+static int copied_flags(struct rebuild *rb, bool write)
 {
-	const struct qcow2_header *h = &rb->img->hdr;
-	uint64_t file = rb->nclusters * rb->cs, pos = 0, size;
-	uint8_t *t;
+	struct qcow2_image *img = rb->img;
+	uint64_t bytes = align_up((uint64_t)img->l1_size * 8, img->file.align);
+	bool changed = false;
+	uint64_t *l1 = NULL;
 	int ret = 0;
 
-	if (!h->nb_snapshots)
-		return 0;
-	if (h->snapshots_offset % rb->cs || h->snapshots_offset >= file) {
-		image_set_error(rb->img, "cannot rebuild refcounts: bad snapshot "
-				"table offset 0x%llx",
-				(unsigned long long)h->snapshots_offset);
-		return -EINVAL;
-	}
-	/* The table is at most 64k entries of at most 64 KiB each; read up to
-	 * the end of the file and parse within it. */
-	size = file - h->snapshots_offset;
-	if (size > (64ull << 20))
-		size = 64ull << 20;
-	t = malloc(size);
-	if (!t)
-		return -ENOMEM;
-	ret = qfile_pread_sync(&rb->img->file, t, size, h->snapshots_offset);
-	for (uint32_t i = 0; ret == 0 && i < h->nb_snapshots; i++) {
-		uint64_t l1_off, len;
-		uint32_t l1_size, extra;
-		uint16_t id_len, name_len;
+	for (uint32_t i = 0; ret == 0 && i < img->l1_size; i++) {
+		uint64_t e = img->l1[i], l2 = e & L1E_OFFSET_MASK;
 
-		if (pos + 40 > size) {
-			ret = -EINVAL;
-			break;
+		if (!l2)
+			continue;
+		ret = want_copied(rb, &e, l2, "an L2 table");
+		if (ret == 0 && e != img->l1[i]) {
+			if (write)
+				img->l1[i] = e;
+			changed = true;
 		}
-		l1_off = be64_at(t + pos);
-		l1_size = be32_at(t + pos + 8);
-		id_len = (uint16_t)(t[pos + 12] << 8 | t[pos + 13]);
-		name_len = (uint16_t)(t[pos + 14] << 8 | t[pos + 15]);
-		extra = be32_at(t + pos + 36);
-		len = align_up(40ull + extra + id_len + name_len, 8);
-		if (pos + len > size || (uint64_t)l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-			ret = -EINVAL;
-			break;
-		}
-		ret = count_l1(rb, l1_off, l1_size);
-		pos += len;
+		if (ret == 0)
+			ret = copied_l2(rb, l2, write);
 	}
-	if (ret == -EINVAL && !rb->img->last_error[0])
-		image_set_error(rb->img, "cannot rebuild refcounts: the snapshot "
-				"table is malformed");
+	if (ret < 0 || !write || !changed || !img->l1_size)
+		return ret;
+	if (posix_memalign((void **)&l1, img->file.mem_align, bytes))
+		return -ENOMEM;
+	ret = qfile_pread_sync(&img->file, l1, bytes, img->hdr.l1_table_offset);
+	for (uint32_t i = 0; ret == 0 && i < img->l1_size; i++)
+		l1[i] = htobe64(img->l1[i]);
 	if (ret == 0)
-		ret = ref_range(rb, h->snapshots_offset, pos, "snapshot table");
-	free(t);
+		ret = pwrite_full(img->file.fd, l1, bytes, img->hdr.l1_table_offset);
+	free(l1);
+	if (ret == 0 && fdatasync(img->file.fd) < 0)
+		ret = -errno;
 	return ret;
 }
 
@@ -281,30 +203,54 @@ int refcount_rebuild(struct qcow2_image *img)
 {
 	struct rebuild rb = { .img = img, .cs = img->cluster_size };
 	const struct qcow2_header *h = &img->hdr;
-	uint64_t rt_off = 0, v;
+	uint64_t rt_off = 0, v, max_rc;
 	uint32_t rt_clusters = 0;
+	struct check_refs refs;
+	struct qcow2_error err;
 	int ret;
 
+	rb.fix_copied = img->flags & QCOW2_OPEN_REPAIR;
 	rb.nclusters = align_up(img->file.size, rb.cs) / rb.cs;
-	rb.max_rc = h->refcount_order == 6 ? UINT64_MAX :
-		    (1ull << (1u << h->refcount_order)) - 1;
 	rb.per = (rb.cs * 8) >> h->refcount_order;
-	rb.count = calloc(rb.nclusters ? rb.nclusters : 1, sizeof(*rb.count));
-	if (posix_memalign((void **)&rb.buf, img->file.mem_align, rb.cs))
+	max_rc = h->refcount_order == 6 ? UINT64_MAX :
+		 (1ull << (1u << h->refcount_order)) - 1;
+	ret = check_count_references(img->filename, &refs, &err);
+	if (ret < 0) {
+		image_set_error(img, "cannot rebuild refcounts: %s", err.msg);
+		return ret;
+	}
+	rb.count = refs.refs;
+	if (refs.problems) {
+		image_set_error(img, "cannot rebuild refcounts: %s%s. qcow2-img "
+				"check lists the damage, check -r all repairs what "
+				"can be repaired without losing data, and the image "
+				"can still be read (copied out with qcow2-img convert)",
+				refs.first, refs.problems > 1 ? " (and more)" : "");
+		ret = -EINVAL;
+		goto out;
+	}
+	if (refs.n != rb.nclusters) {
+		image_set_error(img, "cannot rebuild refcounts: the file changed "
+				"size while it was walked");
+		ret = -EBUSY;
+		goto out;
+	}
+	for (uint64_t i = 0; i < rb.nclusters; i++) {
+		if (rb.count[i] > max_rc || rb.count[i] == UINT32_MAX) {
+			image_set_error(img, "cannot rebuild refcounts: cluster 0x%llx "
+					"is referenced more often than %u-bit refcounts "
+					"allow", (unsigned long long)(i * rb.cs),
+					1u << h->refcount_order);
+			ret = -EINVAL;
+			goto out;
+		}
+	}
+	if (posix_memalign((void **)&rb.buf, img->file.mem_align, rb.cs)) {
 		rb.buf = NULL;
-	if (!rb.count || !rb.buf) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	ret = ref(&rb, 0, "header");
-	if (ret == 0)
-		ret = count_l1(&rb, h->l1_table_offset, h->l1_size);
-	if (ret == 0)
-		ret = count_snapshots(&rb);
-	if (ret == 0) {
-		rb.verify = true;
-		ret = count_l1(&rb, h->l1_table_offset, h->l1_size);
-	}
+	ret = copied_flags(&rb, false); /* refuse before writing anything */
 	if (ret == 0)
 		ret = write_new_refcounts(&rb, &rt_off, &rt_clusters);
 	if (ret < 0)
@@ -316,8 +262,11 @@ int refcount_rebuild(struct qcow2_image *img)
 		uint32_t c = htobe32(rt_clusters);
 		memcpy(img->hdr_block + 56, &c, 4);
 	}
+	/* A repair that got this far leaves nothing corrupt (anything it
+	 * cannot fix stopped it above): the corrupt bit goes too. */
 	memcpy(&v, img->hdr_block + 72, 8);
-	v = htobe64(be64toh(v) & ~QCOW2_INCOMPAT_DIRTY);
+	v = htobe64(be64toh(v) & ~(QCOW2_INCOMPAT_DIRTY |
+				   (rb.fix_copied ? QCOW2_INCOMPAT_CORRUPT : 0)));
 	memcpy(img->hdr_block + 72, &v, 8);
 	ret = pwrite_full(img->file.fd, img->hdr_block, img->hdr_block_len, 0);
 	if (ret == 0 && fdatasync(img->file.fd) < 0)
@@ -326,11 +275,16 @@ int refcount_rebuild(struct qcow2_image *img)
 		goto out;
 	img->hdr.refcount_table_offset = rt_off;
 	img->hdr.refcount_table_clusters = rt_clusters;
-	img->hdr.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+	img->hdr.incompatible_features &= ~(QCOW2_INCOMPAT_DIRTY |
+		(rb.fix_copied ? QCOW2_INCOMPAT_CORRUPT : 0));
 	img->file.size = rt_off + ((uint64_t)rt_clusters << img->cluster_bits);
 	img->alloc_end = img->file.size;
 	img->file_len = img->file.size;
 	img->stats.refcount_rebuilds++;
+	if (rb.copied_fixed) {
+		rb.copied_fixed = 0;
+		ret = copied_flags(&rb, true);
+	}
 out:
 	free(rb.count);
 	free(rb.buf);

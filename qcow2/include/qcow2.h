@@ -105,9 +105,11 @@ unsigned qcow2_ctx_inflight(const struct qcow2_ctx *ctx);
 /* Write refcounts in every flush even when the image has the lazy
  * refcounts feature (by default such images defer them to close). */
 #define QCOW2_OPEN_STRICT_REFCOUNTS (1u << 4)
-/* Read-write: rebuild the refcounts from the tables before anything else
- * (what a dirty image gets anyway); for repairs. */
-#define QCOW2_OPEN_REBUILD_REFCOUNTS (1u << 5)
+/* With RDWR, repair (qcow2-img check -r): rebuild the refcounts from the
+ * tables (what a dirty image gets anyway) and make the active tables'
+ * COPIED flags agree with them, keeping valid bitmaps valid. The handle is
+ * then read-only (writes fail with -EROFS): close it and reopen to write. */
+#define QCOW2_OPEN_REPAIR (1u << 5)
 
 struct qcow2_open_opts {
 	unsigned flags;

@@ -36,6 +36,46 @@ struct qcow2_check_result {
 	uint64_t fragmented_clusters;  /* not host-contiguous with the previous */
 	uint64_t compressed_clusters;
 	uint64_t image_end_offset;     /* end of the last cluster in use */
+	bool marked_corrupt;           /* the header's corrupt bit (-r all
+					  clears it when nothing is left) */
+};
+
+/* Refcount value buckets of struct qcow2_image_stats: 0, 1, 2, 3, 4-7,
+ * 8-15, 16 and more. */
+#define QCOW2_RC_BUCKETS 7
+
+/*
+ * Metadata statistics (qcow2-img stats), gathered by the same walk. Guest
+ * figures are of the active L1 table, over the virtual disk's clusters.
+ */
+struct qcow2_image_stats {
+	uint64_t cluster_size;
+	uint64_t guest_clusters;
+	uint64_t data_clusters;        /* standard clusters with data */
+	uint64_t zero_clusters;        /* read as zeros by their entry */
+	uint64_t compressed_clusters;
+	uint64_t unallocated_clusters; /* backing file, or zeros */
+	uint64_t invalid_clusters;     /* entries that are corrupt */
+	uint64_t compressed_bytes;     /* host bytes their descriptors cover */
+	/* Fragmentation of the data clusters: an extent is a run of clusters
+	 * adjacent both in the guest and in the file. */
+	uint64_t extents;
+	uint64_t adjacent_pairs;       /* guest-adjacent data clusters */
+	uint64_t split_pairs;          /* of those, not adjacent in the file */
+	/* Metadata */
+	uint64_t l2_tables;            /* reachable from the active L1 */
+	uint64_t l2_entries;           /* their entries */
+	uint64_t l2_entries_used;      /* not unallocated */
+	uint64_t refcount_blocks;
+	uint64_t metadata_clusters;    /* header, tables, refcount structures,
+					  snapshot table, bitmaps */
+	uint64_t snapshot_only_clusters; /* data and tables only snapshots use */
+	/* Host clusters of the file */
+	uint64_t file_size;
+	uint64_t file_clusters;
+	uint64_t rc_buckets[QCOW2_RC_BUCKETS];
+	uint64_t free_clusters;        /* refcount 0 and unreferenced */
+	uint64_t leaked_clusters;
 };
 
 struct qcow2_check_opts {
@@ -46,6 +86,12 @@ struct qcow2_check_opts {
 		       uint64_t offset, const char *msg);
 	/* Progress through the L2 tables (may be NULL). */
 	void (*progress)(void *opaque, uint64_t done, uint64_t total);
+	/* Filled when not NULL (of the image as found, before any repair). */
+	struct qcow2_image_stats *stats;
+	/* With reference set, every reference to the host cluster holding
+	 * trace_offset is described to it (what refers, from where). */
+	uint64_t trace_offset;
+	void (*reference)(void *opaque, uint64_t offset, const char *what);
 	void *opaque;
 };
 

@@ -2,11 +2,15 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
 #
 # qcow2-img check on damaged images (damage.py patches an image qemu-img
-# made): our verdict must be qemu-img check's (exit status, number of
-# corruptions and leaks), under ASan too, never a crash. Repairable cases
-# (leaks, refcounts too low) are then repaired with -r all (and -r leaks
-# where only leaks exist): afterwards both tools find the image clean, and
-# the guest data reads as before the damage.
+# made, with a persistent bitmap): our verdict must be qemu-img check's
+# (exit status, number of corruptions and leaks), under ASan too, never a
+# crash. Repairable cases (leaks, refcounts too low, a cluster referenced
+# twice, COPIED flags) are then repaired with -r all (or -r leaks where
+# only leaks exist): afterwards both tools find the image clean, the guest
+# data reads as it did, and the bitmap is still valid. The others we must
+# refuse to repair, leaving the file unchanged. Which is which follows
+# qemu-img: its -r all, on a copy, must fix the first kind and not the
+# second.
 #
 #   check_damaged.sh CASE | --list
 # Environment: QCOW2_IMG (required), QCOW2_TEST_WORKDIR.
@@ -22,7 +26,9 @@ cases() {
 refcount-too-high   | all
 orphan-clusters     | leaks
 refcount-too-low    | all
-double-reference    | none
+double-reference    | all
+copied-missing      | all
+marked-corrupt      | all
 l2-past-eof         | none
 l1-unaligned        | none
 l2-over-refblock    | none
@@ -44,10 +50,27 @@ cd "$work"
 SAN_RE='ERROR: [A-Za-z]*Sanitizer|runtime error:|SUMMARY: [A-Za-z]*Sanitizer'
 
 qemu-img create -q -f qcow2 img.qcow2 16M
+# (truncated cuts the file's last cluster: the data at 8 MiB, not the
+# bitmap directory qemu-img would put there)
+[[ $case_name == truncated ]] || qemu-img bitmap --add img.qcow2 b0
 qemu-io -c 'write -P 0x11 0 128k' -c 'write -P 0x22 1M 64k' \
 	-c 'write -c -P 0x33 4M 64k' -c 'write -P 0x44 8M 64k' img.qcow2 >/dev/null
 qemu-img convert -q -O raw img.qcow2 before.raw
 python3 "$here/damage.py" "$case_name" img.qcow2
+# What the guest reads once damaged (a double reference changes it): a
+# repair must keep exactly that. A truncated file cannot be read.
+qemu-img convert -q -O raw img.qcow2 damaged.raw 2>/dev/null || rm -f damaged.raw
+
+# qemu-img's -r all on a copy: the case's class must be qemu-img's.
+cp img.qcow2 qemu-copy.qcow2
+qrc=0
+qemu-img check -q -r all qemu-copy.qcow2 >/dev/null 2>&1 || qrc=$?
+if [[ $repair == none ]]; then
+	((qrc != 0)) || fail "qemu-img check -r all repairs this case; so must we"
+else
+	((qrc == 0)) || fail "qemu-img check -r all cannot repair this case (exit $qrc)"
+fi
+rm -f qemu-copy.qcow2
 
 # verdict KIND: "exit corruptions leaks" of a tool's check
 verdict() {
@@ -99,8 +122,19 @@ leaks | all)
 	qrc=0
 	qemu-img check img.qcow2 || qrc=$?
 	((qrc == 0)) || fail "qemu-img check after our repair: exit $qrc"
-	qemu-img compare -q -f qcow2 -F raw img.qcow2 before.raw ||
+	qemu-img compare -q -f qcow2 -F raw img.qcow2 damaged.raw ||
 		fail "the guest data changed in the repair"
+	qemu-img info --output=json img.qcow2 >info.json
+	python3 -c '
+import json, sys
+b = json.load(open("info.json"))["format-specific"]["data"].get("bitmaps", [])
+assert [x["name"] for x in b] == ["b0"], b
+assert "in-use" not in b[0]["flags"], b[0]
+' || fail "the bitmap did not survive the repair"
+	python3 -c '
+import json
+assert not json.load(open("info.json"))["format-specific"]["data"].get("corrupt")
+' || fail "the image is still marked corrupt"
 	;;
 none)
 	# Not repairable by a refcount rebuild: -r all says so and changes

@@ -75,6 +75,16 @@ def main():
     elif kind == "double-reference":
         img.u64(img.l2_entry(1 << 20), e0)
         print(f"the L2 entry of 1 MiB now points at cluster 0x{d0:x}, as 0's does")
+    elif kind == "copied-missing":
+        img.u64(img.l2_entry(0), e0 & ~(1 << 63))
+        print(f"the COPIED flag of the L2 entry of 0 (cluster 0x{d0:x}) cleared")
+    elif kind == "marked-corrupt":
+        img.refcount(d0, 0)
+        img.f.seek(72)
+        bits = struct.unpack(">Q", img.f.read(8))[0]
+        img.f.seek(72)
+        img.f.write(struct.pack(">Q", bits | 2))
+        print(f"refcount of data cluster 0x{d0:x} set to 0, corrupt bit set")
     elif kind == "l2-past-eof":
         img.u64(img.l2_entry(1 << 20), (1 << 63) | (1 << 40))
         print("the L2 entry of 1 MiB points 1 TiB into the file")

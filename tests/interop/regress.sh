@@ -205,7 +205,7 @@ PY
 	cat err.txt
 	((rc == 1)) || die "qcow2-io exit $rc, expected 1"
 	grep -qE "$SAN_RE" err.txt && die "sanitizer report"
-	grep -q "qemu-img check -r all" err.txt || die "the message does not name the repair"
+	grep -q "check -r all" err.txt || die "the message does not name the repair"
 	[[ $(md5sum <img.qcow2) == "$sum" ]] || die "the refused open changed the file"
 	;;
 *)
