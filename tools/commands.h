@@ -10,5 +10,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_dump(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
 
 #endif

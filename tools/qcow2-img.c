@@ -14,6 +14,8 @@ static const struct {
 	{ "create", cmd_create, "create a qcow2 image (qemu-img's options)" },
 	{ "resize", cmd_resize, "grow an image's virtual disk" },
 	{ "check", cmd_check, "verify the metadata; repair leaks and refcounts" },
+	{ "dump", cmd_dump, "print a metadata structure, field by field" },
+	{ "stats", cmd_stats, "metadata statistics: allocation, fragmentation" },
 	{ "info", cmd_info, "describe an image and its backing chain" },
 	{ "map", cmd_map, "show where every guest range reads from" },
 	{ "convert", cmd_convert, "copy an image's contents to a raw file" },
