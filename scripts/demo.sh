@@ -180,6 +180,13 @@ qemu-img check compressed.qcow2 || step_failed "qemu-img check after resize"
 qemu-img info compressed.qcow2 | grep -E "virtual size|compression" || true
 rm -f created.qcow2
 
+section "qcow2-img stats and dump: what the metadata looks like"
+"$img_tool" stats compressed.qcow2 || step_failed "qcow2-img stats"
+echo "+ qcow2-img dump compressed.qcow2 l2 0 (the first entries)"
+"$img_tool" dump compressed.qcow2 l2 0 >l2-dump.txt || step_failed "qcow2-img dump"
+head -n 6 l2-dump.txt
+rm -f l2-dump.txt
+
 rm -f sample-qemu.raw base.raw
 section "done"
 echo "sample images are in $demo"
