@@ -103,7 +103,8 @@ static void trace(struct chk *c, uint64_t off, const char *what)
 	if (c->active)
 		snprintf(where, sizeof(where), "the active L1 table");
 	else
-		snprintf(where, sizeof(where), "snapshot %u", c->snap_index);
+		snprintf(where, sizeof(where), "snapshot table entry %u",
+			 c->snap_index);
 	if (!strcmp(what, "data cluster") || !strcmp(what, "compressed cluster"))
 		snprintf(msg, sizeof(msg), "%s of guest offset 0x%llx: entry %llu of "
 			 "the L2 table at 0x%llx (%s)", what,
@@ -115,7 +116,8 @@ static void trace(struct chk *c, uint64_t off, const char *what)
 		snprintf(msg, sizeof(msg), "L2 table of L1 index %u (%s)",
 			 c->l1_index, where);
 	else if (!strcmp(what, "L1 table") && !c->active)
-		snprintf(msg, sizeof(msg), "L1 table of snapshot %u", c->snap_index);
+		snprintf(msg, sizeof(msg), "L1 table of snapshot table entry %u",
+			 c->snap_index);
 	else
 		snprintf(msg, sizeof(msg), "%s", what);
 	c->o->reference(c->o->opaque, off, msg);
@@ -317,7 +319,6 @@ static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
 	ret = read_l1(c, l1_off, l1_size, &l1);
 	if (ret < 0)
 		return ret;
-	c->active = active;
 	for (uint32_t i = 0; i < l1_size; i++) {
 		uint64_t l2 = l1[i] & L1E_OFFSET_MASK;
 
