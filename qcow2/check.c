@@ -582,9 +582,10 @@ static void chk_close(struct chk *c)
 	qcow2_meta_close(c->m);
 }
 
-static int chk_open(struct chk *c, const char *path, struct qcow2_error *err)
+static int chk_open(struct chk *c, const char *path, unsigned flags,
+		    struct qcow2_error *err)
 {
-	int ret = qcow2_meta_open(path, &c->m, err);
+	int ret = qcow2_meta_open(path, flags, &c->m, err);
 
 	if (ret < 0)
 		return ret;
@@ -644,7 +645,11 @@ static int check_once(const char *path, const struct qcow2_check_opts *o,
 	int ret;
 
 	memset(res, 0, sizeof(*res));
-	ret = chk_open(&c, path, err);
+	/* A check that may repair locks the image as its writer would, so
+	 * that nobody uses it meanwhile (qemu-img check -r does the same). */
+	ret = chk_open(&c, path, !o ? 0 : o->force_share ? QCOW2_OPEN_FORCE_SHARE :
+		       o->repair != QCOW2_CHECK_NO_REPAIR ? QCOW2_OPEN_RDWR : 0,
+		       err);
 	if (ret == 0)
 		ret = walk_graph(&c);
 	if (ret == 0)
@@ -682,7 +687,8 @@ int check_count_references(const char *path, struct check_refs *out,
 
 	memset(out, 0, sizeof(*out));
 	err->msg[0] = '\0';
-	ret = chk_open(&c, path, err);
+	/* The caller holds the image open (and locked) for the rebuild. */
+	ret = chk_open(&c, path, QCOW2_OPEN_FORCE_SHARE, err);
 	if (ret == 0)
 		ret = walk_graph(&c);
 	if (ret == 0) {
@@ -723,7 +729,8 @@ int qcow2_check(const char *path, const struct qcow2_check_opts *opts,
 	struct qcow2_check_result before;
 	int ret;
 
-	if (!path || !res || !err)
+	if (!path || !res || !err ||
+	    (opts && opts->force_share && opts->repair != QCOW2_CHECK_NO_REPAIR))
 		return -EINVAL;
 	err->msg[0] = '\0';
 	ret = check_once(path, opts, opts ? opts->stats : NULL, res, err);

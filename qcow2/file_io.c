@@ -46,7 +46,7 @@ void detect_alignment(int fd, uint32_t *align, uint32_t *mem_align)
 }
 
 int qfile_open(struct qfile *f, const char *path, bool rdwr, bool direct,
-	       char *err, size_t errlen)
+	       bool lock, char *err, size_t errlen)
 {
 	struct stat st;
 	int flags = (rdwr ? O_RDWR : O_RDONLY) | O_CLOEXEC;
@@ -84,6 +84,14 @@ int qfile_open(struct qfile *f, const char *path, bool rdwr, bool direct,
 		f->fd = -1;
 		return -EINVAL;
 	}
+	if (lock) {
+		int ret = file_lock(f->fd, rdwr, err, errlen);
+		if (ret < 0) {
+			close(f->fd);
+			f->fd = -1;
+			return ret;
+		}
+	}
 	f->direct = direct;
 	detect_alignment(f->fd, &f->align, &f->mem_align);
 	if (f->mem_align < 512)
@@ -99,8 +107,10 @@ int qfile_open(struct qfile *f, const char *path, bool rdwr, bool direct,
 
 void qfile_close(struct qfile *f)
 {
-	if (f->fd >= 0)
+	if (f->fd >= 0) {
+		file_unlock(f->fd);
 		close(f->fd);
+	}
 	f->fd = -1;
 	free(f->path);
 	f->path = NULL;

@@ -349,7 +349,8 @@ static int open_data_file(struct qcow2_image *img,
 	if (!path)
 		return -ENOMEM;
 	ret = qfile_open(&img->data_store, path, img->flags & QCOW2_OPEN_RDWR,
-			 !(img->flags & QCOW2_OPEN_BUFFERED), err ? err->msg : NULL,
+			 !(img->flags & QCOW2_OPEN_BUFFERED),
+			 !(img->flags & QCOW2_OPEN_FORCE_SHARE), err ? err->msg : NULL,
 			 err ? sizeof(err->msg) : 0);
 	if (ret < 0)
 		prefix_err(err, "external data file", "");
@@ -462,7 +463,8 @@ static int open_chain(struct qcow2_ctx *ctx, const char *path,
 		return -ENOMEM;
 	}
 	ret = qfile_open(&img->file, path, flags & QCOW2_OPEN_RDWR,
-			 !(flags & QCOW2_OPEN_BUFFERED), err ? err->msg : NULL,
+			 !(flags & QCOW2_OPEN_BUFFERED),
+			 !(flags & QCOW2_OPEN_FORCE_SHARE), err ? err->msg : NULL,
 			 err ? sizeof(err->msg) : 0);
 	if (ret < 0)
 		goto fail;

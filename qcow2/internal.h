@@ -43,8 +43,15 @@ struct qfile {
 	char *path;
 };
 
+/* lock: take QEMU-compatible image locks (file_lock.c); a conflict fails
+ * with -EBUSY and a message. */
 int qfile_open(struct qfile *f, const char *path, bool rdwr, bool direct,
-	       char *err, size_t errlen);
+	       bool lock, char *err, size_t errlen);
+/* Lock the image open at fd for reading, or writing (rdwr); 0 when the
+ * file system has no OFD locks. */
+int file_lock(int fd, bool rdwr, char *err, size_t errlen);
+/* Drop those locks now (before close: see file_lock.c). */
+void file_unlock(int fd);
 void qfile_close(struct qfile *f);
 /* Synchronous aligned read for open-time metadata (header, L1). */
 int qfile_pread_sync(struct qfile *f, void *buf, uint64_t len, uint64_t off);

@@ -51,7 +51,7 @@ int qcow2_meta_pread(struct qcow2_meta *m, void *buf, uint64_t len,
 	return 0;
 }
 
-int qcow2_meta_open(const char *path, struct qcow2_meta **out,
+int qcow2_meta_open(const char *path, unsigned flags, struct qcow2_meta **out,
 		    struct qcow2_error *err)
 {
 	struct qcow2_meta *m = calloc(1, sizeof(*m));
@@ -69,6 +69,12 @@ int qcow2_meta_open(const char *path, struct qcow2_meta **out,
 		snprintf(err->msg, sizeof(err->msg), "cannot open %s: %s", path,
 			 strerror(errno));
 		goto fail;
+	}
+	if (!(flags & QCOW2_OPEN_FORCE_SHARE)) {
+		ret = file_lock(m->fd, flags & QCOW2_OPEN_RDWR, err->msg,
+				sizeof(err->msg));
+		if (ret < 0)
+			goto fail;
 	}
 	m->file_size = (uint64_t)st.st_size;
 	/* The header and its extensions live in the first cluster (2 MiB at

@@ -99,6 +99,9 @@ int cli_common_opt(struct cli_open *o, int opt, const char *arg)
 			return -1;
 		}
 		return 1;
+	case 'U':
+		o->force_share = true;
+		return 1;
 	case 0x100:
 	case 0x101:
 		if (cli_parse_size(arg, &v) < 0 || v == 0 || v > (1ull << 32)) {
@@ -124,6 +127,11 @@ int cli_open_image(const struct cli_open *o, const char *path,
 	struct qcow2_error err = { "" };
 	int ret;
 
+	if (o->force_share && o->rdwr) {
+		fprintf(stderr, "%s: -U (force share) is for reading only; an image "
+			"is written only by its one locked owner\n", cli_prog);
+		return -EINVAL;
+	}
 	ret = qcow2_ctx_new(&co, ctx);
 	if (ret < 0) {
 		fprintf(stderr, "%s: cannot set up the %s backend: %s\n", cli_prog,
@@ -132,7 +140,8 @@ int cli_open_image(const struct cli_open *o, const char *path,
 		return ret;
 	}
 	oo.flags = (o->buffered ? QCOW2_OPEN_BUFFERED : 0) |
-		   (o->raw ? QCOW2_OPEN_RAW : 0) | (o->rdwr ? QCOW2_OPEN_RDWR : 0);
+		   (o->raw ? QCOW2_OPEN_RAW : 0) | (o->rdwr ? QCOW2_OPEN_RDWR : 0) |
+		   (o->force_share ? QCOW2_OPEN_FORCE_SHARE : 0);
 	oo.l2_cache_size = o->l2_cache;
 	oo.l2_slice_size = o->l2_slice;
 	ret = qcow2_open(*ctx, path, &oo, img, &err);

@@ -19,6 +19,7 @@ struct cli_open {
 	uint64_t l2_cache;           /* --l2-cache */
 	uint32_t l2_slice;           /* --l2-slice */
 	unsigned depth;              /* io_uring queue depth */
+	bool force_share;            /* -U: no image locks (read-only use) */
 };
 
 /* Parse the shared options; returns 1 when opt was one, 0 when not, -1 on a
@@ -40,13 +41,16 @@ void cli_progress(bool enabled, uint64_t done, uint64_t total);
 	{ "cache", required_argument, 0, 't' }, \
 	{ "format", required_argument, 0, 'f' }, \
 	{ "l2-cache", required_argument, 0, 0x100 }, \
-	{ "l2-slice", required_argument, 0, 0x101 }
+	{ "l2-slice", required_argument, 0, 0x101 }, \
+	{ "force-share", no_argument, 0, 'U' }
 
 #define CLI_COMMON_HELP \
 	"  -i, --backend io_uring|sync   IO backend (default io_uring)\n" \
 	"  -t, --cache none|writeback    none: O_DIRECT (default); writeback: page cache\n" \
 	"  -f, --format qcow2|raw        format of IMAGE (default qcow2; never probed)\n" \
 	"      --l2-cache BYTES          L2 cache size (default: map the whole disk, <= 32M)\n" \
-	"      --l2-slice BYTES          L2 slice size (default 4k)\n"
+	"      --l2-slice BYTES          L2 slice size (default 4k)\n" \
+	"  -U, --force-share             take no image lock: read an image another\n" \
+	"                                process (QEMU) has open for writing\n"
 
 #endif

@@ -149,7 +149,7 @@ int cmd_bench(int argc, char **argv)
 	struct bench_req *reqs;
 	int opt, status = 0;
 
-	while ((opt = getopt_long(argc, argv, "hc:d:s:S:o:wi:t:f:", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "hc:d:s:S:o:wi:t:f:U", longopts, NULL)) != -1) {
 		int r = cli_common_opt(&o, opt, optarg);
 		if (r < 0)
 			return 2;

@@ -38,6 +38,9 @@ static const char *usage_text =
 	"                      the old ones in place); then the image is checked\n"
 	"                      again. Other corruptions are reported, not repaired.\n"
 	"  -q, --quiet         no list of problems, only the summary\n"
+	"  -U, --force-share   take no image lock: read an image another process\n"
+	"                      (QEMU) has open for writing; its metadata may be\n"
+	"                      changing underneath\n" "                      (not with -r)\n"
 	"  -h, --help          this text\n"
 	"\n"
 	"Exit status (as qemu-img check): 0 no problem, 2 corruptions, 3 leaks\n"
@@ -86,6 +89,7 @@ int cmd_check(int argc, char **argv)
 		{ "json", no_argument, 0, 'j' },
 		{ "repair", required_argument, 0, 'r' },
 		{ "quiet", no_argument, 0, 'q' },
+		{ "force-share", no_argument, 0, 'U' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -97,7 +101,7 @@ int cmd_check(int argc, char **argv)
 	int opt, ret, status;
 
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, "r:qhf:", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "r:qhf:U", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'j':
 			rc.json = true;
@@ -122,6 +126,9 @@ int cmd_check(int argc, char **argv)
 			break;
 		case 'q':
 			rc.quiet = true;
+			break;
+		case 'U':
+			o.force_share = true;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);

@@ -496,7 +496,7 @@ static int convert_main(int argc, char **argv)
 	struct qcow2_image *img;
 	int opt, status;
 
-	while ((opt = getopt_long(argc, argv, "hpcO:o:T:j:i:t:f:", longopts,
+	while ((opt = getopt_long(argc, argv, "hpcO:o:T:j:i:t:f:U", longopts,
 				  NULL)) != -1) {
 		int r = cli_common_opt(&o, opt, optarg);
 		if (r < 0)

@@ -42,6 +42,9 @@ static const char *usage_text =
 	"      --json          one JSON value on stdout: numbers in decimal, raw\n"
 	"                      entries and feature bits as \"0x...\" strings\n"
 	"  -a, --all           include empty entries in l1, l2 and refcount-table\n"
+	"  -U, --force-share   take no image lock: read an image another process\n"
+	"                      (QEMU) has open for writing; its metadata may be\n"
+	"                      changing underneath\n"
 	"  -h, --help          this text\n"
 	"\n"
 	"Exit status: 0 success, 1 the image or structure could not be read,\n"
@@ -534,7 +537,7 @@ static void on_reference(void *opaque, uint64_t offset, const char *what)
 }
 
 static int dump_cluster(struct qcow2_meta *m, const char *path,
-			const char *arg, json_t **out)
+			const char *arg, bool force_share, json_t **out)
 {
 	uint64_t off, rc, cs = 1ull << qcow2_meta_header(m)->cluster_bits;
 	struct qcow2_check_opts co = { .reference = on_reference };
@@ -552,6 +555,7 @@ static int dump_cluster(struct qcow2_meta *m, const char *path,
 		return ret;
 	refs = json_array();
 	co.trace_offset = off;
+	co.force_share = force_share;
 	co.opaque = refs;
 	ret = qcow2_check(path, &co, &res, &err);
 	if (ret < 0) {
@@ -673,24 +677,28 @@ int cmd_dump(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "json", no_argument, 0, 'j' },
 		{ "all", no_argument, 0, 'a' },
+		{ "force-share", no_argument, 0, 'U' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	struct qcow2_error err = { "" };
 	struct qcow2_meta *m;
 	const char *path, *what = "header", *arg = NULL;
-	bool json = false, all = false;
+	bool json = false, all = false, force_share = false;
 	json_t *out = NULL;
 	int opt, ret;
 
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, "ah", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "ahU", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'j':
 			json = true;
 			break;
 		case 'a':
 			all = true;
+			break;
+		case 'U':
+			force_share = true;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);
@@ -709,7 +717,8 @@ int cmd_dump(int argc, char **argv)
 		what = argv[optind + 1];
 	if (optind + 2 < argc)
 		arg = argv[optind + 2];
-	ret = qcow2_meta_open(path, &m, &err);
+	ret = qcow2_meta_open(path, force_share ? QCOW2_OPEN_FORCE_SHARE : 0, &m,
+			      &err);
 	if (ret < 0) {
 		fprintf(stderr, "qcow2-img: %s: %s\n", path, err.msg);
 		return 1;
@@ -731,7 +740,7 @@ int cmd_dump(int argc, char **argv)
 	else if (!strcmp(what, "bitmaps"))
 		ret = dump_bitmaps(m, &out);
 	else if (!strcmp(what, "cluster"))
-		ret = dump_cluster(m, path, arg, &out);
+		ret = dump_cluster(m, path, arg, force_share, &out);
 	else {
 		fprintf(stderr, "qcow2-img: dump: unknown structure '%s'\n\n%s",
 			what, usage_text);

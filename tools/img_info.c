@@ -100,7 +100,7 @@ int cmd_info(int argc, char **argv)
 	char h1[32], h2[32];
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "hi:t:f:", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "hi:t:f:U", longopts, NULL)) != -1) {
 		int r = cli_common_opt(&o, opt, optarg);
 		if (r < 0)
 			return 2;

@@ -138,7 +138,7 @@ int cmd_map(int argc, char **argv)
 	uint64_t off = 0;
 	int opt, ret = 0;
 
-	while ((opt = getopt_long(argc, argv, "hi:t:f:", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "hi:t:f:U", longopts, NULL)) != -1) {
 		int r = cli_common_opt(&o, opt, optarg);
 		if (r < 0)
 			return 2;

@@ -43,7 +43,7 @@ int cmd_resize(int argc, char **argv)
 	int opt, ret;
 
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, "qhi:t:f:", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "qhi:t:f:U", longopts, NULL)) != -1) {
 		int r = cli_common_opt(&o, opt, optarg);
 		if (r < 0)
 			return 2;

@@ -34,6 +34,9 @@ static const char *usage_text =
 	"\n"
 	"Options:\n"
 	"      --json          one JSON object on stdout\n"
+	"  -U, --force-share   take no image lock: read an image another process\n"
+	"                      (QEMU) has open for writing; its metadata may be\n"
+	"                      changing underneath\n"
 	"  -h, --help          this text\n"
 	"\n"
 	"Exit status: 0 success, 1 the image could not be walked, 2 usage error.\n";
@@ -165,6 +168,7 @@ int cmd_stats(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "json", no_argument, 0, 'j' },
+		{ "force-share", no_argument, 0, 'U' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -178,10 +182,13 @@ int cmd_stats(int argc, char **argv)
 	int opt, ret;
 
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "hU", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'j':
 			json = true;
+			break;
+		case 'U':
+			o.force_share = true;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);

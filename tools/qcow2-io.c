@@ -2,7 +2,7 @@
 /*
  * qcow2-io: run qemu-io style commands against an image through libqcow2,
  * so the same command script can be replayed against qemu-io and against
- * us. Commands: read, write (-z zeroes), discard, flush.
+ * us. Commands: read, write (-z zeroes), discard, flush, sleep.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -106,6 +106,22 @@ static int run_command(struct io_state *st, int argc, char **argv)
 			fprintf(stderr, "qcow2-io: %s: unknown option\n", cmd);
 			return 2;
 		}
+	}
+	if (!strcmp(cmd, "sleep")) { /* qemu-io's: milliseconds */
+		struct timespec ts;
+		char *end;
+		unsigned long ms;
+
+		ms = optind == argc - 1 ? strtoul(argv[optind], &end, 10) : 0;
+		if (optind != argc - 1 || *end || ms > 86400000ul) {
+			fprintf(stderr, "qcow2-io: sleep takes MILLISECONDS\n");
+			return 2;
+		}
+		ts.tv_sec = (time_t)(ms / 1000);
+		ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+		return 0;
 	}
 	if (!strcmp(cmd, "flush")) {
 		if (optind != argc) {
@@ -219,6 +235,7 @@ static const char *usage_text =
 	"  write -z [-u] [-q] OFFSET LENGTH             write zeroes (-u: unmap)\n"
 	"  discard [-q] OFFSET LENGTH                   discard whole clusters\n"
 	"  flush                                        make everything durable\n"
+	"  sleep MILLISECONDS                           wait, with the image open\n"
 	"OFFSET and LENGTH take k, M, G, T suffixes.\n"
 	"\n"
 	"Options:\n"
@@ -249,7 +266,7 @@ int main(int argc, char **argv)
 	cli_prog = "qcow2-io";
 	if (!cmds)
 		return 1;
-	while ((opt = getopt_long(argc, argv, "+hc:ri:t:f:", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "+hc:ri:t:f:U", longopts, NULL)) != -1) {
 		int r = cli_common_opt(&o, opt, optarg);
 		if (r < 0)
 			return 2;

@@ -110,6 +110,11 @@ unsigned qcow2_ctx_inflight(const struct qcow2_ctx *ctx);
  * COPIED flags agree with them, keeping valid bitmaps valid. The handle is
  * then read-only (writes fail with -EROFS): close it and reopen to write. */
 #define QCOW2_OPEN_REPAIR (1u << 5)
+/* Images are locked as QEMU locks them (OFD locks): a writer excludes every
+ * other opener, readers exclude writers, and a conflict fails with -EBUSY.
+ * This flag takes no locks (qemu-img -U): reading an image that another
+ * process writes may show inconsistent metadata. Read-only use only. */
+#define QCOW2_OPEN_FORCE_SHARE (1u << 6)
 
 struct qcow2_open_opts {
 	unsigned flags;

@@ -80,6 +80,8 @@ struct qcow2_image_stats {
 
 struct qcow2_check_opts {
 	enum qcow2_check_repair repair;
+	/* Take no image lock (qemu-img -U); not with a repair. */
+	bool force_share;
 	/* Each problem found, with the host offset it concerns (may be NULL);
 	 * leaks are reported one cluster at a time. */
 	void (*report)(void *opaque, enum qcow2_check_problem kind,

@@ -66,9 +66,13 @@ struct qcow2_header {
 
 struct qcow2_meta;
 
-/* Open path read-only and decode its header. Returns 0 or a negative errno
- * with a message in err (-EINVAL malformed, -ENOTSUP unsupported). */
-int qcow2_meta_open(const char *path, struct qcow2_meta **out,
+/* Open path read-only and decode its header. flags: 0 locks the image for
+ * reading, as qcow2_open does; QCOW2_OPEN_RDWR locks it as a writer would
+ * (the file is still only read: for a check that may repair);
+ * QCOW2_OPEN_FORCE_SHARE takes no lock. Returns
+ * 0 or a negative errno with a message in err (-EINVAL malformed, -ENOTSUP
+ * unsupported, -EBUSY another process writes it). */
+int qcow2_meta_open(const char *path, unsigned flags, struct qcow2_meta **out,
 		    struct qcow2_error *err);
 void qcow2_meta_close(struct qcow2_meta *m);
 const struct qcow2_header *qcow2_meta_header(const struct qcow2_meta *m);
