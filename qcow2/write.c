@@ -747,10 +747,7 @@ static bool edges_read_zero(struct cluster_write *cw)
 		edges |= sc_mask(img, cw->lo, cw->a);
 	if (cw->b < cw->hi)
 		edges |= sc_mask(img, cw->b, cw->hi);
-	/* An edge may be allocated already (the write spans allocated and
-	 * unallocated subclusters): its data must be read. */
-	if (entry_in_place(img, cw->old_entry) && (cw->old_bitmap & edges))
-		return false;
+	/* (Edges allocated in our own cluster were left out by cw_cow.) */
 	if (((cw->old_bitmap >> 32) & edges) == edges)
 		return true;
 	return !img->backing || cw->guest >= img->backing->virtual_size;
@@ -770,6 +767,16 @@ static int cw_cow(struct cluster_write *cw)
 		uint64_t sc = 1ull << img->subcluster_bits;
 		lo = align_down(a, sc);
 		hi = align_up(b, sc) < cw->csize ? align_up(b, sc) : cw->csize;
+		/* A partly written subcluster already allocated in our cluster
+		 * keeps its other bytes where they are. Reading and rewriting
+		 * them would undo an in-place write to them still in flight
+		 * (those do not wait for cluster writes). */
+		if (entry_in_place(img, cw->old_entry)) {
+			if (lo < a && (cw->old_bitmap & sc_mask(img, lo, a)))
+				lo = a;
+			if (b < hi && (cw->old_bitmap & sc_mask(img, b, hi)))
+				hi = b;
+		}
 	}
 	cw->lo = lo;
 	cw->hi = hi;
