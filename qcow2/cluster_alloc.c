@@ -461,7 +461,9 @@ static void punch_then_pool(struct qcow2_image *img, uint64_t host)
 
 void cluster_frees_flush_started(struct qcow2_image *img)
 {
-	/* Entries dropped so far are written by this flush. */
+	/* Entries dropped so far are written by this flush; in-place writes
+	 * issued so far may still target their clusters. */
+	img->frees_flushing_seq = img->ip_seq;
 	for (size_t i = 0; i < img->frees_waiting_len; i++) {
 		if (vec_push(&img->frees_flushing, &img->frees_flushing_len,
 			     &img->frees_flushing_cap, img->frees_waiting[i]) < 0)
@@ -485,6 +487,12 @@ static void free_worker_wake(struct slice_waiter *w, int err)
 /* Apply ready decrements one by one; parks on slice loads and flushes. */
 static void free_worker(struct qcow2_image *img)
 {
+	img->free_worker_waits_ip = false;
+	if (img->frees_ready_pos < img->frees_ready_len &&
+	    write_oldest_inplace(img) <= img->frees_ready_seq) {
+		img->free_worker_waits_ip = true; /* cluster_frees_kick resumes */
+		return;
+	}
 	while (!img->free_worker_parked &&
 	       img->frees_ready_pos < img->frees_ready_len) {
 		uint64_t host = img->frees_ready[img->frees_ready_pos] & ~FREE_PUNCH;
@@ -535,9 +543,19 @@ void cluster_frees_flush_done(struct qcow2_image *img, int err)
 		for (size_t i = 0; i < img->frees_flushing_len; i++)
 			vec_push(&img->frees_ready, &img->frees_ready_len,
 				 &img->frees_ready_cap, img->frees_flushing[i]);
+		if (img->frees_flushing_len &&
+		    img->frees_flushing_seq > img->frees_ready_seq)
+			img->frees_ready_seq = img->frees_flushing_seq;
 	}
 	img->frees_flushing_len = 0;
 	free_worker(img);
+}
+
+void cluster_frees_kick(struct qcow2_image *img)
+{
+	if (img->free_worker_waits_ip &&
+	    write_oldest_inplace(img) > img->frees_ready_seq)
+		free_worker(img);
 }
 
 void cluster_alloc_close(struct qcow2_image *img)

@@ -166,6 +166,15 @@ struct qcow2_image {
 	uint64_t *frees_ready;       /* decrement now */
 	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
 	struct slice_waiter free_waiter;
+	/* In-place writes in flight, oldest first (write.c). They do not wait
+	 * for metadata changes, so a cluster a discard dropped is decremented
+	 * only once every in-place write issued before the flush that wrote
+	 * the discard is done: a late one must not land in a reused cluster. */
+	struct inplace_write *ip_head, *ip_tail;
+	uint64_t ip_seq;             /* of the last one started */
+	uint64_t frees_flushing_seq; /* ip_seq when the running flush began */
+	uint64_t frees_ready_seq;    /* ready frees wait for writes <= this */
+	bool free_worker_waits_ip;
 	unsigned punches_inflight;   /* holes being punched (cluster_alloc.c) */
 	/* Packing of compressed clusters (cluster_alloc_bytes) */
 	uint64_t cz_cluster;         /* cluster taking blobs, held; or 0 */
@@ -231,7 +240,12 @@ int cluster_free_later(struct qcow2_image *img, uint64_t host);
 /* Called by the write-back machinery around a flush. */
 void cluster_frees_flush_started(struct qcow2_image *img);
 void cluster_frees_flush_done(struct qcow2_image *img, int err);
+/* An in-place write finished: frees waiting for it may go on. */
+void cluster_frees_kick(struct qcow2_image *img);
 void cluster_alloc_close(struct qcow2_image *img);
+/* Sequence number of the oldest in-place write still in flight
+ * (write.c), or UINT64_MAX when none is. */
+uint64_t write_oldest_inplace(const struct qcow2_image *img);
 /* Cut the file back to the end of its last cluster (clean close). */
 void cluster_alloc_trim(struct qcow2_image *img);
 

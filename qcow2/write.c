@@ -201,12 +201,48 @@ struct inplace_write {
 	struct file_read fw;
 	struct write_req *req;
 	struct req_slice rs;
+	uint64_t seq;
+	struct inplace_write *prev, *next; /* img->ip_head list */
 };
+
+uint64_t write_oldest_inplace(const struct qcow2_image *img)
+{
+	return img->ip_head ? img->ip_head->seq : UINT64_MAX;
+}
+
+static void inplace_link(struct qcow2_image *img, struct inplace_write *w)
+{
+	w->seq = ++img->ip_seq;
+	w->prev = img->ip_tail;
+	w->next = NULL;
+	if (img->ip_tail)
+		img->ip_tail->next = w;
+	else
+		img->ip_head = w;
+	img->ip_tail = w;
+}
+
+static void inplace_unlink(struct qcow2_image *img, struct inplace_write *w)
+{
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		img->ip_head = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	else
+		img->ip_tail = w->prev;
+}
 
 static void inplace_done(struct file_read *fw, int err)
 {
 	struct inplace_write *w = container_of(fw, struct inplace_write, fw);
 	struct write_req *req = w->req;
+	bool oldest = !w->prev;
+
+	inplace_unlink(req->img, w);
+	if (oldest)
+		cluster_frees_kick(req->img);
 
 	if (err)
 		image_set_error(req->img, "write error on %s: %s",
@@ -232,9 +268,11 @@ static int start_inplace(struct write_req *req, uint64_t host, uint64_t len)
 		return ret;
 	}
 	req->pending++;
+	inplace_link(req->img, w);
 	ret = file_write_start(req->img->ctx, req->img->data, host, w->rs.iov,
 			       w->rs.iovcnt, len, &w->fw, inplace_done);
 	if (ret < 0) {
+		inplace_unlink(req->img, w);
 		req_slice_free(&w->rs);
 		free(w);
 		req->pending--;
