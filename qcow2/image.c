@@ -70,7 +70,9 @@ char *path_beside(const char *image_path, const char *name)
 {
 	char *copy, *dir, *out;
 
-	if (name[0] == '/')
+	/* An image named without a directory has its neighbours named
+	 * without one too (as QEMU names them). */
+	if (name[0] == '/' || !strchr(image_path, '/'))
 		return strdup(name);
 	copy = strdup(image_path);
 	if (!copy)
@@ -492,7 +494,9 @@ static int open_chain(struct qcow2_ctx *ctx, const char *path,
 			goto fail;
 		}
 		img->raw = true;
-		img->virtual_size = img->file.size;
+		/* In whole sectors, as QEMU presents a raw file: the tail of
+		 * the last one reads zeros. */
+		img->virtual_size = align_up(img->file.size, 512);
 		*out = img;
 		return 0;
 	}

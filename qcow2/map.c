@@ -145,6 +145,9 @@ int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 			unit_end = ((pos >> unit_bits) + 1) << unit_bits;
 		if (k == L2_READ_DATA)
 			host += pos & (img->cluster_size - 1);
+		else if (k == L2_READ_ZERO && (e & L2E_OFFSET_MASK))
+			/* preallocated zeros: their place is reported too */
+			host = (e & L2E_OFFSET_MASK) + (pos & (img->cluster_size - 1));
 
 		if (k == L2_READ_INVALID) {
 			if (ext->len)
@@ -180,7 +183,9 @@ int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 			kind0 = k;
 			host0 = host;
 		} else if (k != kind0 ||
-			   (k == L2_READ_DATA && host != host0 + ext->len)) {
+			   (k == L2_READ_DATA && host != host0 + ext->len) ||
+			   (k == L2_READ_ZERO && (host || host0) &&
+			    host != host0 + ext->len)) {
 			break;
 		}
 		take = unit_end - pos;

@@ -36,11 +36,17 @@ static int resolve(struct qcow2_image *img, int depth, uint64_t off,
 	e->file = in.filename;
 	switch (x.type) {
 	case QCOW2_EXTENT_DATA:
-		e->present = e->data = e->has_offset = true;
+		/* A hole in the host file reads zeros: qemu-img map says so,
+		 * and calls a raw file's holes no data at all. */
+		e->present = e->has_offset = true;
+		e->zero = x.hole;
+		e->data = !x.hole || in.format != QCOW2_FORMAT_RAW;
 		e->offset = x.host_offset;
 		break;
 	case QCOW2_EXTENT_ZERO:
 		e->present = e->zero = true;
+		e->has_offset = x.host_offset != 0;
+		e->offset = x.host_offset;
 		break;
 	case QCOW2_EXTENT_COMPRESSED:
 		e->present = e->data = e->compressed = true;
@@ -97,7 +103,7 @@ static void emit(const struct map_entry *e, bool json, bool *first)
 {
 	if (json)
 		emit_json(e, first);
-	else if (e->has_offset)
+	else if (e->has_offset && e->data && !e->zero) /* as qemu-img's */
 		printf("%-#16" PRIx64 "%-#16" PRIx64 "%-#16" PRIx64 "%s\n",
 		       e->start, e->length, e->offset, e->file);
 }

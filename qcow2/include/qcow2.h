@@ -378,8 +378,11 @@ struct qcow2_extent {
 	uint64_t length;      /* bytes */
 	enum qcow2_extent_type type;
 	uint64_t host_offset; /* DATA: in the data file; COMPRESSED: of the
-			       * compressed bytes; else 0 */
+			       * compressed bytes; ZERO: of the preallocated
+			       * clusters, or 0; else 0 */
 	bool data_file;       /* DATA lives in the external data file */
+	bool hole;            /* DATA: the host range is a hole in its file (it
+			       * reads zeros; qemu-img map says "zero") */
 };
 
 /*
