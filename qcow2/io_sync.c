@@ -22,6 +22,9 @@ struct io_sync {
 	struct qcow2_fault_opts fo;
 	uint64_t counted;  /* operations counted toward fail_at */
 	bool failing;
+	struct io_op *held;     /* the write held back (hold_write) */
+	bool hold_done;
+	unsigned fsyncs_since;  /* since it was held */
 };
 
 static struct io_sync *to_sync(struct io_backend *be)
@@ -122,12 +125,32 @@ static int sync_submit(struct io_backend *be)
 	struct io_op *op;
 	bool any = false;
 
-	while ((op = s->queued_head) != NULL) {
+	while ((op = s->queued_head) != NULL || s->held) {
 		int64_t res, final;
 
-		s->queued_head = op->next;
-		if (!s->queued_head)
-			s->queued_tail = &s->queued_head;
+		if (!op || (s->held && s->fsyncs_since >= s->fo.hold_fsyncs)) {
+			if (!s->held || s->fsyncs_since < s->fo.hold_fsyncs)
+				break; /* still held: nothing else to do */
+			op = s->held; /* its time has come */
+			s->held = NULL;
+		} else {
+			s->queued_head = op->next;
+			if (!s->queued_head)
+				s->queued_tail = &s->queued_head;
+			if (s->fault && s->fo.hold_write && !s->hold_done &&
+			    op->opcode == IO_OP_WRITE &&
+			    op->offset == s->fo.hold_offset) {
+				s->held = op;
+				s->hold_done = true;
+				s->fsyncs_since = 0;
+				continue;
+			}
+			if (s->held && op->opcode == IO_OP_FSYNC)
+				s->fsyncs_since++;
+			if (s->held && op->opcode == IO_OP_WRITE &&
+			    op->offset == s->fo.hold_offset)
+				s->fsyncs_since = s->fo.hold_fsyncs; /* overtaken */
+		}
 		do {
 			if (fault_hit(s, op)) {
 				res = -(int64_t)(s->fo.fail_errno ? s->fo.fail_errno : EIO);

@@ -52,7 +52,11 @@ enum qcow2_backend {
  *   never) with -fail_errno, and every later one too if fail_persist;
  * - with log_fd >= 0, appends a record for every completed write and
  *   fdatasync (struct qcow2_fault_record, then the written bytes), so a
- *   test can rebuild the file as a power loss at any point would leave it.
+ *   test can rebuild the file as a power loss at any point would leave it;
+ * - with hold_write, holds back the first write at host offset
+ *   hold_offset, as a write that lands late: it is performed (and
+ *   completes) right after a later write to the same offset, or once
+ *   hold_fsyncs fdatasyncs have been performed since.
  */
 struct qcow2_fault_opts {
 	uint64_t fail_at;
@@ -60,6 +64,9 @@ struct qcow2_fault_opts {
 	unsigned fail_ops;
 	bool fail_persist;
 	int log_fd;
+	bool hold_write;
+	uint64_t hold_offset;
+	unsigned hold_fsyncs;
 };
 
 #define QCOW2_FAULT_REC_WRITE 1u
