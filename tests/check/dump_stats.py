@@ -219,7 +219,7 @@ def expected_stats(p):
             if kind != "unallocated":
                 used += 1
             if kind in ("data", "compressed"):
-                p.mark(host if kind == "data" else host, max(clen, 1) if kind == "compressed" else p.cs, "data")
+                p.mark(host, clen if kind == "compressed" else p.cs, "data")
             g = i * p.n_l2 + j
             if g >= g_total:
                 continue
