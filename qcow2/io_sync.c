@@ -128,11 +128,11 @@ static int sync_submit(struct io_backend *be)
 	while ((op = s->queued_head) != NULL || s->held) {
 		int64_t res, final;
 
-		if (!op || (s->held && s->fsyncs_since >= s->fo.hold_fsyncs)) {
-			if (!s->held || s->fsyncs_since < s->fo.hold_fsyncs)
-				break; /* still held: nothing else to do */
+		if (s->held && s->fsyncs_since >= s->fo.hold_fsyncs) {
 			op = s->held; /* its time has come */
 			s->held = NULL;
+		} else if (!op) {
+			break; /* only the held write is left, still held */
 		} else {
 			s->queued_head = op->next;
 			if (!s->queued_head)
