@@ -30,6 +30,7 @@
  */
 #include <endian.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -47,12 +48,18 @@ struct wb_waiter {
 	void *opaque;
 };
 
+/* What a write-back IO writes: on failure, that state is dirty again. */
+enum wb_what { WB_W_SLICE, WB_W_REFTABLE, WB_W_L1, WB_W_HEADER, WB_W_DIRTY_BIT,
+	       WB_W_SYNC };
+
 struct wb_io {
 	struct io_op op;
 	struct iovec iov;
 	struct writeback *wb;
-	struct slice_cache *cache; /* slice write-back: its cache and slice */
+	enum wb_what what;
+	struct slice_cache *cache; /* WB_W_SLICE: its cache and slice */
 	struct slice *slice;
+	uint32_t lo, hi;           /* WB_W_REFTABLE, WB_W_L1: entries */
 	void *buf;                 /* table write-back: buffer to free */
 };
 
@@ -70,7 +77,14 @@ struct writeback {
 	enum qcow2_flush_cause next_cause;
 	struct slice_waiter *frozen; /* mutators waiting for the end */
 	int failed;                  /* the last write-back's error, or 0 */
+	/* An fdatasync of a file opened without O_DIRECT failed: the page
+	 * cache may have dropped writes it had accepted (Linux marks them
+	 * clean), and no later fdatasync can tell. Every later write-back
+	 * fails with this error: the image must be closed and checked. */
+	int sync_lost;
 	bool lazy;                   /* this round leaves refcounts cached */
+	bool in_start;               /* inside writeback_start() */
+	struct ctx_deferred finish;  /* a round that did no IO ends here */
 };
 
 static uint64_t now_ns(void)
@@ -160,25 +174,70 @@ void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx)
 }
 
 static void wb_advance(struct writeback *wb);
+static void wb_finish(struct writeback *wb);
+
+/*
+ * A write-back IO failed, or could not even be queued: the flush fails, and
+ * what it was to make durable is marked dirty again, so that a later flush
+ * writes it (dirty state is cleared when a write is issued; only success
+ * may leave it clear). fd: the file an fdatasync was for.
+ */
+static void wb_io_failed(struct writeback *wb, const struct wb_io *io, int fd,
+			 int err)
+{
+	struct qcow2_image *img = wb->img;
+
+	if (!wb->error)
+		wb->error = err;
+	switch (io->what) {
+	case WB_W_SLICE:
+		io->slice->writing = false; /* still dirty */
+		break;
+	case WB_W_REFTABLE:
+		for (uint32_t i = io->lo; i < io->hi; i++)
+			image_mark_reftable_dirty(img, i);
+		break;
+	case WB_W_L1:
+		for (uint32_t i = io->lo; i < io->hi; i++)
+			image_mark_l1_dirty(img, i);
+		break;
+	case WB_W_HEADER:
+		img->header_dirty = true;
+		break;
+	case WB_W_DIRTY_BIT:
+		break; /* dirty_on_disk is set only when it succeeds */
+	case WB_W_SYNC:
+		/* Nothing written since the last good fdatasync is known to
+		 * be durable: the next flush syncs before going on. */
+		wb->wrote_since_sync = true;
+		img->data_unsynced = true;
+		if (fd >= 0 && !(fd == img->file.fd ? img->file.direct :
+						      img->data->direct) &&
+		    err != -ENOMEM && !wb->sync_lost)
+			wb->sync_lost = err;
+		break;
+	}
+	if (wb->sync_lost)
+		image_set_error(img, "fdatasync of %s failed (%s): writes the page "
+				"cache held may be lost, and the image cannot be "
+				"flushed again; close it and run qcow2-img check on it",
+				img->filename, strerror(-wb->sync_lost));
+	else
+		image_set_error(img, "metadata write-back to %s failed: %s",
+				img->filename, strerror(-err));
+}
 
 static void wb_io_done(struct io_op *op, int64_t res)
 {
 	struct wb_io *io = (struct wb_io *)op;
 	struct writeback *wb = io->wb;
-	struct qcow2_image *img = wb->img;
 
 	if (res < 0) {
-		if (!wb->error)
-			wb->error = (int)res;
-		image_set_error(img, "metadata write-back to %s failed: %s",
-				img->filename, strerror((int)-res));
-	}
-	if (io->slice) {
-		/* A failed slice stays dirty, to be written again. */
-		if (res < 0)
-			io->slice->writing = false;
-		else
-			slice_cache_clean(io->cache, io->slice, false);
+		wb_io_failed(wb, io, op->fd, (int)res);
+	} else if (io->what == WB_W_SLICE) {
+		slice_cache_clean(io->cache, io->slice, false);
+	} else if (io->what == WB_W_DIRTY_BIT) {
+		wb->img->dirty_on_disk = true;
 	}
 	free(io->buf);
 	free(io);
@@ -186,36 +245,52 @@ static void wb_io_done(struct io_op *op, int64_t res)
 		wb_advance(wb);
 }
 
-static int wb_submit(struct writeback *wb, enum io_opcode opcode, int fd,
-		     uint64_t off, void *data, uint64_t len, void *owned_buf,
-		     struct slice_cache *c, struct slice *s)
+/* Queue the IO described by t (opcode, fd, offset, iov, and what it
+ * writes). A failure to queue it fails the flush like a failed IO. */
+static void wb_submit(struct writeback *wb, const struct wb_io *t)
 {
 	struct wb_io *io = calloc(1, sizeof(*io));
 
 	if (!io) {
-		free(owned_buf);
-		return -ENOMEM;
+		free(t->buf);
+		wb_io_failed(wb, t, t->op.fd, -ENOMEM);
+		return;
 	}
+	*io = *t;
 	io->wb = wb;
-	io->cache = c;
-	io->slice = s;
-	io->buf = owned_buf;
-	io->iov.iov_base = data;
-	io->iov.iov_len = len;
-	io->op.opcode = opcode;
-	io->op.fd = fd;
-	io->op.offset = off;
 	io->op.iov = &io->iov;
-	io->op.iovcnt = opcode == IO_OP_FSYNC ? 0 : 1;
-	io->op.len = opcode == IO_OP_FSYNC ? 0 : len;
+	io->op.iovcnt = t->op.opcode == IO_OP_FSYNC ? 0 : 1;
+	io->op.len = t->op.opcode == IO_OP_FSYNC ? 0 : t->iov.iov_len;
 	io->op.complete = wb_io_done;
 	wb->pending++;
 	ctx_queue(wb->img->ctx, &io->op);
-	if (opcode == IO_OP_FSYNC)
+	if (t->op.opcode == IO_OP_FSYNC)
 		wb->img->stats.flush.fdatasyncs++;
 	else
 		wb->wrote_since_sync = true;
-	return 0;
+}
+
+/* Write len bytes of data at off of the image file. */
+static void wb_write(struct writeback *wb, enum wb_what what, uint64_t off,
+		     void *data, uint64_t len, void *owned_buf, uint32_t lo,
+		     uint32_t hi)
+{
+	struct wb_io t = {
+		.op = { .opcode = IO_OP_WRITE, .fd = wb->img->file.fd, .offset = off },
+		.iov = { .iov_base = data, .iov_len = len },
+		.what = what, .buf = owned_buf, .lo = lo, .hi = hi,
+	};
+
+	wb_submit(wb, &t);
+}
+
+/* The header block (hdr_block), as it is in memory now. */
+static void wb_write_header(struct writeback *wb, enum wb_what what)
+{
+	struct qcow2_image *img = wb->img;
+
+	img->stats.flush.header_writes++;
+	wb_write(wb, what, 0, img->hdr_block, img->hdr_block_len, NULL, 0, 0);
 }
 
 /* Write every dirty slice of cache c. Returns bytes queued. */
@@ -232,12 +307,14 @@ static uint64_t wb_write_slices(struct writeback *wb, struct slice_cache *c,
 		if (!s->dirty || s->writing || s->state != SLICE_READY)
 			continue;
 		s->writing = true;
-		if (wb_submit(wb, IO_OP_WRITE, img->file.fd, s->key, s->data,
-			      size, NULL, c, s) < 0) {
-			s->writing = false;
-			if (!wb->error)
-				wb->error = -ENOMEM;
-			continue;
+		{
+			struct wb_io t = {
+				.op = { .opcode = IO_OP_WRITE, .fd = img->file.fd,
+					.offset = s->key },
+				.iov = { .iov_base = s->data, .iov_len = size },
+				.what = WB_W_SLICE, .cache = c, .slice = s,
+			};
+			wb_submit(wb, &t);
 		}
 		bytes += size;
 		(*nslices)++;
@@ -246,10 +323,12 @@ static uint64_t wb_write_slices(struct writeback *wb, struct slice_cache *c,
 }
 
 /* Write entries [lo, hi) of a big-endian table at table_off, widened to
- * the file's alignment (the table owns whole clusters). */
-static uint64_t wb_write_table(struct writeback *wb, uint64_t table_off,
-			       const uint64_t *table, uint64_t nentries,
-			       uint64_t table_bytes, uint32_t lo, uint32_t hi)
+ * the file's alignment (the table owns whole clusters). The caller has
+ * cleared their dirty state; a failure restores it. */
+static uint64_t wb_write_table(struct writeback *wb, enum wb_what what,
+			       uint64_t table_off, const uint64_t *table,
+			       uint64_t nentries, uint64_t table_bytes,
+			       uint32_t lo, uint32_t hi)
 {
 	struct qcow2_image *img = wb->img;
 	uint64_t a = img->file.direct ? img->file.align : 512;
@@ -262,8 +341,8 @@ static uint64_t wb_write_table(struct writeback *wb, uint64_t table_off,
 	if (start >= end)
 		return 0; /* entries past the table on disk (it is growing) */
 	if (posix_memalign((void **)&buf, img->file.mem_align, end - start)) {
-		if (!wb->error)
-			wb->error = -ENOMEM;
+		struct wb_io t = { .what = what, .lo = lo, .hi = hi };
+		wb_io_failed(wb, &t, -1, -ENOMEM);
 		return 0;
 	}
 	memset(buf, 0, end - start);
@@ -271,12 +350,7 @@ static uint64_t wb_write_table(struct writeback *wb, uint64_t table_off,
 		uint64_t v = htobe64(table[i]);
 		memcpy(buf + (i * 8 - start), &v, 8);
 	}
-	if (wb_submit(wb, IO_OP_WRITE, img->file.fd, table_off + start, buf,
-		      end - start, buf, NULL, NULL) < 0) {
-		if (!wb->error)
-			wb->error = -ENOMEM;
-		return 0;
-	}
+	wb_write(wb, what, table_off + start, buf, end - start, buf, lo, hi);
 	return end - start;
 }
 
@@ -286,15 +360,27 @@ static bool wb_sync(struct writeback *wb, bool force)
 {
 	struct qcow2_image *img = wb->img;
 
+	struct wb_io t = {
+		.op = { .opcode = IO_OP_FSYNC, .fd = img->file.fd },
+		.what = WB_W_SYNC,
+	};
+
 	if (!force && !wb->wrote_since_sync && !img->data_unsynced)
 		return false;
 	wb->wrote_since_sync = false;
 	img->data_unsynced = false;
-	wb_submit(wb, IO_OP_FSYNC, img->file.fd, 0, NULL, 0, NULL, NULL, NULL);
-	if (img->data != &img->file)
-		wb_submit(wb, IO_OP_FSYNC, img->data->fd, 0, NULL, 0, NULL, NULL,
-			  NULL);
+	wb_submit(wb, &t);
+	if (img->data != &img->file) {
+		t.op.fd = img->data->fd;
+		wb_submit(wb, &t);
+	}
 	return true;
+}
+
+static void wb_finish_deferred(struct ctx_deferred *d)
+{
+	wb_finish((struct writeback *)((char *)d -
+				       offsetof(struct writeback, finish)));
 }
 
 static void wb_finish(struct writeback *wb)
@@ -366,24 +452,24 @@ static void wb_advance(struct writeback *wb)
 		case WB_DIRTY_BIT:
 			/* Lazy refcounts: before tables that point at clusters
 			 * whose refcounts stay in the cache reach the disk, the
-			 * dirty bit says the refcounts on disk may be stale. */
+			 * dirty bit says the refcounts on disk may be stale. It
+			 * counts as on disk once its write has succeeded. */
 			wb->stage = WB_REFBLOCKS;
+			if (wb->sync_lost && !wb->error)
+				wb->error = wb->sync_lost;
 			if (wb->lazy && !img->dirty_on_disk && !wb->error &&
 			    (img->l1_dirty || slice_cache_dirty_count(img->l2_cache))) {
 				uint64_t v;
 				memcpy(&v, img->hdr_block + 72, 8);
 				v = htobe64(be64toh(v) | QCOW2_INCOMPAT_DIRTY);
 				memcpy(img->hdr_block + 72, &v, 8);
-				img->dirty_on_disk = true;
-				fs->header_writes++;
 				/* synced before the L2 stage writes anything */
-				wb_submit(wb, IO_OP_WRITE, img->file.fd, 0, img->hdr_block,
-					  img->hdr_block_len, NULL, NULL, NULL);
+				wb_write_header(wb, WB_W_DIRTY_BIT);
 			}
 			break;
 		case WB_REFBLOCKS:
 			wb->stage = WB_REFTABLE;
-			if (img->rc_cache && !wb->lazy)
+			if (img->rc_cache && !wb->lazy && !wb->error)
 				fs->refblock_bytes += wb_write_slices(wb, img->rc_cache,
 								      &fs->refblock_slices);
 			break;
@@ -396,7 +482,8 @@ static void wb_advance(struct writeback *wb)
 				/* Only the table the header points at is written:
 				 * a growing table waits for its installation. */
 				fs->reftable_bytes += wb_write_table(
-					wb, img->hdr.refcount_table_offset, img->reftable,
+					wb, WB_W_REFTABLE,
+					img->hdr.refcount_table_offset, img->reftable,
 					img->reftable_entries,
 					(uint64_t)img->hdr.refcount_table_clusters
 						<< img->cluster_bits,
@@ -420,7 +507,7 @@ static void wb_advance(struct writeback *wb)
 				img->l1_dirty = false;
 				fs->l1_writes++;
 				fs->l1_bytes += wb_write_table(
-					wb, img->hdr.l1_table_offset, img->l1,
+					wb, WB_W_L1, img->hdr.l1_table_offset, img->l1,
 					img->l1_size,
 					align_up((uint64_t)img->l1_size * 8,
 						 img->cluster_size),
@@ -433,9 +520,7 @@ static void wb_advance(struct writeback *wb)
 				if (wb_sync(wb, false))
 					break; /* tables before the header */
 				img->header_dirty = false;
-				fs->header_writes++;
-				wb_submit(wb, IO_OP_WRITE, img->file.fd, 0, img->hdr_block,
-					  img->hdr_block_len, NULL, NULL, NULL);
+				wb_write_header(wb, WB_W_HEADER);
 			}
 			wb->stage = WB_SYNC_LAST;
 			break;
@@ -448,7 +533,14 @@ static void wb_advance(struct writeback *wb)
 						    wb->cause == QCOW2_FLUSH_CLOSE);
 			break;
 		case WB_DONE:
-			wb_finish(wb);
+			/* Callbacks never run inside the call that queued
+			 * them: a round that needed no IO ends later. */
+			if (wb->in_start) {
+				wb->finish.run = wb_finish_deferred;
+				ctx_defer(img->ctx, &wb->finish);
+			} else {
+				wb_finish(wb);
+			}
 			return;
 		}
 	}
@@ -498,7 +590,9 @@ int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
 			   slice_cache_capacity(img->rc_cache);
 	wb->stage = WB_DIRTY_BIT;
 	cluster_frees_flush_started(img);
+	wb->in_start = true;
 	wb_advance(wb);
+	wb->in_start = false;
 	return 0;
 }
 

@@ -21,6 +21,8 @@
  *                    cluster of the same length: reads return the new data.
  *   writeback-inline qcow2_writeback() never runs its callback inside the
  *                    call (lazy refcounts, only refcounts dirty).
+ *   sync-lost        with the page cache, a failed fdatasync fails every
+ *                    later flush (the kernel may have dropped the writes).
  *   sync-alloc-fail  a write-back whose fdatasync cannot even be queued
  *                    (allocation failure) must not report success: after a
  *                    successful flush, the log ends with an fdatasync.
@@ -132,7 +134,11 @@ static int hopen_ctx(struct handle *h, const char *name,
 	return ret;
 }
 
-/* Read-write, page cache (the fault backend is synchronous). */
+/* Open flags of the sweeps: O_DIRECT, where a failed fdatasync may be
+ * retried (with the page cache it may not: see case sync-lost). */
+static unsigned open_flags = QCOW2_OPEN_RDWR;
+
+/* Read-write, on the sync or the fault backend. */
 static int hopen(struct handle *h, const char *name,
 		 const struct qcow2_fault_opts *fo)
 {
@@ -141,7 +147,7 @@ static int hopen(struct handle *h, const char *name,
 		.fault = fo,
 	};
 
-	return hopen_ctx(h, name, &xo, QCOW2_OPEN_RDWR | QCOW2_OPEN_BUFFERED);
+	return hopen_ctx(h, name, &xo, open_flags);
 }
 
 static void hclose(struct handle *h)
@@ -462,6 +468,44 @@ out:
 	hclose(&h);
 }
 
+/* With the page cache, a failed fdatasync may have lost writes for good
+ * (Linux marks the pages clean): no later flush may report success. */
+static void case_sync_lost(void)
+{
+	struct qcow2_create_opts co = { .size = 16 << 20 };
+	static uint8_t buf[65536];
+	uint64_t n;
+
+	open_flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_BUFFERED;
+	for (n = 1; n < 20; n++) {
+		struct qcow2_fault_opts fo = { .log_fd = -1, .fail_at = n,
+					       .fail_errno = EIO,
+					       .fail_ops = QCOW2_FAULT_FSYNC };
+		struct handle h;
+		int first, later;
+
+		if (create("t.qcow2", &co) < 0 || hopen(&h, "t.qcow2", &fo) < 0) {
+			FAIL("sync-lost: cannot create or open the image");
+			return;
+		}
+		if (qcow2_pwrite(h.img, buf, sizeof(buf), 0) < 0)
+			FAIL("sync-lost: the write failed");
+		first = qcow2_fsync(h.img);
+		later = qcow2_fsync(h.img);
+		if (first < 0 && later == 0)
+			FAIL("sync-lost: fdatasync %llu failed on a buffered image, "
+			     "and a later flush reported success",
+			     (unsigned long long)n);
+		if (first < 0 && !strstr(qcow2_last_error(h.img), "fdatasync"))
+			FAIL("sync-lost: the message does not say what failed: %s",
+			     qcow2_last_error(h.img));
+		hclose(&h);
+		if (first == 0)
+			break;
+	}
+	printf("sync-lost: %llu runs\n", (unsigned long long)n);
+}
+
 static bool in_call;
 
 static void inline_cb(void *opaque, int result)
@@ -571,6 +615,7 @@ int main(int argc, char **argv)
 		{ "stale-zbuf", case_stale_zbuf },
 		{ "writeback-inline", case_writeback_inline },
 		{ "sync-alloc-fail", case_sync_alloc_fail },
+		{ "sync-lost", case_sync_lost },
 	};
 
 	if (argc == 2 && !strcmp(argv[1], "--list")) {
