@@ -417,6 +417,13 @@ int cluster_discard_later(struct qcow2_image *img, uint64_t host)
 	return cluster_free_later(img, host | FREE_PUNCH);
 }
 
+/* A cluster at refcount 0 becomes reusable. */
+static void pool_add(struct qcow2_image *img, uint64_t host)
+{
+	read_zbuf_drop(img);
+	vec_push(&img->free_pool, &img->free_pool_len, &img->free_pool_cap, host);
+}
+
 struct punch {
 	struct io_op op;
 	struct qcow2_image *img;
@@ -429,10 +436,8 @@ static void punch_done(struct io_op *op, int64_t res)
 
 	/* Not supported by the file system, or failed: the cluster keeps its
 	 * blocks, and is free all the same. */
-	(void)res;
-	if (vec_push(&img->free_pool, &img->free_pool_len, &img->free_pool_cap,
-		     op->offset) == 0)
-		img->stats.punched_clusters += res == 0;
+	pool_add(img, op->offset);
+	img->stats.punched_clusters += res == 0;
 	img->punches_inflight--;
 	free(p);
 }
@@ -445,8 +450,7 @@ static void punch_then_pool(struct qcow2_image *img, uint64_t host)
 	struct punch *p = calloc(1, sizeof(*p));
 
 	if (!p) {
-		vec_push(&img->free_pool, &img->free_pool_len, &img->free_pool_cap,
-			 host);
+		pool_add(img, host);
 		return;
 	}
 	p->img = img;
@@ -523,8 +527,7 @@ static void free_worker(struct qcow2_image *img)
 			if (punch)
 				punch_then_pool(img, host);
 			else
-				vec_push(&img->free_pool, &img->free_pool_len,
-					 &img->free_pool_cap, host);
+				pool_add(img, host);
 		}
 	}
 	if (img->frees_ready_pos == img->frees_ready_len) {

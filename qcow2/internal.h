@@ -183,10 +183,13 @@ struct qcow2_image {
 	bool free_worker_parked;
 	struct writeback *wb;
 
-	/* single-entry cache of the last decompressed cluster */
+	/* single-entry cache of the last decompressed cluster, keyed by its
+	 * descriptor: dropped whenever a host cluster becomes reusable (a
+	 * reused cluster can take a new blob with the same descriptor) */
 	uint8_t *zbuf;
 	uint64_t zbuf_desc;         /* descriptor of the cluster in zbuf */
 	bool zbuf_valid;
+	uint64_t zbuf_gen;          /* bumped by every drop */
 	z_stream zs;
 	bool zs_ready;
 	ZSTD_DCtx *zstd;
@@ -292,6 +295,10 @@ int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
 /* Compressed cluster descriptor -> host byte range. */
 void compressed_range(const struct qcow2_image *img, uint64_t desc,
 		      uint64_t *host, uint64_t *len);
+
+/* A host cluster became reusable (free pool): drop the decompressed
+ * cluster cache, and make reads in flight not fill it (read.c). */
+void read_zbuf_drop(struct qcow2_image *img);
 
 /* Decompression (decompress.c) into a full cluster. */
 int decompress_cluster(struct qcow2_image *img, const uint8_t *src,

@@ -44,6 +44,7 @@ struct read_sub {
 	uint64_t len;
 	uint64_t desc;          /* compressed: the descriptor */
 	uint64_t in_cluster;    /* compressed: offset of req_off's byte */
+	uint64_t zbuf_gen;      /* compressed: img->zbuf_gen at the start */
 	struct file_read fr;
 	struct iovec *iov;
 	int iovcnt;
@@ -163,8 +164,10 @@ static void compressed_done(struct file_read *fr, int err)
 					"(%llu bytes) does not decompress",
 					(unsigned long long)host, (unsigned long long)clen);
 		} else {
+			/* Bytes read before their cluster was reused may be
+			 * stale: serve this request, keep nothing. */
 			img->zbuf_desc = sub->desc;
-			img->zbuf_valid = true;
+			img->zbuf_valid = sub->zbuf_gen == img->zbuf_gen;
 			img->stats.compressed_reads++;
 			iov_from_buf(sub->iov, sub->iovcnt, 0,
 				     img->zbuf + sub->in_cluster, sub->len);
@@ -173,6 +176,12 @@ static void compressed_done(struct file_read *fr, int err)
 	free(fr->bounce);
 	fr->bounce = NULL;
 	sub_end(sub, err);
+}
+
+void read_zbuf_drop(struct qcow2_image *img)
+{
+	img->zbuf_valid = false;
+	img->zbuf_gen++;
 }
 
 static int start_data(struct read_req *req, struct qfile *f, uint64_t host,
@@ -240,6 +249,7 @@ static int start_compressed(struct read_req *req, uint64_t guest,
 		return -ENOMEM;
 	sub->desc = desc;
 	sub->in_cluster = in_cluster;
+	sub->zbuf_gen = img->zbuf_gen;
 	compressed_range(img, desc, &host, &clen);
 	ret = file_read_start(img->ctx, &img->file, host, NULL, 0, clen, true,
 			      &sub->fr, compressed_done);
