@@ -57,8 +57,8 @@ static void extend_file(struct qcow2_image *img)
 		step = 64ull << 20;
 	target = align_up(img->alloc_end + step, img->cluster_size);
 	if (img->file_len < target &&
-	    fallocate(img->file.fd, 0, (off_t)img->file_len,
-		      (off_t)(target - img->file_len)) == 0) {
+	    qfile_reserve_now(img->ctx, &img->file, img->file_len,
+			      target - img->file_len) == 0) {
 		img->file_len = target;
 		return;
 	}

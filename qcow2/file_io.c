@@ -149,6 +149,52 @@ int qfile_pread_sync(struct qfile *f, void *buf, uint64_t len, uint64_t off)
 	return 0;
 }
 
+/* op (no callback) performed now by the context's backend: 0 or -errno. */
+static int qfile_perform(struct qcow2_ctx *ctx, struct io_op *op)
+{
+	int64_t r = ctx->be->ops->perform(ctx->be, op);
+
+	return r < 0 ? (int)r : 0;
+}
+
+int qfile_write_now(struct qcow2_ctx *ctx, struct qfile *f, const void *buf,
+		    uint64_t len, uint64_t off)
+{
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct io_op op = { .opcode = IO_OP_WRITE, .fd = f->fd, .offset = off,
+			    .iov = &iov, .iovcnt = 1, .len = len };
+	void *bounce = NULL;
+	int ret;
+
+	if (f->direct && (off % f->align || len % f->align))
+		return -EINVAL; /* callers write whole blocks */
+	if (f->direct && (uintptr_t)buf % f->mem_align) {
+		if (posix_memalign(&bounce, f->mem_align, len))
+			return -ENOMEM;
+		memcpy(bounce, buf, len);
+		iov.iov_base = bounce;
+	}
+	ret = qfile_perform(ctx, &op);
+	free(bounce);
+	return ret;
+}
+
+int qfile_sync_now(struct qcow2_ctx *ctx, struct qfile *f)
+{
+	struct io_op op = { .opcode = IO_OP_FSYNC, .fd = f->fd };
+
+	return qfile_perform(ctx, &op);
+}
+
+int qfile_reserve_now(struct qcow2_ctx *ctx, struct qfile *f, uint64_t off,
+		      uint64_t len)
+{
+	struct io_op op = { .opcode = IO_OP_FALLOCATE, .fd = f->fd,
+			    .offset = off, .len = len };
+
+	return qfile_perform(ctx, &op);
+}
+
 static void file_read_complete(struct io_op *op, int64_t res)
 {
 	struct file_read *fr = (struct file_read *)op;

@@ -250,12 +250,14 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 		uint64_t v = htobe64(img->hdr.autoclear_features &
 				     ~QCOW2_AUTOCLEAR_BITMAPS);
 		memcpy(img->hdr_block + 88, &v, 8);
-		if (pwrite(img->file.fd, img->hdr_block, img->hdr_block_len, 0) !=
-			    (ssize_t)img->hdr_block_len ||
-		    fdatasync(img->file.fd) < 0) {
-			set_err(err, "cannot clear the bitmaps bit in the header: %s",
-				strerror(errno));
-			return -EIO;
+		ret = qfile_write_now(img->ctx, &img->file, img->hdr_block,
+				      img->hdr_block_len, 0);
+		if (ret == 0)
+			ret = qfile_sync_now(img->ctx, &img->file);
+		if (ret < 0) {
+			set_err(err, "cannot clear the bitmaps bit in the header of "
+				"%s: %s", img->filename, strerror(-ret));
+			return ret;
 		}
 		img->hdr.autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
 	}
@@ -541,48 +543,6 @@ static void close_cb(void *opaque, int ret)
 	w->ret = ret;
 }
 
-struct header_io {
-	struct io_op op;
-	struct iovec iov;
-	int64_t res;
-	bool done;
-};
-
-static void header_io_done(struct io_op *op, int64_t res)
-{
-	struct header_io *h = (struct header_io *)op;
-
-	h->res = res;
-	h->done = true;
-}
-
-/* Write the header block and make it durable, through the IO backend (so
- * the fault backend sees it), outside any write-back. */
-static int header_write_sync(struct qcow2_image *img)
-{
-	struct header_io w = { 0 }, s = { 0 };
-
-	w.iov.iov_base = img->hdr_block;
-	w.iov.iov_len = img->hdr_block_len;
-	w.op = (struct io_op){ .opcode = IO_OP_WRITE, .fd = img->file.fd,
-			       .iov = &w.iov, .iovcnt = 1,
-			       .len = img->hdr_block_len,
-			       .complete = header_io_done };
-	s.op = (struct io_op){ .opcode = IO_OP_FSYNC, .fd = img->file.fd,
-			       .complete = header_io_done };
-	ctx_queue(img->ctx, &w.op);
-	while (!w.done)
-		if (qcow2_ctx_process(img->ctx, true) < 0)
-			return -EIO;
-	if (w.res < 0)
-		return (int)w.res;
-	ctx_queue(img->ctx, &s.op);
-	while (!s.done)
-		if (qcow2_ctx_process(img->ctx, true) < 0)
-			return -EIO;
-	return (int)s.res;
-}
-
 /* Lazy refcounts, clean close: every refcount is on disk (the close flush
  * wrote them, synced); now the image may say so. On failure the bit stays
  * set, which only costs a refcount rebuild. */
@@ -593,7 +553,9 @@ static void clear_dirty_bit(struct qcow2_image *img)
 	memcpy(&v, img->hdr_block + 72, 8);
 	v = htobe64(be64toh(v) & ~QCOW2_INCOMPAT_DIRTY);
 	memcpy(img->hdr_block + 72, &v, 8);
-	if (header_write_sync(img) == 0)
+	if (qfile_write_now(img->ctx, &img->file, img->hdr_block,
+			    img->hdr_block_len, 0) == 0 &&
+	    qfile_sync_now(img->ctx, &img->file) == 0)
 		img->dirty_on_disk = false;
 }
 

@@ -55,6 +55,15 @@ void file_unlock(int fd);
 void qfile_close(struct qfile *f);
 /* Synchronous aligned read for open-time metadata (header, L1). */
 int qfile_pread_sync(struct qfile *f, void *buf, uint64_t len, uint64_t off);
+/* Writes, fdatasync and space reservation performed now, in the calling
+ * thread, by the context's backend (the fault backend counts, fails and
+ * logs them): for open and close time metadata, outside any request.
+ * Writes are whole blocks; a misaligned buffer is bounced. 0 or -errno. */
+int qfile_write_now(struct qcow2_ctx *ctx, struct qfile *f, const void *buf,
+		    uint64_t len, uint64_t off);
+int qfile_sync_now(struct qcow2_ctx *ctx, struct qfile *f);
+int qfile_reserve_now(struct qcow2_ctx *ctx, struct qfile *f, uint64_t off,
+		      uint64_t len);
 
 /*
  * An asynchronous read from a qfile into an iovec, bounced through an

@@ -11,8 +11,10 @@
 #include <sys/uio.h>
 
 /* IO_OP_PUNCH: deallocate [offset, offset+len) keeping the size (reads
- * zeros after); no iov. */
-enum io_opcode { IO_OP_READ, IO_OP_WRITE, IO_OP_FSYNC, IO_OP_PUNCH };
+ * zeros after); IO_OP_FALLOCATE: reserve [offset, offset+len), extending
+ * the file (reads zeros). Neither has an iov. */
+enum io_opcode { IO_OP_READ, IO_OP_WRITE, IO_OP_FSYNC, IO_OP_PUNCH,
+		 IO_OP_FALLOCATE };
 
 struct io_op;
 /* result: bytes transferred (always the full length for reads: the backend
@@ -42,6 +44,11 @@ struct io_backend_ops {
 	/* Run completions of finished ops; with wait, block for at least one
 	 * when some are in flight. Returns the number reaped or -errno. */
 	int (*reap)(struct io_backend *be, bool wait);
+	/* Perform op now, in the calling thread, outside the queue (open and
+	 * close time IO, the file's space reservation): returns what its
+	 * completion would get. The fault backend counts, fails and logs it
+	 * like a queued op. op->complete is not called. */
+	int64_t (*perform)(struct io_backend *be, struct io_op *op);
 	/* eventfd signalled on completion (created on demand), or -errno */
 	int (*event_fd)(struct io_backend *be);
 	void (*destroy)(struct io_backend *be);
@@ -61,5 +68,13 @@ int io_uring_backend_new(unsigned depth, struct io_backend **out);
  * the op is finished (its result stored in *final), false when the remainder
  * must be submitted again (op->iov/iovcnt/offset advanced). */
 bool io_op_progress(struct io_op *op, int64_t res, int64_t *final);
+
+/* One system call for op's remainder (preadv, pwritev, fdatasync,
+ * fallocate): bytes transferred or -errno. */
+int64_t io_op_syscall(struct io_op *op);
+
+/* Perform op with system calls until it is finished (short transfers
+ * resumed, EINTR retried): its final result. */
+int64_t io_op_perform(struct io_op *op);
 
 #endif

@@ -46,8 +46,9 @@ static void fault_log(struct io_sync *s, struct io_op *op, int64_t res)
 {
 	struct qcow2_fault_record rec = { 0 };
 
-	if (s->fo.log_fd < 0 || res < 0 || op->opcode == IO_OP_READ)
-		return;
+	if (s->fo.log_fd < 0 || res < 0 || op->opcode == IO_OP_READ ||
+	    op->opcode == IO_OP_FALLOCATE)
+		return; /* a reservation reads zeros, as the file did */
 	rec.type = op->opcode == IO_OP_FSYNC ? QCOW2_FAULT_REC_FSYNC :
 					       QCOW2_FAULT_REC_WRITE;
 	rec.fd = op->fd;
@@ -82,7 +83,8 @@ static bool fault_hit(struct io_sync *s, struct io_op *op)
 {
 	unsigned bit = op->opcode == IO_OP_READ ? QCOW2_FAULT_READ :
 		       op->opcode == IO_OP_FSYNC ? QCOW2_FAULT_FSYNC :
-						   QCOW2_FAULT_WRITE;
+		       op->opcode == IO_OP_WRITE ? QCOW2_FAULT_WRITE :
+						   QCOW2_FAULT_FALLOCATE;
 
 	if (!s->fault || !(s->fo.fail_ops & bit))
 		return false;
@@ -95,28 +97,38 @@ static bool fault_hit(struct io_sync *s, struct io_op *op)
 	return false;
 }
 
-static int64_t sync_do(struct io_op *op)
+/* One system call, with the fault backend's short reads. */
+static int64_t sync_do(struct io_sync *s, struct io_op *op)
 {
-	ssize_t r;
-
-	switch (op->opcode) {
-	case IO_OP_READ:
-		r = preadv(op->fd, op->iov, op->iovcnt, (off_t)op->offset);
-		break;
-	case IO_OP_WRITE:
-		r = pwritev(op->fd, op->iov, op->iovcnt, (off_t)op->offset);
-		break;
-	case IO_OP_FSYNC:
-		r = fdatasync(op->fd);
-		break;
-	case IO_OP_PUNCH:
-		r = fallocate(op->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			      (off_t)op->offset, (off_t)op->len);
-		break;
-	default:
-		return -EINVAL;
+	if (s->fault && s->fo.short_read && op->opcode == IO_OP_READ &&
+	    op->iovcnt > 0 && op->iov[0].iov_len > s->fo.short_read) {
+		ssize_t r = pread(op->fd, op->iov[0].iov_base, s->fo.short_read,
+				  (off_t)op->offset);
+		return r < 0 ? -errno : r;
 	}
-	return r < 0 ? -errno : r;
+	return io_op_syscall(op);
+}
+
+/* The whole op, faults and log included: its final result. */
+static int64_t sync_perform_op(struct io_sync *s, struct io_op *op)
+{
+	int64_t res, final;
+
+	do {
+		if (fault_hit(s, op)) {
+			res = -(int64_t)(s->fo.fail_errno ? s->fo.fail_errno : EIO);
+		} else {
+			res = sync_do(s, op);
+			if (s->fault && res >= 0)
+				fault_log(s, op, res);
+		}
+	} while (res == -EINTR || !io_op_progress(op, res, &final));
+	return final;
+}
+
+static int64_t sync_perform(struct io_backend *be, struct io_op *op)
+{
+	return sync_perform_op(to_sync(be), op);
 }
 
 static int sync_submit(struct io_backend *be)
@@ -126,8 +138,6 @@ static int sync_submit(struct io_backend *be)
 	bool any = false;
 
 	while ((op = s->queued_head) != NULL || s->held) {
-		int64_t res, final;
-
 		if (s->held && s->fsyncs_since >= s->fo.hold_fsyncs) {
 			op = s->held; /* its time has come */
 			s->held = NULL;
@@ -151,19 +161,8 @@ static int sync_submit(struct io_backend *be)
 			    op->offset == s->fo.hold_offset)
 				s->fsyncs_since = s->fo.hold_fsyncs; /* overtaken */
 		}
-		do {
-			if (fault_hit(s, op)) {
-				res = -(int64_t)(s->fo.fail_errno ? s->fo.fail_errno : EIO);
-			} else {
-				res = sync_do(op);
-				if (s->fault && res >= 0)
-					fault_log(s, op, res);
-			}
-			if (res == -EINTR)
-				continue;
-		} while (res == -EINTR || !io_op_progress(op, res, &final));
-		/* stash the result in `done`'s place: offset is no longer needed */
-		op->done = (uint64_t)final;
+		/* stash the result in `done`'s place: no longer needed */
+		op->done = (uint64_t)sync_perform_op(s, op);
 		op->next = NULL;
 		*s->done_tail = op;
 		s->done_tail = &op->next;
@@ -232,6 +231,7 @@ static const struct io_backend_ops sync_ops = {
 	.queue = sync_queue,
 	.submit = sync_submit,
 	.reap = sync_reap,
+	.perform = sync_perform,
 	.event_fd = sync_event_fd,
 	.destroy = sync_destroy,
 };

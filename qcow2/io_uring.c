@@ -28,6 +28,17 @@ static struct io_ur *to_ur(struct io_backend *be)
 	return (struct io_ur *)be;
 }
 
+/* An SQE's length is 32 bits, and the kernel moves at most 2 GiB - 4 KiB
+ * a call: a longer single segment goes in pieces of this size (a short
+ * transfer that io_op_progress() resumes). */
+#define UR_MAX_SEGMENT (1u << 30)
+
+static unsigned seg_len(const struct iovec *iov)
+{
+	return iov->iov_len > UR_MAX_SEGMENT ? UR_MAX_SEGMENT :
+					       (unsigned)iov->iov_len;
+}
+
 static bool ur_prep(struct io_ur *u, struct io_op *op)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
@@ -38,7 +49,7 @@ static bool ur_prep(struct io_ur *u, struct io_op *op)
 	case IO_OP_READ:
 		if (op->iovcnt == 1)
 			io_uring_prep_read(sqe, op->fd, op->iov[0].iov_base,
-					   (unsigned)op->iov[0].iov_len, op->offset);
+					   seg_len(&op->iov[0]), op->offset);
 		else
 			io_uring_prep_readv(sqe, op->fd, op->iov,
 					    (unsigned)op->iovcnt, op->offset);
@@ -46,7 +57,7 @@ static bool ur_prep(struct io_ur *u, struct io_op *op)
 	case IO_OP_WRITE:
 		if (op->iovcnt == 1)
 			io_uring_prep_write(sqe, op->fd, op->iov[0].iov_base,
-					    (unsigned)op->iov[0].iov_len, op->offset);
+					    seg_len(&op->iov[0]), op->offset);
 		else
 			io_uring_prep_writev(sqe, op->fd, op->iov,
 					     (unsigned)op->iovcnt, op->offset);
@@ -58,6 +69,9 @@ static bool ur_prep(struct io_ur *u, struct io_op *op)
 		io_uring_prep_fallocate(sqe, op->fd,
 					FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					op->offset, op->len);
+		break;
+	case IO_OP_FALLOCATE:
+		io_uring_prep_fallocate(sqe, op->fd, 0, op->offset, op->len);
 		break;
 	}
 	io_uring_sqe_set_data(sqe, op);
@@ -185,6 +199,12 @@ static int ur_reap(struct io_backend *be, bool wait)
 	}
 }
 
+static int64_t ur_perform(struct io_backend *be, struct io_op *op)
+{
+	(void)be;
+	return io_op_perform(op);
+}
+
 static int ur_event_fd(struct io_backend *be)
 {
 	struct io_ur *u = to_ur(be);
@@ -219,6 +239,7 @@ static const struct io_backend_ops ur_ops = {
 	.queue = ur_queue,
 	.submit = ur_submit,
 	.reap = ur_reap,
+	.perform = ur_perform,
 	.event_fd = ur_event_fd,
 	.destroy = ur_destroy,
 };

@@ -41,13 +41,12 @@ struct rebuild {
 	uint64_t copied_fixed;
 };
 
-static int pwrite_full(int fd, const void *buf, uint64_t len, uint64_t off)
+/* Written through the IO backend, so that crash replay and fault
+ * injection see the rebuild too. */
+static int write_full(struct qcow2_image *img, const void *buf, uint64_t len,
+		      uint64_t off)
 {
-	ssize_t r = pwrite(fd, buf, len, (off_t)off);
-
-	if (r < 0)
-		return -errno;
-	return (uint64_t)r == len ? 0 : -EIO;
+	return qfile_write_now(img->ctx, &img->file, buf, len, off);
 }
 
 /* COPIED (write in place) must mean refcount 1, or a snapshot's data, or
@@ -103,7 +102,7 @@ static int copied_l2(struct rebuild *rb, uint64_t l2_off, bool write)
 		}
 	}
 	if (ret == 0 && changed && write)
-		ret = pwrite_full(img->file.fd, rb->buf, rb->cs, l2_off);
+		ret = write_full(img, rb->buf, rb->cs, l2_off);
 	return ret;
 }
 
@@ -139,10 +138,10 @@ static int copied_flags(struct rebuild *rb, bool write)
 	for (uint32_t i = 0; ret == 0 && i < img->l1_size; i++)
 		l1[i] = htobe64(img->l1[i]);
 	if (ret == 0)
-		ret = pwrite_full(img->file.fd, l1, bytes, img->hdr.l1_table_offset);
+		ret = write_full(img, l1, bytes, img->hdr.l1_table_offset);
 	free(l1);
-	if (ret == 0 && fdatasync(img->file.fd) < 0)
-		ret = -errno;
+	if (ret == 0)
+		ret = qfile_sync_now(img->ctx, &img->file);
 	return ret;
 }
 
@@ -171,9 +170,9 @@ static int write_new_refcounts(struct rebuild *rb, uint64_t *rt_off,
 				"would be too large");
 		return -EFBIG;
 	}
-	table = calloc(1, nt * rb->cs);
-	if (!table)
+	if (posix_memalign((void **)&table, img->file.mem_align, nt * rb->cs))
 		return -ENOMEM;
+	memset(table, 0, nt * rb->cs);
 	for (uint64_t b = 0; b < nb && ret == 0; b++) {
 		memset(rb->buf, 0, rb->cs);
 		for (uint64_t i = 0; i < per; i++) {
@@ -186,14 +185,14 @@ static int write_new_refcounts(struct rebuild *rb, uint64_t *rt_off,
 				refblock_set(rb->buf, i, img->hdr.refcount_order, v);
 		}
 		table[b] = htobe64((start + b) * rb->cs);
-		ret = pwrite_full(img->file.fd, rb->buf, rb->cs, (start + b) * rb->cs);
+		ret = write_full(img, rb->buf, rb->cs, (start + b) * rb->cs);
 	}
 	if (ret == 0)
-		ret = pwrite_full(img->file.fd, table, nt * rb->cs,
+		ret = write_full(img, table, nt * rb->cs,
 				  (start + nb) * rb->cs);
 	free(table);
-	if (ret == 0 && fdatasync(img->file.fd) < 0)
-		ret = -errno;
+	if (ret == 0)
+		ret = qfile_sync_now(img->ctx, &img->file);
 	*rt_off = (start + nb) * rb->cs;
 	*rt_clusters = (uint32_t)nt;
 	return ret;
@@ -268,9 +267,9 @@ int refcount_rebuild(struct qcow2_image *img)
 	v = htobe64(be64toh(v) & ~(QCOW2_INCOMPAT_DIRTY |
 				   (rb.fix_copied ? QCOW2_INCOMPAT_CORRUPT : 0)));
 	memcpy(img->hdr_block + 72, &v, 8);
-	ret = pwrite_full(img->file.fd, img->hdr_block, img->hdr_block_len, 0);
-	if (ret == 0 && fdatasync(img->file.fd) < 0)
-		ret = -errno;
+	ret = write_full(img, img->hdr_block, img->hdr_block_len, 0);
+	if (ret == 0)
+		ret = qfile_sync_now(img->ctx, &img->file);
 	if (ret < 0)
 		goto out;
 	img->hdr.refcount_table_offset = rt_off;

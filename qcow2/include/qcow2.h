@@ -45,6 +45,7 @@ enum qcow2_backend {
 #define QCOW2_FAULT_READ (1u << 0)
 #define QCOW2_FAULT_WRITE (1u << 1)
 #define QCOW2_FAULT_FSYNC (1u << 2)
+#define QCOW2_FAULT_FALLOCATE (1u << 3) /* hole punches, space reservation */
 
 /*
  * The fault backend behaves like the sync one, and:
@@ -56,7 +57,11 @@ enum qcow2_backend {
  * - with hold_write, holds back the first write at host offset
  *   hold_offset, as a write that lands late: it is performed (and
  *   completes) right after a later write to the same offset, or once
- *   hold_fsyncs fdatasyncs have been performed since.
+ *   hold_fsyncs fdatasyncs have been performed since;
+ * - with short_read, returns reads in pieces of that many bytes.
+ * Operations performed outside the queue (open and close time header and
+ * refcount writes, the space reservation) are counted, failed and logged
+ * alike.
  */
 struct qcow2_fault_opts {
 	uint64_t fail_at;
@@ -67,6 +72,9 @@ struct qcow2_fault_opts {
 	bool hold_write;
 	uint64_t hold_offset;
 	unsigned hold_fsyncs;
+	/* Reads return at most this many bytes a call (0: as many as asked),
+	 * as FUSE or NFS may; the engine must resume them. */
+	uint32_t short_read;
 };
 
 #define QCOW2_FAULT_REC_WRITE 1u

@@ -27,7 +27,9 @@
  *                    (allocation failure) must not report success: after a
  *                    successful flush, the log ends with an fdatasync.
  *   short-reads      a read that the file returns in odd-sized pieces (as
- *                    FUSE or NFS may) is retried, not zero-filled.
+ *                    FUSE or NFS may) is resumed, not zero-filled.
+ *   uring-4g         a single-segment read of more than 4 GiB (a raw
+ *                    file) on io_uring reads the file, not zeros.
  *
  *   io_error_regress CASE DIR
  * Exit 0 pass, 1 fail, 2 usage.
@@ -39,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -506,6 +509,87 @@ static void case_sync_lost(void)
 	printf("sync-lost: %llu runs\n", (unsigned long long)n);
 }
 
+/* Reads returned in odd-sized pieces are resumed, not zero-filled; with
+ * O_DIRECT, which cannot resume mid-block, they fail, never read wrong. */
+static void case_short_reads(void)
+{
+	struct qcow2_create_opts co = { .size = 4 << 20 };
+	static uint8_t want[1 << 20], got[1 << 20];
+	struct handle h;
+
+	fill(want, sizeof(want), 7);
+	open_flags = QCOW2_OPEN_RDWR;
+	if (create("t.qcow2", &co) < 0 || hopen(&h, "t.qcow2", NULL) < 0) {
+		FAIL("short-reads: cannot create or open the image");
+		return;
+	}
+	if (qcow2_pwrite(h.img, want, sizeof(want), 65536) < 0)
+		FAIL("short-reads: the write failed");
+	hclose(&h);
+	for (int direct = 0; direct < 2; direct++) {
+		struct qcow2_fault_opts fo = { .log_fd = -1, .short_read = 1000 };
+		int ret;
+
+		open_flags = direct ? 0 : QCOW2_OPEN_BUFFERED;
+		if (hopen(&h, "t.qcow2", &fo) < 0) {
+			FAIL("short-reads: cannot open the image");
+			return;
+		}
+		memset(got, 0xee, sizeof(got));
+		ret = qcow2_pread(h.img, got, sizeof(got), 65536);
+		if (ret == 0 && memcmp(got, want, sizeof(got)))
+			FAIL("short-reads: %s: a read returned in 1000-byte pieces "
+			     "reads wrong data", direct ? "O_DIRECT" : "buffered");
+		if (ret < 0 && !direct)
+			FAIL("short-reads: buffered: a read returned in pieces "
+			     "failed (%s)", strerror(-ret));
+		hclose(&h);
+	}
+}
+
+/* One read of more than 4 GiB in a single segment (a raw file maps a
+ * request as one extent): io_uring lengths are 32 bits. */
+static void case_uring_4g(void)
+{
+	const uint64_t size = (4ull << 30) + 65536;
+	struct qcow2_ctx_opts xo = { .backend = QCOW2_BACKEND_IO_URING };
+	struct handle h;
+	char path[4096];
+	uint8_t *buf, tail[4096];
+	int fd, ret;
+
+	path_of(path, sizeof(path), "big.raw");
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	fill(tail, sizeof(tail), 9);
+	if (fd < 0 || ftruncate(fd, (off_t)size) < 0 ||
+	    pwrite(fd, tail, sizeof(tail), (off_t)(size - sizeof(tail))) !=
+		    (ssize_t)sizeof(tail)) {
+		FAIL("uring-4g: cannot make %s", path);
+		return;
+	}
+	close(fd);
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (buf == MAP_FAILED) {
+		FAIL("uring-4g: cannot map %llu bytes", (unsigned long long)size);
+		return;
+	}
+	if (hopen_ctx(&h, "big.raw", &xo, QCOW2_OPEN_RAW) < 0) {
+		printf("SKIP: io_uring unavailable\n");
+		munmap(buf, size);
+		exit(77);
+	}
+	ret = qcow2_pread(h.img, buf, size, 0);
+	if (ret < 0)
+		FAIL("uring-4g: the read failed: %s", strerror(-ret));
+	else if (memcmp(buf + size - sizeof(tail), tail, sizeof(tail)))
+		FAIL("uring-4g: the last block of a 4 GiB read reads 0x%02x, "
+		     "not the file's 0x%02x", buf[size - 1], tail[sizeof(tail) - 1]);
+	hclose(&h);
+	munmap(buf, size);
+	unlink(path);
+}
+
 static bool in_call;
 
 static void inline_cb(void *opaque, int result)
@@ -616,6 +700,8 @@ int main(int argc, char **argv)
 		{ "writeback-inline", case_writeback_inline },
 		{ "sync-alloc-fail", case_sync_alloc_fail },
 		{ "sync-lost", case_sync_lost },
+		{ "short-reads", case_short_reads },
+		{ "uring-4g", case_uring_4g },
 	};
 
 	if (argc == 2 && !strcmp(argv[1], "--list")) {

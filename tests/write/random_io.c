@@ -22,7 +22,9 @@
  *   --l2-slice BYTES                L2 slice size
  *   --seed N  --ops N  --max-len BYTES  --depth N (1..64)
  *   --no-meta                       no write-zeroes and no discards
- *   --fail-at N --fail-errno EIO|ENOSPC|NUM --fail-ops r,w,f [--fail-persist]
+ *   --fail-at N --fail-errno EIO|ENOSPC|NUM --fail-ops r,w,f,a [--fail-persist]
+ *                                   (a: fallocate, i.e. hole punches and the
+ *                                   file's space reservation)
  *   --log FILE                      fault backend: log writes and syncs
  *   --expect-failure                a request failing with the injected errno
  *                                   is expected: stop, close, exit 0 (3 when
@@ -701,7 +703,7 @@ static void usage(void)
 		"usage: random_io [--backend io_uring|sync|fault] [--buffered]\n"
 		"         [--l2-cache BYTES] [--l2-slice BYTES] [--seed N] [--ops N]\n"
 		"         [--max-len BYTES] [--depth N] [--no-meta]\n"
-		"         [--fail-at N --fail-errno EIO|ENOSPC --fail-ops r,w,f\n"
+		"         [--fail-at N --fail-errno EIO|ENOSPC --fail-ops r,w,f,a\n"
 		"          [--fail-persist]] [--log FILE] [--expect-failure]\n"
 		"         [--expect-evictions] [--discard-reads FILE] [--marks DIR]\n"
 		"         [--sequential] [--verify-only] [--no-reopen] IMAGE MODEL\n");
@@ -776,7 +778,8 @@ int main(int argc, char **argv)
 		case 'o':
 			fo.fail_ops = (strchr(optarg, 'r') ? QCOW2_FAULT_READ : 0) |
 				      (strchr(optarg, 'w') ? QCOW2_FAULT_WRITE : 0) |
-				      (strchr(optarg, 'f') ? QCOW2_FAULT_FSYNC : 0);
+				      (strchr(optarg, 'f') ? QCOW2_FAULT_FSYNC : 0) |
+				      (strchr(optarg, 'a') ? QCOW2_FAULT_FALLOCATE : 0);
 			break;
 		case 'p': fo.fail_persist = true; break;
 		case 'x': g.expect_failure = true; break;
