@@ -180,12 +180,12 @@ static void wb_finish(struct writeback *wb);
  * A write-back IO failed, or could not even be queued: the flush fails, and
  * what it was to make durable is marked dirty again, so that a later flush
  * writes it (dirty state is cleared when a write is issued; only success
- * may leave it clear). fd: the file an fdatasync was for.
+ * may leave it clear).
  */
-static void wb_io_failed(struct writeback *wb, const struct wb_io *io, int fd,
-			 int err)
+static void wb_io_failed(struct writeback *wb, const struct wb_io *io, int err)
 {
 	struct qcow2_image *img = wb->img;
+	int fd = io->op.fd;
 
 	if (!wb->error)
 		wb->error = err;
@@ -211,8 +211,7 @@ static void wb_io_failed(struct writeback *wb, const struct wb_io *io, int fd,
 		 * be durable: the next flush syncs before going on. */
 		wb->wrote_since_sync = true;
 		img->data_unsynced = true;
-		if (fd >= 0 && !(fd == img->file.fd ? img->file.direct :
-						      img->data->direct) &&
+		if (!(fd == img->file.fd ? img->file.direct : img->data->direct) &&
 		    err != -ENOMEM && !wb->sync_lost)
 			wb->sync_lost = err;
 		break;
@@ -233,7 +232,7 @@ static void wb_io_done(struct io_op *op, int64_t res)
 	struct writeback *wb = io->wb;
 
 	if (res < 0) {
-		wb_io_failed(wb, io, op->fd, (int)res);
+		wb_io_failed(wb, io, (int)res);
 	} else if (io->what == WB_W_SLICE) {
 		slice_cache_clean(io->cache, io->slice, false);
 	} else if (io->what == WB_W_DIRTY_BIT) {
@@ -253,7 +252,7 @@ static void wb_submit(struct writeback *wb, const struct wb_io *t)
 
 	if (!io) {
 		free(t->buf);
-		wb_io_failed(wb, t, t->op.fd, -ENOMEM);
+		wb_io_failed(wb, t, -ENOMEM);
 		return;
 	}
 	*io = *t;
@@ -342,7 +341,7 @@ static uint64_t wb_write_table(struct writeback *wb, enum wb_what what,
 		return 0; /* entries past the table on disk (it is growing) */
 	if (posix_memalign((void **)&buf, img->file.mem_align, end - start)) {
 		struct wb_io t = { .what = what, .lo = lo, .hi = hi };
-		wb_io_failed(wb, &t, -1, -ENOMEM);
+		wb_io_failed(wb, &t, -ENOMEM);
 		return 0;
 	}
 	memset(buf, 0, end - start);
