@@ -38,8 +38,10 @@ struct slice_cache;
  * slice_cache_load_done() when finished. Returns 0 or -errno. */
 typedef int (*slice_load_fn)(void *opaque, struct slice_cache *c,
 			     struct slice *s);
-/* Every slot is dirty or loading: the owner should write dirty slices back
- * (slice_cache_clean() then lets waiters proceed). May be NULL. */
+/* No slot is free, and at least one holds a dirty slice (the others are
+ * dirty, being written or loading): the owner should write dirty slices
+ * back (slice_cache_clean() then lets waiters proceed). Not called when
+ * only loads hold the slots: their completion frees one. May be NULL. */
 typedef void (*slice_full_fn)(void *opaque, struct slice_cache *c);
 
 int slice_cache_new(uint32_t slice_size, uint32_t nslots, uint32_t mem_align,
@@ -64,8 +66,10 @@ int slice_cache_create(struct slice_cache *c, uint64_t key,
 		       struct slice_waiter *w, struct slice **out);
 void slice_cache_set_full_handler(struct slice_cache *c, slice_full_fn fn);
 void slice_cache_mark_dirty(struct slice_cache *c, struct slice *s);
-/* A write-back of s finished; it is clean unless it changed meanwhile
- * (redirtied). Wakes requests waiting for a free slot. */
+/* A write-back of s finished; it is clean unless the caller says it
+ * changed meanwhile (redirtied: the cache cannot tell, and the engine
+ * freezes metadata during a write-back, so it passes false). Wakes
+ * requests waiting for a free slot. */
 void slice_cache_clean(struct slice_cache *c, struct slice *s, bool redirtied);
 unsigned slice_cache_dirty_count(const struct slice_cache *c);
 /* A write-back failed: requests waiting for a free slot get its error

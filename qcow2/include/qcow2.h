@@ -293,7 +293,9 @@ enum qcow2_flush_cause {
  * metadata that maps it, in the safe order. */
 int qcow2_flush(struct qcow2_image *img, qcow2_complete_fn cb, void *opaque);
 /* Write dirty metadata back without waiting for a client flush (call it
- * from a timer): same ordering, counted as QCOW2_FLUSH_TIMER. */
+ * from a timer): same ordering, counted as QCOW2_FLUSH_TIMER. With nothing
+ * dirty no round runs (and none is counted); cb still runs later, never
+ * inside this call. */
 int qcow2_writeback(struct qcow2_image *img, qcow2_complete_fn cb,
 		    void *opaque);
 /* True when the image has metadata in its caches not yet on disk. */
