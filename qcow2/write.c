@@ -446,7 +446,7 @@ static uint64_t meta_entry(const struct cluster_write *cw, uint64_t old)
 	const struct qcow2_image *img = cw->img;
 	bool v3 = img->hdr.version >= 3;
 
-	if (cw->kind == WRITE_DISCARD)
+	if (cw->kind == WRITE_DISCARD) /* never v2 with a backing file */
 		return v3 && needs_zero_flag(img) ? QCOW_OFLAG_ZERO : 0;
 	/* zeros (v3 only: the cursor writes zero data into v2 images with a
 	 * backing file, and unmapped v2 clusters without one read zeros) */
@@ -1186,7 +1186,11 @@ static void meta_advance(struct write_req *req)
 		int ret = 0;
 
 		if (req->kind == WRITE_DISCARD) {
-			if (whole)
+			/* A version 2 image has no zero flag: dropping the
+			 * cluster would show the backing file's old data where
+			 * the guest wrote. Such discards do nothing, as in
+			 * QEMU (a discard is only a hint). */
+			if (whole && !v2_backing)
 				ret = start_cluster_write(req, raw_data ? WRITE_DATA :
 							  WRITE_DISCARD, cluster, a, b);
 		} else if (whole && !v2_backing && !raw_data) {

@@ -274,8 +274,9 @@ int qcow2_write_zeroes(struct qcow2_image *img, uint64_t offset, uint64_t len,
 /*
  * Discard whole clusters in [offset, offset+len) (partial clusters at the
  * ends are left alone, as QEMU does): their host clusters are released and
- * they read as zeros (or, in a version 2 image with a backing file, as the
- * backing file).
+ * they read as zeros. A version 2 image with a backing file has no zero
+ * flag, and a released cluster would read the backing file's old data:
+ * there a discard does nothing (and succeeds), as in QEMU.
  */
 int qcow2_discard(struct qcow2_image *img, uint64_t offset, uint64_t len,
 		  qcow2_complete_fn cb, void *opaque);

@@ -33,9 +33,6 @@
  *                                   --fail-errno (a full file system)
  *   --expect-evictions              fail unless the L2/refcount caches had to
  *                                   write back dirty slices to make room
- *   --discard-reads FILE            raw file: what discarded clusters read in a
- *                                   version 2 image with a backing file
- *                                   (without it such images get no discards)
  *   --marks DIR                     crash tests (with --log): at the start
  *                                   and after each barrier flush, copy the
  *                                   model to DIR/model-J.raw and append
@@ -106,10 +103,7 @@ static struct {
 	FILE *marks;
 	int log_fd;
 	unsigned nmarks;
-	/* --discard-reads */
-	int discard_src;
-	bool discards_allowed;
-} g = { .model = -1, .log_fd = -1, .discard_src = -1 };
+} g = { .model = -1, .log_fd = -1 };
 
 static uint64_t rng_state;
 
@@ -278,16 +272,10 @@ static void model_discard(uint64_t off, uint64_t len)
 		e0 = end;
 	if (e0 <= s0)
 		return;
-	if (g.discard_src >= 0) {
-		uint8_t *b = malloc(1 << 16);
-		for (uint64_t o = s0; o < e0; o += 1 << 16) {
-			uint64_t n = e0 - o < (1 << 16) ? e0 - o : (1 << 16);
-			xpread(g.discard_src, b, n, o, "--discard-reads");
-			model_pwrite(b, n, o);
-		}
-		free(b);
+	/* A version 2 image with a backing file ignores discards (they would
+	 * expose the backing file). */
+	if (g.info.version < 3 && g.info.backing_file)
 		return;
-	}
 	model_zero(s0, e0 - s0);
 }
 
@@ -705,7 +693,7 @@ static void usage(void)
 		"         [--max-len BYTES] [--depth N] [--no-meta]\n"
 		"         [--fail-at N --fail-errno EIO|ENOSPC --fail-ops r,w,f,a\n"
 		"          [--fail-persist]] [--log FILE] [--expect-failure]\n"
-		"         [--expect-evictions] [--discard-reads FILE] [--marks DIR]\n"
+		"         [--expect-evictions] [--marks DIR]\n"
 		"         [--sequential] [--verify-only] [--no-reopen] IMAGE MODEL\n");
 	exit(2);
 }
@@ -729,7 +717,6 @@ int main(int argc, char **argv)
 		{ "fail-persist", no_argument, 0, 'p' },
 		{ "expect-failure", no_argument, 0, 'x' },
 		{ "expect-evictions", no_argument, 0, 'E' },
-		{ "discard-reads", required_argument, 0, 'D' },
 		{ "marks", required_argument, 0, 'k' },
 		{ "sequential", no_argument, 0, 'S' },
 		{ "verify-only", no_argument, 0, 'V' },
@@ -745,7 +732,7 @@ int main(int argc, char **argv)
 	int depth = 8, opt, ret;
 	bool no_meta = false, sequential = false, verify_only = false;
 	bool expect_evictions = false, reopen = true;
-	const char *log_path = NULL, *discard_reads = NULL;
+	const char *log_path = NULL;
 	struct qcow2_error err;
 	struct qcow2_stats st;
 	struct req *reqs;
@@ -784,7 +771,6 @@ int main(int argc, char **argv)
 		case 'p': fo.fail_persist = true; break;
 		case 'x': g.expect_failure = true; break;
 		case 'E': expect_evictions = true; break;
-		case 'D': discard_reads = optarg; break;
 		case 'k': g.marks_dir = optarg; break;
 		case 'S': sequential = true; break;
 		case 'V': verify_only = true; break;
@@ -860,17 +846,6 @@ int main(int argc, char **argv)
 		return bad ? 1 : 0;
 	}
 
-	g.discards_allowed = true;
-	if (discard_reads) {
-		g.discard_src = open(discard_reads, O_RDONLY | O_CLOEXEC);
-		if (g.discard_src < 0)
-			die("%s: %s", discard_reads, strerror(errno));
-	}
-	if (g.info.version < 3 && g.info.backing_file && g.discard_src < 0) {
-		printf("random_io: version 2 image with a backing file and no "
-		       "--discard-reads: no discards\n");
-		g.discards_allowed = false;
-	}
 	if (max_len > g.info.virtual_size)
 		max_len = g.info.virtual_size;
 	reqs = calloc((size_t)depth, sizeof(*reqs));
@@ -941,7 +916,7 @@ int main(int argc, char **argv)
 		} else if (choice < 70) {
 			kind = K_ZERO;
 		} else if (choice < 80) {
-			kind = g.discards_allowed ? K_DISCARD : K_ZERO;
+			kind = K_DISCARD;
 		} else {
 			kind = K_READ;
 		}
@@ -1003,8 +978,6 @@ int main(int argc, char **argv)
 	}
 	free(reqs);
 	close(g.model);
-	if (g.discard_src >= 0)
-		close(g.discard_src);
 	if (g.marks)
 		fclose(g.marks);
 	if (fo.log_fd >= 0)
