@@ -3,6 +3,8 @@
 #include <endian.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +137,17 @@ static int parse_extensions(const uint8_t *buf, size_t start, size_t end,
 		off += 8 + (((size_t)len + 7) & ~(size_t)7);
 	}
 	return 0;
+}
+
+/* Where a table may lie, by QEMU's rule: cluster aligned, and ending
+ * within INT64_MAX (file offsets are signed). */
+static bool table_place_ok(uint64_t off, uint64_t entries, uint64_t entry_len,
+			   uint64_t cluster_size)
+{
+	if (entries > (uint64_t)INT64_MAX / entry_len ||
+	    (uint64_t)INT64_MAX - entries * entry_len < off)
+		return false;
+	return (off & (cluster_size - 1)) == 0;
 }
 
 static int check_features(const struct qcow2_header *h, char *err,
@@ -312,6 +325,16 @@ int qcow2_header_parse(const uint8_t *buf, size_t buflen, uint64_t file_size,
 		     h->refcount_table_clusters);
 		goto out;
 	}
+	if (!table_place_ok(h->refcount_table_offset,
+			    (uint64_t)h->refcount_table_clusters << h->cluster_bits,
+			    1, cluster_size)) {
+		fail(err, errlen, ret,
+		     "refcount table offset invalid: 0x%llx (header field "
+		     "refcount_table_offset) of %u cluster(s) ends past the "
+		     "largest file offset", (unsigned long long)h->refcount_table_offset,
+		     h->refcount_table_clusters);
+		goto out;
+	}
 
 	/* Snapshot table */
 	if (h->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
@@ -324,6 +347,37 @@ int qcow2_header_parse(const uint8_t *buf, size_t buflen, uint64_t file_size,
 		     "snapshot table offset 0x%llx is not aligned to a cluster",
 		     (unsigned long long)h->snapshots_offset);
 		goto out;
+	}
+	/* 40 bytes: the smallest snapshot table entry */
+	if (h->nb_snapshots &&
+	    !table_place_ok(h->snapshots_offset, h->nb_snapshots, 40, cluster_size)) {
+		fail(err, errlen, ret,
+		     "snapshot table offset invalid: 0x%llx (header field "
+		     "snapshots_offset) with %u snapshots ends past the largest "
+		     "file offset", (unsigned long long)h->snapshots_offset,
+		     h->nb_snapshots);
+		goto out;
+	}
+
+	/* Bitmap directory (trusted only while the autoclear bit says the
+	 * bitmaps are kept up to date; otherwise ignored, as QEMU does) */
+	if (h->nb_bitmaps && (h->autoclear_features & 1)) {
+		if (h->nb_bitmaps > QCOW2_MAX_BITMAPS) {
+			fail(err, errlen, ret, "bitmaps extension: %u bitmaps, more "
+			     "than the limit of %u", h->nb_bitmaps, QCOW2_MAX_BITMAPS);
+			goto out;
+		}
+		if (h->bitmap_directory_size > QCOW2_MAX_BITMAP_DIRECTORY ||
+		    !table_place_ok(h->bitmap_directory_offset,
+				    h->bitmap_directory_size, 1, cluster_size)) {
+			fail(err, errlen, ret,
+			     "bitmaps extension: bitmap directory offset 0x%llx or "
+			     "size %llu invalid (cluster aligned, at most %u bytes)",
+			     (unsigned long long)h->bitmap_directory_offset,
+			     (unsigned long long)h->bitmap_directory_size,
+			     QCOW2_MAX_BITMAP_DIRECTORY);
+			goto out;
+		}
 	}
 
 	/* Backing file name */

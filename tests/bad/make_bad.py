@@ -273,6 +273,19 @@ def _(img, out):
     img.set("snapshots_offset", 1 << 40)
 
 
+@case("refcount-table-offset-huge", reject=True, msg="refcount table offset invalid",
+      desc="refcount_table_offset 0xffffffffffff0000 (qemu-img: offset invalid)")
+def _(img, out):
+    img.set("refcount_table_offset", 0xffffffffffff0000)
+
+
+@case("snapshot-table-offset-huge", reject=True, msg="snapshot table offset invalid",
+      desc="one snapshot at 0xffffffffffff0000 (qemu-img: offset invalid)")
+def _(img, out):
+    img.set("nb_snapshots", 1)
+    img.set("snapshots_offset", 0xffffffffffff0000)
+
+
 @case("refcount-table-bogus", desc="refcount table unaligned and past EOF, 2^31 clusters")
 def _(img, out):
     img.set("refcount_table_offset", (1 << 40) + 512)

@@ -230,6 +230,44 @@ static void test_l1(void **state)
 	expect_error(-EINVAL, "needs 2");
 }
 
+/* Table places QEMU refuses: past the largest file offset. */
+static void test_table_offsets(void **state)
+{
+	uint8_t bitmaps[24] = { 0 };
+
+	(void)state;
+	make_v3();
+	put64(48, 0xffffffffffff0000ull);
+	expect_error(-EINVAL, "refcount table offset invalid");
+	make_v3();
+	put32(60, 1);
+	put64(64, 0xffffffffffff0000ull);
+	expect_error(-EINVAL, "snapshot table offset invalid");
+	/* bitmaps: checked only while the autoclear bit trusts them */
+	make_v3();
+	ext_at = 112;
+	bitmaps[3] = 1;
+	bitmaps[15] = 0x10;                 /* directory size 16 */
+	memset(bitmaps + 16, 0xff, 6);      /* offset 0xffffffffffff0000 */
+	add_ext(QCOW2_EXT_BITMAPS, bitmaps, 24);
+	put64(88, 1);
+	expect_error(-EINVAL, "bitmap directory");
+	put64(88, 0);
+	{
+		struct qcow2_header h;
+		char err[256];
+		assert_int_equal(parse(&h, err), 0);
+		qcow2_header_free(&h);
+	}
+	make_v3();
+	ext_at = 112;
+	memset(bitmaps, 0, sizeof(bitmaps));
+	bitmaps[0] = 0x01;                  /* 65536 bitmaps */
+	add_ext(QCOW2_EXT_BITMAPS, bitmaps, 24);
+	put64(88, 1);
+	expect_error(-EINVAL, "bitmaps");
+}
+
 static void test_refcount_order(void **state)
 {
 	(void)state;
@@ -330,6 +368,7 @@ int main(void)
 		cmocka_unit_test(test_header_length),
 		cmocka_unit_test(test_encrypted),
 		cmocka_unit_test(test_l1),
+		cmocka_unit_test(test_table_offsets),
 		cmocka_unit_test(test_refcount_order),
 		cmocka_unit_test(test_extl2_small_cluster),
 		cmocka_unit_test(test_compression_type),
