@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT OR Apache-2.0 */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +90,7 @@ int cli_common_opt(struct cli_open *o, int opt, const char *arg)
 		}
 		return 1;
 	case 'f':
+		o->format_set = true;
 		if (!strcmp(arg, "qcow2"))
 			o->raw = false;
 		else if (!strcmp(arg, "raw"))
@@ -118,7 +120,45 @@ int cli_common_opt(struct cli_open *o, int opt, const char *arg)
 	}
 }
 
+/* Does the file at path start with the qcow2 magic? false also when it
+ * cannot be read: the open then reports why. */
+static bool has_qcow2_magic(const char *path)
+{
+	uint8_t magic[4];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	bool yes;
+
+	if (fd < 0)
+		return true; /* let the open say why */
+	yes = pread(fd, magic, sizeof(magic), 0) == (ssize_t)sizeof(magic) &&
+	      !memcmp(magic, "QFI\xfb", 4);
+	close(fd);
+	return yes;
+}
+
 int cli_open_image(const struct cli_open *o, const char *path,
+		   struct qcow2_ctx **ctx, struct qcow2_image **img)
+{
+	struct cli_open probed = *o;
+
+	if (!o->format_set && !has_qcow2_magic(path)) {
+		if (o->rdwr) {
+			fprintf(stderr, "%s: %s: not a qcow2 image (probing guessed raw), "
+				"and raw images are opened for reading only; to write it, "
+				"convert it: qcow2-img convert -O qcow2 %s NEW.qcow2\n",
+				cli_prog, path, path);
+			return -EINVAL;
+		}
+		fprintf(stderr, "%s: WARNING: image format was not specified for '%s' "
+			"and probing guessed raw; specify -f raw to silence this\n",
+			cli_prog, path);
+		probed.raw = true;
+		o = &probed;
+	}
+	return cli_open_as_is(o, path, ctx, img);
+}
+
+int cli_open_as_is(const struct cli_open *o, const char *path,
 		   struct qcow2_ctx **ctx, struct qcow2_image **img)
 {
 	struct qcow2_ctx_opts co = { .backend = o->backend,

@@ -14,7 +14,8 @@ extern const char *cli_prog; /* "qcow2-img", "qcow2-io" */
 struct cli_open {
 	enum qcow2_backend backend;  /* -i io_uring|sync */
 	bool buffered;               /* -t writeback (default none: O_DIRECT) */
-	bool raw;                    /* -f raw */
+	bool raw;                    /* -f raw, or probed */
+	bool format_set;             /* -f given (else the format is probed) */
 	bool rdwr;
 	uint64_t l2_cache;           /* --l2-cache */
 	uint32_t l2_slice;           /* --l2-slice */
@@ -29,8 +30,17 @@ int cli_common_opt(struct cli_open *o, int opt, const char *arg);
 int cli_parse_size(const char *s, uint64_t *out);
 /* Human-readable size: "64 KiB", "1 GiB", "1.5 MiB". */
 void cli_human_size(uint64_t v, char *buf, int len);
-/* Open path with a new context; prints "prog: path: reason" on failure. */
+/*
+ * Open path with a new context; prints "prog: path: reason" on failure.
+ * Without -f, the format of an image named on the command line is probed
+ * as qemu-img does: qcow2 by its magic, otherwise raw with a warning (and
+ * a probed raw image is not opened for writing: a write could make it look
+ * like another format). Backing files are never probed.
+ */
 int cli_open_image(const struct cli_open *o, const char *path,
+		   struct qcow2_ctx **ctx, struct qcow2_image **img);
+/* cli_open_image() with the format as o says, never probed (backing files). */
+int cli_open_as_is(const struct cli_open *o, const char *path,
 		   struct qcow2_ctx **ctx, struct qcow2_image **img);
 void cli_close_image(struct qcow2_ctx *ctx, struct qcow2_image *img);
 /* A progress line on stderr when it is a terminal (or forced): "    (42.00/100%)". */
@@ -47,7 +57,8 @@ void cli_progress(bool enabled, uint64_t done, uint64_t total);
 #define CLI_COMMON_HELP \
 	"  -i, --backend io_uring|sync   IO backend (default io_uring)\n" \
 	"  -t, --cache none|writeback    none: O_DIRECT (default); writeback: page cache\n" \
-	"  -f, --format qcow2|raw        format of IMAGE (default qcow2; never probed)\n" \
+	"  -f, --format qcow2|raw        format of IMAGE (default: qcow2 if it has the\n" \
+	"                                qcow2 magic, else raw, with a warning)\n" \
 	"      --l2-cache BYTES          L2 cache size (default: map the whole disk, <= 32M)\n" \
 	"      --l2-slice BYTES          L2 slice size (default 4k)\n" \
 	"  -U, --force-share             take no image lock: read an image another\n" \

@@ -59,7 +59,7 @@ static int backing_size(const char *image, const struct qcow2_create_opts *o,
 	}
 	if (!path)
 		return -ENOMEM;
-	ret = cli_open_image(&co, path, &ctx, &img);
+	ret = cli_open_as_is(&co, path, &ctx, &img);
 	free(path);
 	if (ret < 0)
 		return ret;

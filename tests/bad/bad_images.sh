@@ -186,18 +186,20 @@ check() {
 	fi
 }
 
-check info meta "$QCOW2_IMG" info "$rel"
-check info-json meta "$QCOW2_IMG" info --json "$rel"
-check map-json meta "$QCOW2_IMG" map --json "$rel"
+# -f qcow2: the images are damaged qcow2 images (without it, one whose magic
+# is gone would be probed as raw, as qemu-img probes it).
+check info meta "$QCOW2_IMG" info -f qcow2 "$rel"
+check info-json meta "$QCOW2_IMG" info -f qcow2 --json "$rel"
+check map-json meta "$QCOW2_IMG" map -f qcow2 --json "$rel"
 check dump-header offline "$QCOW2_IMG" dump --json "$rel" header
 check dump-l2 offline "$QCOW2_IMG" dump "$rel" l2
 check dump-snapshots offline "$QCOW2_IMG" dump --json "$rel" snapshots
 check dump-cluster offline "$QCOW2_IMG" dump --json "$rel" cluster 0
 check stats offline "$QCOW2_IMG" stats --json "$rel"
-check convert-sync data "$QCOW2_IMG" convert -i sync -t writeback -O raw "$rel" "$case_name/out.raw"
-check convert-uring data "$QCOW2_IMG" convert -i io_uring -t none -O raw "$rel" "$case_name/out.raw"
-check read-sync data "$QCOW2_IO" -i sync -t writeback -c "read $read_off $read_len" "$rel"
-check read-uring data "$QCOW2_IO" -i io_uring -t none -c "read $read_off $read_len" "$rel"
+check convert-sync data "$QCOW2_IMG" convert -f qcow2 -i sync -t writeback -O raw "$rel" "$case_name/out.raw"
+check convert-uring data "$QCOW2_IMG" convert -f qcow2 -i io_uring -t none -O raw "$rel" "$case_name/out.raw"
+check read-sync data "$QCOW2_IO" -f qcow2 -i sync -t writeback -c "read $read_off $read_len" "$rel"
+check read-uring data "$QCOW2_IO" -f qcow2 -i io_uring -t none -c "read $read_off $read_len" "$rel"
 
 if ((${#failures[@]})); then
 	echo

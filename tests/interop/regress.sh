@@ -22,6 +22,7 @@ CASES=(
 	dirty-image-refcounts-rebuilt-on-open
 	dirty-image-with-bad-l2-refused
 	discard-v2-backing-keeps-guest-data
+	raw-input-is-probed
 )
 
 if [[ ${1:-} == --list ]]; then
@@ -75,6 +76,31 @@ check_clean() {
 }
 
 case $case_name in
+raw-input-is-probed)
+	# "qcow2-img convert -O qcow2 disk.img out.qcow2" on a raw disk failed
+	# with "not a qcow2 image (bad magic)". An image named on the command
+	# line without -f is probed as qemu-img probes it: qcow2 by its magic,
+	# otherwise raw with a warning; -f raw silences it; a probed raw image
+	# is not opened for writing (a write could turn it into another format;
+	# raw images are read-only here anyway) and the refusal says what to do.
+	qemu-img create -q -f raw disk.img 4M
+	qemu-io -f raw -c 'write -P 0x61 0 1M' -c 'write -P 0x62 3M 64k' disk.img >/dev/null
+	"$QCOW2_IMG" convert -O qcow2 disk.img out.qcow2 2>err.txt || die "convert of a raw disk without -f failed: $(cat err.txt)"
+	grep -q 'probing guessed raw' err.txt || die "no warning that the format was probed: $(cat err.txt)"
+	qemu-img compare -q -f raw -F qcow2 disk.img out.qcow2 || die "the converted image differs from the raw disk"
+	check_clean out.qcow2
+	"$QCOW2_IMG" convert -f raw -O raw disk.img out.raw 2>err.txt || die "convert -f raw failed"
+	[[ -s err.txt ]] && die "-f raw still warns: $(cat err.txt)"
+	cmp disk.img out.raw || die "convert -O raw of the raw disk differs"
+	"$QCOW2_IMG" info disk.img 2>err.txt | grep -q 'file format: *raw' || die "info does not show a probed raw image"
+	"$QCOW2_IMG" info out.qcow2 2>err.txt | grep -q 'file format: *qcow2' || die "info does not show the qcow2 image"
+	[[ -s err.txt ]] && die "a qcow2 image without -f warns: $(cat err.txt)"
+	rc=0
+	"$QCOW2_IO" -c 'write -P 0x51 0 512' disk.img >out.txt 2>err.txt || rc=$?
+	((rc != 0)) || die "qcow2-io wrote into a probed raw image"
+	grep -q 'convert -O qcow2' err.txt || die "the refusal does not say what to do: $(cat err.txt)"
+	qemu-io -f raw -c 'read -P 0x61 0 512' disk.img >/dev/null || die "the refused write changed the disk"
+	;;
 discard-v2-backing-keeps-guest-data)
 	# A version 2 image has no zero flag: a discard that dropped clusters
 	# made the guest read the backing file's old data where it had
