@@ -84,8 +84,14 @@ int qcow2_block_status(struct qcow2_image *img, uint64_t offset,
 		ext->data_file = img->has_data_file;
 		/* qemu-img map looks for holes in the image file, not in an
 		 * external data file. */
-		if (!img->has_data_file)
+		if (!img->has_data_file) {
 			ext->hole = host_hole(img->file.fd, m.host, &ext->length);
+			/* Whole sectors: a data run cut where the file ends
+			 * (inside its last cluster) takes the rest of that
+			 * sector, as QEMU's file driver rounds it. */
+			if (ext->length % 512 && align_up(ext->length, 512) <= m.len)
+				ext->length = align_up(ext->length, 512);
+		}
 	} else if (m.type == QCOW2_EXTENT_ZERO) {
 		ext->host_offset = m.host; /* preallocated, or 0 */
 	} else if (m.type == QCOW2_EXTENT_COMPRESSED) {
