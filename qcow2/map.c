@@ -159,8 +159,10 @@ int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 					(unsigned long long)pos, (unsigned long long)l2_off);
 			return -EIO;
 		}
+		/* A cluster the file ends in is data; its part past the end
+		 * reads as zeros. */
 		if (k == L2_READ_DATA && !img->has_data_file &&
-		    host >= image_end(img)) {
+		    align_down(host, img->cluster_size) >= image_end(img)) {
 			if (ext->len)
 				break;
 			image_set_error(img,
