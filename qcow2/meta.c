@@ -389,7 +389,9 @@ int qcow2_meta_bitmaps(struct qcow2_meta *m, struct qcow2_bitmap_entry **out,
 	*n = 0;
 	if (!count || !size)
 		return 0;
-	if (size > META_MAX_TABLE)
+	/* Entries are 24 bytes at least: a count the directory cannot hold
+	 * is corrupt (not an allocation of count entries). */
+	if (size > META_MAX_TABLE || count > size / 24)
 		return -EINVAL;
 	b = calloc(count, sizeof(*b));
 	if (!b)
