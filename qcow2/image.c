@@ -63,7 +63,12 @@ static void prefix_err(struct qcow2_error *err, const char *what,
 	if (!err)
 		return;
 	memcpy(inner, err->msg, sizeof(inner));
-	set_err(err, "%s%s: %s", what, name, inner);
+	/* The name once: the inner message may start with it already. */
+	if (*name && !strncmp(inner, name, strlen(name)) &&
+	    !strncmp(inner + strlen(name), ": ", 2))
+		set_err(err, "%s%s", what, inner);
+	else
+		set_err(err, "%s%s: %s", what, name, inner);
 }
 
 char *path_beside(const char *image_path, const char *name)
@@ -323,14 +328,11 @@ static int open_backing(struct qcow2_image *img,
 	}
 	bopts.flags |= opts ? (opts->flags & QCOW2_OPEN_BUFFERED) : 0;
 	bopts.l2_slice_size = opts ? opts->l2_slice_size : 0;
-	path = path_beside(img->filename, img->hdr.backing_file);
-	if (!path)
-		return -ENOMEM;
+	path = img->backing_path;
 	ret = open_chain(img->ctx, path, &bopts, &img->backing, err, ids,
 			 depth + 1);
 	if (ret < 0)
 		prefix_err(err, "backing file ", path);
-	free(path);
 	return ret;
 }
 
@@ -505,6 +507,11 @@ static int open_chain(struct qcow2_ctx *ctx, const char *path,
 	ret = open_qcow2(img, opts, err);
 	if (ret < 0)
 		goto fail;
+	if (img->hdr.backing_file) {
+		img->backing_path = path_beside(img->filename, img->hdr.backing_file);
+		if (!img->backing_path)
+			return -ENOMEM;
+	}
 	if (img->hdr.backing_file && !(flags & QCOW2_OPEN_NO_BACKING)) {
 		ret = open_backing(img, opts, err, ids, depth);
 		if (ret < 0)
@@ -622,6 +629,7 @@ void qcow2_close(struct qcow2_image *img)
 	qfile_close(&img->file);
 	if (img->data_store.path || img->data_store.fd >= 0)
 		qfile_close(&img->data_store);
+	free(img->backing_path);
 	free(img->filename);
 	free(img);
 }
@@ -673,6 +681,7 @@ int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info)
 	info->snapshots_offset = h->snapshots_offset;
 	info->nb_bitmaps = h->nb_bitmaps;
 	info->backing_file = h->backing_file;
+	info->backing_path = img->backing_path;
 	info->backing_format = h->backing_format;
 	info->data_file = h->data_file;
 	info->data_file_raw = h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;

@@ -126,6 +126,7 @@ struct qcow2_image {
 	uint32_t l2_slice_size;
 
 	struct qcow2_image *backing;
+	char *backing_path;         /* hdr.backing_file beside the image */
 
 	/* Allocation and refcounts (read-write images; refcount.c) */
 	uint64_t alloc_end;         /* end of the last allocated cluster */

@@ -158,41 +158,64 @@ int cli_open_image(const struct cli_open *o, const char *path,
 	return cli_open_as_is(o, path, ctx, img);
 }
 
-int cli_open_as_is(const struct cli_open *o, const char *path,
-		   struct qcow2_ctx **ctx, struct qcow2_image **img)
+int cli_open_quiet(const struct cli_open *o, const char *path,
+		   struct qcow2_ctx **ctx, struct qcow2_image **img,
+		   struct qcow2_error *err)
 {
 	struct qcow2_ctx_opts co = { .backend = o->backend,
 				     .queue_depth = o->depth ? o->depth : 256 };
 	struct qcow2_open_opts oo = { 0 };
-	struct qcow2_error err = { "" };
 	int ret;
 
+	err->msg[0] = '\0';
 	if (o->force_share && o->rdwr) {
-		fprintf(stderr, "%s: -U (force share) is for reading only; an image "
-			"is written only by its one locked owner\n", cli_prog);
+		snprintf(err->msg, sizeof(err->msg), "-U (force share) is for "
+			 "reading only; an image is written only by its one locked "
+			 "owner");
 		return -EINVAL;
 	}
 	ret = qcow2_ctx_new(&co, ctx);
 	if (ret < 0) {
-		fprintf(stderr, "%s: cannot set up the %s backend: %s\n", cli_prog,
-			o->backend == QCOW2_BACKEND_SYNC ? "sync" : "io_uring",
-			strerror(-ret));
+		snprintf(err->msg, sizeof(err->msg), "cannot set up the %s backend: %s",
+			 o->backend == QCOW2_BACKEND_SYNC ? "sync" : "io_uring",
+			 strerror(-ret));
 		return ret;
 	}
 	oo.flags = (o->buffered ? QCOW2_OPEN_BUFFERED : 0) |
 		   (o->raw ? QCOW2_OPEN_RAW : 0) | (o->rdwr ? QCOW2_OPEN_RDWR : 0) |
-		   (o->force_share ? QCOW2_OPEN_FORCE_SHARE : 0);
+		   (o->force_share ? QCOW2_OPEN_FORCE_SHARE : 0) |
+		   (o->no_backing ? QCOW2_OPEN_NO_BACKING : 0);
 	oo.l2_cache_size = o->l2_cache;
 	oo.l2_slice_size = o->l2_slice;
-	ret = qcow2_open(*ctx, path, &oo, img, &err);
+	ret = qcow2_open(*ctx, path, &oo, img, err);
 	if (ret < 0) {
-		fprintf(stderr, "%s: %s: %s\n", cli_prog, path,
-			err.msg[0] ? err.msg : strerror(-ret));
+		size_t n = strlen(path);
+		char inner[sizeof(err->msg)];
+
+		/* The file's name once: the engine's message may start with it. */
+		memcpy(inner, err->msg, sizeof(inner));
+		if (!inner[0])
+			snprintf(err->msg, sizeof(err->msg), "%s: %s", path,
+				 strerror(-ret));
+		else if (strncmp(inner, path, n) || strncmp(inner + n, ": ", 2))
+			snprintf(err->msg, sizeof(err->msg), "%s: %.*s", path,
+				 (int)(sizeof(inner) - 2 - (n < 256 ? n : 256)), inner);
 		qcow2_ctx_free(*ctx);
 		*ctx = NULL;
 		return ret;
 	}
 	return 0;
+}
+
+int cli_open_as_is(const struct cli_open *o, const char *path,
+		   struct qcow2_ctx **ctx, struct qcow2_image **img)
+{
+	struct qcow2_error err;
+	int ret = cli_open_quiet(o, path, ctx, img, &err);
+
+	if (ret < 0)
+		fprintf(stderr, "%s: %s\n", cli_prog, err.msg);
+	return ret;
 }
 
 void cli_close_image(struct qcow2_ctx *ctx, struct qcow2_image *img)

@@ -21,6 +21,7 @@ struct cli_open {
 	uint32_t l2_slice;           /* --l2-slice */
 	unsigned depth;              /* io_uring queue depth */
 	bool force_share;            /* -U: no image locks (read-only use) */
+	bool no_backing;             /* do not open the backing chain */
 };
 
 /* Parse the shared options; returns 1 when opt was one, 0 when not, -1 on a
@@ -42,6 +43,10 @@ int cli_open_image(const struct cli_open *o, const char *path,
 /* cli_open_image() with the format as o says, never probed (backing files). */
 int cli_open_as_is(const struct cli_open *o, const char *path,
 		   struct qcow2_ctx **ctx, struct qcow2_image **img);
+/* cli_open_as_is() that prints nothing: the reason is in err->msg. */
+int cli_open_quiet(const struct cli_open *o, const char *path,
+		   struct qcow2_ctx **ctx, struct qcow2_image **img,
+		   struct qcow2_error *err);
 void cli_close_image(struct qcow2_ctx *ctx, struct qcow2_image *img);
 /* A progress line on stderr when it is a terminal (or forced): "    (42.00/100%)". */
 void cli_progress(bool enabled, uint64_t done, uint64_t total);

@@ -140,6 +140,22 @@ static int run_command(struct io_state *st, int argc, char **argv)
 		fprintf(stderr, "qcow2-io: %s: length %" PRIu64 " is too large\n", cmd, len);
 		return 2;
 	}
+	if (off > st->info.virtual_size || len > st->info.virtual_size - off) {
+		fprintf(stderr, "qcow2-io: %s: %" PRIu64 " bytes at offset %" PRIu64
+			" end past the end of the disk (%" PRIu64 " bytes)\n", cmd, len,
+			off, st->info.virtual_size);
+		return 1;
+	}
+	/* The engine takes whole blocks (a request may end at an unaligned end
+	 * of the disk); qemu-io would read-modify-write, we say so instead. */
+	if ((!strcmp(cmd, "read") || (!strcmp(cmd, "write") && !zero)) &&
+	    (off % st->info.block_size ||
+	     (len % st->info.block_size && off + len != st->info.virtual_size))) {
+		fprintf(stderr, "qcow2-io: %s: offset %" PRIu64 " and length %" PRIu64
+			" must be multiples of the image's %u-byte block size (its "
+			"request alignment)\n", cmd, off, len, st->info.block_size);
+		return 1;
+	}
 	t0 = now_s();
 	if (!strcmp(cmd, "discard")) {
 		ret = qcow2_pdiscard(st->img, off, len);

@@ -198,6 +198,8 @@ struct qcow2_info {
 	uint64_t snapshots_offset;
 	uint32_t nb_bitmaps;
 	const char *backing_file;   /* as recorded in the image, or NULL */
+	const char *backing_path;   /* the file opened for it: relative names
+				     * are relative to the image's directory */
 	const char *backing_format; /* as recorded, or NULL */
 	const char *data_file;      /* external data file as recorded, or NULL */
 	bool data_file_raw;

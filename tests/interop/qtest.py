@@ -18,6 +18,9 @@
                                           extents cover [0, SIZE) contiguously;
                                           with --compressed, some extent has
                                           "compressed": true
+  qtest.py superset THEIRS OURS           every key of the JSON in THEIRS is in
+                                          OURS, at the same place, with the same
+                                          value (OURS may have more keys)
 """
 
 import json
@@ -211,6 +214,38 @@ def check_json(path, args):
             sys.exit(1)
 
 
+def superset(theirs_path, ours_path):
+    with open(theirs_path) as f:
+        theirs = json.load(f)
+    with open(ours_path) as f:
+        ours = json.load(f)
+    problems = []
+
+    def walk(t, o, where):
+        if isinstance(t, dict):
+            if not isinstance(o, dict):
+                problems.append("%s: an object in qemu-img's JSON, %r in ours" % (where, o))
+                return
+            for k, v in t.items():
+                if k not in o:
+                    problems.append("%s/%s: missing (qemu-img: %r)" % (where, k, v))
+                else:
+                    walk(v, o[k], where + "/" + k)
+        elif isinstance(t, list):
+            if not isinstance(o, list) or len(o) != len(t):
+                problems.append("%s: qemu-img has %d items, ours %r" % (where, len(t), o))
+                return
+            for i, (a, b) in enumerate(zip(t, o)):
+                walk(a, b, "%s[%d]" % (where, i))
+        elif t != o:
+            problems.append("%s: qemu-img %r, ours %r" % (where, t, o))
+
+    walk(theirs, ours, "")
+    for p in problems[:20]:
+        print("  " + p)
+    sys.exit(1 if problems else 0)
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -231,6 +266,8 @@ def main():
         check_map(a[1], a[2])
     elif cmd == "check-json":
         check_json(a[1], a[2:])
+    elif cmd == "superset":
+        superset(a[1], a[2])
     else:
         print(__doc__)
         sys.exit(2)

@@ -521,8 +521,15 @@ check_info_map() {
 	elif ! python3 "$qtest" check-json "$W/info.out"; then
 		echo "FAIL qcow2-img info --json $rel: bad JSON"
 		failures+=("info --json: bad JSON")
+	# shellcheck disable=SC2086
+	elif ! (cd "$base" && qemu-img info --output=json $fmt "$rel") >"$W/qinfo.json" 2>/dev/null; then
+		echo "FAIL qemu-img info --output=json $rel failed"
+		failures+=("qemu-img info failed")
+	elif ! python3 "$qtest" superset "$W/qinfo.json" "$W/info.out"; then
+		echo "FAIL qcow2-img info --json $rel is not a superset of qemu-img info --output=json"
+		failures+=("info --json: not qemu-img's shape")
 	else
-		echo "ok   qcow2-img info --json"
+		echo "ok   qcow2-img info --json (a superset of qemu-img info --output=json)"
 	fi
 	rc=0
 	# shellcheck disable=SC2086

@@ -23,6 +23,8 @@ CASES=(
 	dirty-image-with-bad-l2-refused
 	discard-v2-backing-keeps-guest-data
 	raw-input-is-probed
+	info-shows-a-broken-chain
+	messages-name-the-file-once
 )
 
 if [[ ${1:-} == --list ]]; then
@@ -76,6 +78,56 @@ check_clean() {
 }
 
 case $case_name in
+info-shows-a-broken-chain)
+	# info on an image whose backing file is missing failed ("backing file
+	# X: X: No such file or directory"): diagnosing a broken chain is when
+	# a user runs info. It shows the image and marks the chain broken at
+	# the missing link (exit 0); commands that read guest data still fail.
+	qemu-img create -q -f qcow2 base.qcow2 16M
+	qemu-img create -q -f qcow2 mid.qcow2 -b base.qcow2 -F qcow2 16M
+	qemu-img create -q -f qcow2 top.qcow2 -b mid.qcow2 -F qcow2 16M
+	rm base.qcow2
+	rc=0
+	"$QCOW2_IMG" info top.qcow2 >out.txt 2>err.txt || rc=$?
+	cat out.txt err.txt
+	((rc == 0)) || die "info exit $rc on an image whose chain is broken"
+	grep -q '^virtual size: *16 MiB' out.txt || die "info does not show the image"
+	grep -q 'mid.qcow2 (qcow2' out.txt || die "info does not show the link that is there"
+	grep -q 'base.qcow2: BROKEN: No such file or directory' out.txt ||
+		die "info does not mark the chain broken at the missing link"
+	grep -q 'broken at base.qcow2' err.txt || die "no warning on stderr"
+	"$QCOW2_IMG" info --json top.qcow2 2>/dev/null | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+chain = j["backing-chain"]
+assert j["backing-filename"] == "mid.qcow2", j
+assert chain[0]["filename"] == "mid.qcow2" and chain[0]["format"] == "qcow2", chain
+assert chain[1]["filename"] == "base.qcow2" and "No such file" in chain[1]["error"], chain' ||
+		die "info --json does not describe the broken chain"
+	rc=0
+	"$QCOW2_IMG" convert -O raw top.qcow2 out.raw 2>err.txt || rc=$?
+	((rc == 1)) || die "convert of an image with a broken chain: exit $rc, expected 1"
+	;;
+messages-name-the-file-once)
+	# Messages repeated the file name ("nonexist.qcow2: nonexist.qcow2: No
+	# such file or directory") or gave a bare errno where a reason exists
+	# ("read failed: Invalid argument" for an unaligned read).
+	rc=0
+	"$QCOW2_IMG" info nonexist.qcow2 2>err.txt || rc=$?
+	cat err.txt
+	[[ $(cat err.txt) == "qcow2-img: nonexist.qcow2: No such file or directory" ]] ||
+		die "the message names the file more than once, or not at all"
+	qemu-img create -q -f qcow2 t.qcow2 1M
+	rc=0
+	"$QCOW2_IO" -c 'read 100 512' t.qcow2 2>err.txt || rc=$?
+	cat err.txt
+	((rc == 1)) || die "an unaligned read: exit $rc"
+	grep -q '512-byte block size' err.txt || die "an unaligned read does not say why"
+	rc=0
+	"$QCOW2_IO" -c 'read 1M 512' t.qcow2 2>err.txt || rc=$?
+	cat err.txt
+	grep -q 'past the end of the disk' err.txt || die "a read past the end does not say why"
+	;;
 raw-input-is-probed)
 	# "qcow2-img convert -O qcow2 disk.img out.qcow2" on a raw disk failed
 	# with "not a qcow2 image (bad magic)". An image named on the command
