@@ -256,12 +256,12 @@ int cmd_bench(int argc, char **argv)
 			json_object_set_new(r, "cache", json_string(o.buffered ? "writeback" : "none"));
 			json_object_set_new(r, "seconds", json_real(secs));
 			json_object_set_new(r, "iops", json_real(iops));
-			json_object_set_new(r, "mib_per_s", json_real(mibs));
-			json_object_set_new(r, "lat_us_p50", json_real(pct(b.lat_ns, b.done, 50)));
-			json_object_set_new(r, "lat_us_p90", json_real(pct(b.lat_ns, b.done, 90)));
-			json_object_set_new(r, "lat_us_p99", json_real(pct(b.lat_ns, b.done, 99)));
-			json_object_set_new(r, "lat_us_p999", json_real(pct(b.lat_ns, b.done, 99.9)));
-			json_object_set_new(r, "lat_us_max", json_real((double)b.lat_ns[b.done - 1] / 1000.0));
+			json_object_set_new(r, "mib-per-s", json_real(mibs));
+			json_object_set_new(r, "lat-us-p50", json_real(pct(b.lat_ns, b.done, 50)));
+			json_object_set_new(r, "lat-us-p90", json_real(pct(b.lat_ns, b.done, 90)));
+			json_object_set_new(r, "lat-us-p99", json_real(pct(b.lat_ns, b.done, 99)));
+			json_object_set_new(r, "lat-us-p999", json_real(pct(b.lat_ns, b.done, 99.9)));
+			json_object_set_new(r, "lat-us-max", json_real((double)b.lat_ns[b.done - 1] / 1000.0));
 			json_object_set_new(r, "errors", json_integer((json_int_t)b.errors));
 			json_dumpf(r, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 			printf("\n");

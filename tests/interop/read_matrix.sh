@@ -594,6 +594,9 @@ keys = ["corruptions", "leaks", "check-errors", "allocated-clusters",
         "total-clusters"]
 bad = [f"{k}: ours {ours.get(k, 0)}, qemu-img {ref.get(k, 0)}"
        for k in keys if ours.get(k, 0) != ref.get(k, 0)]
+# qemu-img's JSON shape: each of its keys, with its value, in ours
+bad += [f"{k}: qemu-img {v!r}, ours {ours.get(k, '(missing)')!r}"
+        for k, v in ref.items() if k != "filename" and ours.get(k) != v]
 if bad:
     print("\n".join(bad))
     sys.exit(1)
