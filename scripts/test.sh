@@ -3,17 +3,20 @@
 #
 #   ./scripts/test.sh           install missing Debian packages, build
 #                               build-test (debugoptimized) and build-asan
-#                               (ASan + UBSan), run every suite in both
+#                               (ASan + UBSan), run every suite in both; then
+#                               build-fuzz (clang, libFuzzer, ASan + UBSan)
+#                               runs the fuzz targets over their seeds and a
+#                               bounded number of mutations (suite fuzz only)
 #   ./scripts/test.sh --quick   build-test only
 #
-# The last line of output is always "N passed, N failed, N skipped" (both
+# The last line of output is always "N passed, N failed, N skipped" (all
 # builds summed; FAIL, TIMEOUT, ERROR and UNEXPECTEDPASS count as failed, and
 # so does a build that fails to configure or compile, or a meson test run that
 # produces no results). The exit status is 0 only if nothing failed.
 set -uo pipefail
 
 usage() {
-	sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 quick=0
@@ -49,26 +52,45 @@ if ! ensure_deps; then
 fi
 
 builds=(build-test)
-((quick)) || builds+=(build-asan)
+((quick)) || builds+=(build-asan build-fuzz)
 
 setup_args() {
 	case $1 in
 	build-test) echo "--buildtype=debugoptimized -Dwerror=true" ;;
 	build-asan) echo "-Db_sanitize=address,undefined -Db_lundef=false --buildtype=debug -Dwerror=true" ;;
+	# -Dfuzz=true adds -fsanitize=fuzzer-no-link,address,undefined itself.
+	build-fuzz) echo "-Dfuzz=true --buildtype=debugoptimized -Dwerror=true" ;;
 	esac
+}
+
+# What ninja builds: everything, except in build-fuzz (its only suite is
+# fuzz): the fuzz targets and what they link.
+build_targets() {
+	[[ $1 == build-fuzz ]] && tests/fuzz/run.sh --list | sed 's|^|tests/fuzz/fuzz-|'
+	return 0
+}
+
+# build-fuzz is a clang build (CC matters to its first configure only).
+configure() {
+	# shellcheck disable=SC2046
+	if [[ $1 == build-fuzz ]]; then
+		CC=clang meson_setup "$1" $(setup_args "$1")
+	else
+		meson_setup "$1" $(setup_args "$1")
+	fi
 }
 
 ran_builds=()
 for b in "${builds[@]}"; do
 	section "configure $b"
-	# shellcheck disable=SC2046
-	if ! meson_setup "$b" $(setup_args "$b"); then
+	if ! configure "$b"; then
 		extra_failures=$((extra_failures + 1))
 		extra_notes+=("$b: meson setup failed")
 		continue
 	fi
 	section "build $b"
-	if ! ninja -C "$b" -j2; then
+	# shellcheck disable=SC2046
+	if ! ninja -C "$b" -j2 $(build_targets "$b"); then
 		extra_failures=$((extra_failures + 1))
 		extra_notes+=("$b: build failed")
 		continue
@@ -85,6 +107,10 @@ for b in "${ran_builds[@]}"; do
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1:print_summary=1 \
 			UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1:print_summary=1 \
 			meson test -C "$b" --print-errorlogs --num-processes 2
+	elif [[ $b == build-fuzz ]]; then
+		# Only the fuzz suite (tests/fuzz/run.sh --test: the seeds, then
+		# bounded mutations); built above, so no rebuild of the rest.
+		meson test -C "$b" --suite fuzz --no-rebuild --print-errorlogs --num-processes 2
 	else
 		meson test -C "$b" --print-errorlogs --num-processes 2
 	fi
