@@ -359,10 +359,7 @@ static int prealloc_data(const struct qcow2_create_opts *o, int fd,
 int qcow2_create(const char *path, const struct qcow2_create_opts *opts,
 		 struct qcow2_error *err)
 {
-	uint32_t version = opts->version ? opts->version : 3;
-	uint32_t cs = opts->cluster_size ? opts->cluster_size : 65536;
-	uint32_t rb = opts->refcount_bits ? opts->refcount_bits : 16;
-	uint32_t order;
+	uint32_t version, cs, rb, order;
 	struct layout l;
 	uint8_t *buf = NULL, *zeros = NULL;
 	uint64_t *rt = NULL;
@@ -372,6 +369,9 @@ int qcow2_create(const char *path, const struct qcow2_create_opts *opts,
 
 	if (!path || !opts)
 		return -EINVAL;
+	version = opts->version ? opts->version : 3;
+	cs = opts->cluster_size ? opts->cluster_size : 65536;
+	rb = opts->refcount_bits ? opts->refcount_bits : 16;
 	ret = check_opts(opts, version, cs, rb, err);
 	if (ret < 0)
 		return ret;

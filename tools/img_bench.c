@@ -203,9 +203,19 @@ int cmd_bench(int argc, char **argv)
 	}
 	b.lat_ns = calloc(b.count, sizeof(*b.lat_ns));
 	reqs = calloc(depth, sizeof(*reqs));
-	if (!b.lat_ns || !reqs) {
+	for (uint64_t i = 0; reqs && i < depth; i++) {
+		reqs[i].b = &b;
+		if (posix_memalign(&reqs[i].buf, in.mem_align > 4096 ? in.mem_align : 4096,
+				   b.size)) {
+			reqs[i].buf = NULL;
+			break;
+		}
+		memset(reqs[i].buf, 0xa5 ^ (int)i, b.size);
+	}
+	if (!b.lat_ns || !reqs || !reqs[depth - 1].buf) {
 		fprintf(stderr, "%s: out of memory\n", cli_prog);
-		return 1;
+		status = 1;
+		goto out;
 	}
 	if (!json)
 		printf("Sending %" PRIu64 " %s requests, %" PRIu64 " bytes each, %" PRIu64
@@ -215,16 +225,8 @@ int cmd_bench(int argc, char **argv)
 		       o.backend == QCOW2_BACKEND_SYNC ? "sync" : "io_uring",
 		       o.buffered ? "writeback" : "none");
 	t0 = now_ns();
-	for (uint64_t i = 0; i < depth && b.issued < b.count; i++) {
-		reqs[i].b = &b;
-		if (posix_memalign(&reqs[i].buf, in.mem_align > 4096 ? in.mem_align : 4096,
-				   b.size)) {
-			fprintf(stderr, "%s: out of memory\n", cli_prog);
-			return 1;
-		}
-		memset(reqs[i].buf, 0xa5 ^ (int)i, b.size);
+	for (uint64_t i = 0; i < depth && b.issued < b.count; i++)
 		bench_issue(&reqs[i]);
-	}
 	while (b.done < b.count) {
 		if (qcow2_ctx_process(ctx, true) < 0) {
 			fprintf(stderr, "%s: IO backend failure\n", cli_prog);
@@ -241,7 +243,7 @@ int cmd_bench(int argc, char **argv)
 		status = 1;
 	}
 	qsort(b.lat_ns, b.done, sizeof(*b.lat_ns), cmp_u64);
-	{
+	if (b.done) {
 		double secs = (double)elapsed / 1e9;
 		double iops = (double)b.done / secs;
 		double mibs = iops * (double)b.size / (1 << 20);
@@ -275,7 +277,8 @@ int cmd_bench(int argc, char **argv)
 			       (double)b.lat_ns[b.done - 1] / 1000.0);
 		}
 	}
-	for (uint64_t i = 0; i < depth; i++)
+out:
+	for (uint64_t i = 0; reqs && i < depth; i++)
 		free(reqs[i].buf);
 	free(reqs);
 	free(b.lat_ns);

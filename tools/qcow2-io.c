@@ -322,14 +322,26 @@ int main(int argc, char **argv)
 		while (fgets(buf, sizeof(buf), stdin)) {
 			size_t l = strlen(buf);
 			if (len + l + 1 > cap) {
+				char *more;
 				cap = (len + l + 1) * 2;
-				lines = realloc(lines, cap);
+				more = realloc(lines, cap);
+				if (!more) {
+					fprintf(stderr, "qcow2-io: out of memory\n");
+					status = 1;
+					goto out;
+				}
+				lines = more;
 			}
 			memcpy(lines + len, buf, l + 1);
 			len += l + 1;
 			nstdin++;
 		}
 		stdin_cmds = calloc((size_t)nstdin + 1, sizeof(*stdin_cmds));
+		if (!stdin_cmds) {
+			fprintf(stderr, "qcow2-io: out of memory\n");
+			status = 1;
+			goto out;
+		}
 		for (int i = 0, pos = 0; i < nstdin; i++) {
 			stdin_cmds[i] = lines + pos;
 			rw |= mutates(stdin_cmds[i]);
