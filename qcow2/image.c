@@ -577,36 +577,45 @@ static bool frees_pending(const struct qcow2_image *img)
  * refcount slices loaded, and they dirty refcount blocks again: run them to
  * completion, then flush again, until nothing is left (a few rounds).
  */
-static void close_flush(struct qcow2_image *img)
+static int close_flush(struct qcow2_image *img)
 {
 	cluster_alloc_bytes_release(img);
 	for (int round = 0; round < 8; round++) {
 		struct close_wait w = { false, 0 };
+		int ret;
 
 		if (round > 0 && !qcow2_has_dirty_metadata(img) &&
 		    !img->data_unsynced && !frees_pending(img))
 			break;
-		if (writeback_start(img, QCOW2_FLUSH_CLOSE, close_cb, &w) < 0)
-			break;
+		ret = writeback_start(img, QCOW2_FLUSH_CLOSE, close_cb, &w);
+		if (ret < 0)
+			return ret;
 		while (!w.done && qcow2_ctx_inflight(img->ctx) > 0)
-			if (qcow2_ctx_process(img->ctx, true) < 0)
-				break;
-		if (!w.done || w.ret < 0)
-			break;
+			if ((ret = qcow2_ctx_process(img->ctx, true)) < 0)
+				return ret;
+		if (!w.done)
+			return -EIO;
+		if (w.ret < 0)
+			return w.ret;
 		/* Let the released decrements finish their slice loads. */
 		while (img->frees_ready_pos < img->frees_ready_len &&
 		       qcow2_ctx_inflight(img->ctx) > 0)
-			if (qcow2_ctx_process(img->ctx, true) < 0)
-				return;
+			if ((ret = qcow2_ctx_process(img->ctx, true)) < 0)
+				return ret;
 	}
+	/* Decrements that could not be made (metadata frozen by an error)
+	 * leave leaks at worst: not an error of the close. */
+	return 0;
 }
 
-void qcow2_close(struct qcow2_image *img)
+int qcow2_close(struct qcow2_image *img)
 {
+	int ret = 0;
+
 	if (!img)
-		return;
+		return 0;
 	if (img->wb) {
-		close_flush(img);
+		ret = close_flush(img);
 		while (img->punches_inflight && qcow2_ctx_inflight(img->ctx) > 0)
 			if (qcow2_ctx_process(img->ctx, true) < 0)
 				break;
@@ -632,6 +641,7 @@ void qcow2_close(struct qcow2_image *img)
 	free(img->backing_path);
 	free(img->filename);
 	free(img);
+	return ret;
 }
 
 struct qcow2_image *qcow2_backing(const struct qcow2_image *img)

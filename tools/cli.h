@@ -47,7 +47,9 @@ int cli_open_as_is(const struct cli_open *o, const char *path,
 int cli_open_quiet(const struct cli_open *o, const char *path,
 		   struct qcow2_ctx **ctx, struct qcow2_image **img,
 		   struct qcow2_error *err);
-void cli_close_image(struct qcow2_ctx *ctx, struct qcow2_image *img);
+/* Close (flushing a read-write image) and free the context; a failed final
+ * flush is reported ("prog: path: ...") and returned. */
+int cli_close_image(struct qcow2_ctx *ctx, struct qcow2_image *img);
 /* A progress line on stderr when it is a terminal (or forced): "    (42.00/100%)". */
 void cli_progress(bool enabled, uint64_t done, uint64_t total);
 

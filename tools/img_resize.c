@@ -88,7 +88,8 @@ int cmd_resize(int argc, char **argv)
 		cli_close_image(ctx, img);
 		return 1;
 	}
-	cli_close_image(ctx, img);
+	if (cli_close_image(ctx, img) < 0)
+		return 1;
 	if (!quiet)
 		printf("Image resized.\n");
 	return 0;

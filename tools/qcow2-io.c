@@ -371,7 +371,8 @@ int main(int argc, char **argv)
 		if (r)
 			status = 1;
 	}
-	cli_close_image(st.ctx, st.img);
+	if (cli_close_image(st.ctx, st.img) < 0 && status == 0)
+		status = 1;
 out:
 	free(stdin_cmds);
 	free(lines);

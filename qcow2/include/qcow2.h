@@ -146,8 +146,12 @@ struct qcow2_error {
 int qcow2_open(struct qcow2_ctx *ctx, const char *path,
 	       const struct qcow2_open_opts *opts, struct qcow2_image **out,
 	       struct qcow2_error *err);
-/* No request may be in flight on the image (or on its backing chain). */
-void qcow2_close(struct qcow2_image *img);
+/* No request may be in flight on the image (or on its backing chain).
+ * A read-write image is flushed first: returns 0, or the error of that
+ * final flush (what was written since the last successful flush may then
+ * be lost; the image is consistent, with leaks at worst). The image is
+ * freed either way. */
+int qcow2_close(struct qcow2_image *img);
 
 /* Message describing the last failed request of this image ("" if none). */
 const char *qcow2_last_error(const struct qcow2_image *img);

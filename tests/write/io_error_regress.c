@@ -28,6 +28,8 @@
  *                    successful flush, the log ends with an fdatasync.
  *   short-reads      a read that the file returns in odd-sized pieces (as
  *                    FUSE or NFS may) is resumed, not zero-filled.
+ *   close-reports    qcow2_close() returns the error of its final flush;
+ *                    when it returns 0, the data is durable.
  *   uring-4g         a single-segment read of more than 4 GiB (a raw
  *                    file) on io_uring reads the file, not zeros.
  *
@@ -590,6 +592,46 @@ static void case_uring_4g(void)
 	unlink(path);
 }
 
+/* qcow2_close() flushes: a failure of that flush must be returned, and a
+ * close that returns 0 must leave the data durable. */
+static void case_close_reports(void)
+{
+	struct qcow2_create_opts co = { .size = 16 << 20 };
+	uint64_t n;
+	int reported = 0;
+
+	open_flags = QCOW2_OPEN_RDWR;
+	for (n = 2; n < 40; n++) {
+		struct qcow2_fault_opts fo = { .log_fd = -1, .fail_at = n,
+					       .fail_errno = EIO, .fail_persist = true,
+					       .fail_ops = QCOW2_FAULT_WRITE |
+							   QCOW2_FAULT_FSYNC };
+		struct written w[2];
+		struct handle h;
+		int nw = 0, ret;
+
+		if (create("t.qcow2", &co) < 0 || hopen(&h, "t.qcow2", &fo) < 0) {
+			FAIL("close-reports: cannot create or open the image");
+			return;
+		}
+		write_ack(&h, w, &nw, 0, 65536, 5);
+		ret = qcow2_close(h.img);
+		qcow2_ctx_free(h.ctx);
+		if (ret < 0)
+			reported++;
+		else if (nw && !holds("t.qcow2", 0, 65536, 5))
+			FAIL("close-reports: EIO from operation %llu on: qcow2_close() "
+			     "returned 0, and the acknowledged write is lost",
+			     (unsigned long long)n);
+		if (ret == 0 && nw)
+			break; /* the close's writes were all before N */
+	}
+	if (!reported)
+		FAIL("close-reports: no failed final flush was reported");
+	printf("close-reports: %llu runs, %d failed closes reported\n",
+	       (unsigned long long)n - 1, reported);
+}
+
 static bool in_call;
 
 static void inline_cb(void *opaque, int result)
@@ -702,6 +744,7 @@ int main(int argc, char **argv)
 		{ "sync-lost", case_sync_lost },
 		{ "short-reads", case_short_reads },
 		{ "uring-4g", case_uring_4g },
+		{ "close-reports", case_close_reports },
 	};
 
 	if (argc == 2 && !strcmp(argv[1], "--list")) {
