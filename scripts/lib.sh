@@ -5,7 +5,7 @@
 QCOW2D_DEB_PACKAGES=(
 	libuv1-dev liburing-dev libjansson-dev libcmocka-dev
 	meson ninja-build zlib1g-dev libzstd-dev pkg-config
-	qemu-utils qemu-system-common fio gcc python3
+	qemu-utils qemu-system-common fio gcc g++ python3
 	clang libclang-rt-14-dev cppcheck
 )
 

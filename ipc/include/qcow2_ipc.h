@@ -18,6 +18,10 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define QCOW2_IPC_VERSION 1u            /* the only protocol version so far */
 
 #define QCOW2_IPC_REGION_MAGIC 0x51324951u   /* "QI2Q" little endian: queue region */
@@ -364,5 +368,9 @@ void qcow2_ipc_server_get_stats(const struct qcow2_ipc_server *s,
  * fills req (its iov must hold max_segs). Exposed for tests; used by take. */
 int qcow2_ipc_server_validate(struct qcow2_ipc_server *s, const struct qcow2_ipc_sqe *sqe,
 			      struct qcow2_ipc_server_req *req);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

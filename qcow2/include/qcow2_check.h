@@ -13,6 +13,10 @@
 
 #include "qcow2.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum qcow2_check_repair {
 	QCOW2_CHECK_NO_REPAIR = 0,
 	QCOW2_CHECK_REPAIR_LEAKS,  /* free leaked clusters */
@@ -108,5 +112,9 @@ struct qcow2_check_opts {
  */
 int qcow2_check(const char *path, const struct qcow2_check_opts *opts,
 		struct qcow2_check_result *res, struct qcow2_error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -14,6 +14,10 @@
 
 #include "qcow2.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct qcow2_feature_name {
 	uint8_t type; /* 0 incompatible, 1 compatible, 2 autoclear */
 	uint8_t bit;
@@ -163,5 +167,9 @@ struct qcow2_bitmap_entry {
 int qcow2_meta_bitmaps(struct qcow2_meta *m, struct qcow2_bitmap_entry **out,
 		       uint32_t *n);
 void qcow2_meta_free_bitmaps(struct qcow2_bitmap_entry *b, uint32_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
