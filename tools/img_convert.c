@@ -1,8 +1,22 @@
 /* SPDX-License-Identifier: MIT OR Apache-2.0 */
 /*
- * qcow2-img convert: stream an image through the async engine into a raw
- * file, or into a new qcow2 image (optionally compressed: clusters are
- * compressed on worker threads, off the IO loop, and written as they come).
+ * qcow2-img convert: copy an image's guest contents into a new raw file or
+ * a new qcow2 image (optionally compressed).
+ *
+ * What is read: a planner walks the source's block status through the
+ * whole backing chain (a range is left out when it reads as zeros all the
+ * way down: zero clusters, holes, unallocated in every image, past the end
+ * of a shorter backing file) and hands out requests of up to 2 MiB of
+ * what may hold data. What is written: each request's data less its
+ * all-zero blocks (-S, 4 KiB by default, as qemu-img), so the output is a
+ * sparse file or an image whose zero clusters stay unallocated.
+ *
+ * Raw output: -j threads, each with its own IO context and its own handle
+ * on the source (reads, decompression and the copy into the output run on
+ * every core), write the output file with pwrite. qcow2 output: one thread
+ * drives the source and the new image on one context and issues the writes
+ * in guest order (so clusters are allocated in order, as qemu-img does
+ * without -W); with -c, clusters are compressed on -j worker threads.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,19 +32,615 @@
 #include "commands.h"
 #include "create_opts.h"
 
-#define CONVERT_SLOTS 16
-#define CONVERT_CHUNK (1u << 20)
+#define CONVERT_CHUNK (2u << 20)   /* bytes per request, as qemu-img */
+#define CONVERT_INFLIGHT 8         /* requests in flight (-m), as qemu-img */
+#define CONVERT_MAX_INFLIGHT 64
+#define CONVERT_MAX_THREADS 64
+#define CONVERT_SPARSE 4096        /* -S default, as qemu-img */
+#define RAW_DIRECT_ALIGN 4096      /* O_DIRECT output: offsets and lengths */
 
-enum slot_state { SLOT_FREE, SLOT_READING, SLOT_COMPRESSING, SLOT_WRITING };
+enum target_cache { CACHE_UNSAFE, CACHE_WRITEBACK, CACHE_NONE };
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+static uint64_t align_down_u64(uint64_t v, uint64_t a)
+{
+	return v / a * a;
+}
+
+/* Are len bytes at p (8-byte aligned) all zero? Data usually differs in its
+ * first word; zeros are scanned 64 bytes a step. */
+static bool buf_is_zero(const uint8_t *p, uint64_t len)
+{
+	const uint64_t *w = (const uint64_t *)(const void *)p;
+	uint64_t n = len / 8, i = 0;
+
+	if (n && (w[0] | w[n - 1]))
+		return false;
+	for (; i + 8 <= n; i += 8)
+		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] |
+		    w[i + 6] | w[i + 7])
+			return false;
+	for (; i < n; i++)
+		if (w[i])
+			return false;
+	for (i = n * 8; i < len; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+/*
+ * The next range to write of a buffer holding guest [off, off + len), from
+ * *pos on: runs of all-zero units (unit-aligned in guest offsets, the
+ * buffer's ends cut them) at least sparse bytes long are left out; shorter
+ * ones are written with the data around them. sparse 0 writes everything.
+ * Returns false when nothing is left; else [*rs, *re) and *pos moved on.
+ */
+static bool next_run(const uint8_t *buf, uint64_t off, uint64_t len,
+		     uint64_t unit, uint64_t sparse, uint64_t *pos,
+		     uint64_t *rs, uint64_t *re)
+{
+	const uint64_t none = UINT64_MAX, end = off + len;
+	uint64_t p = *pos, start = none, zstart = none;
+
+	if (p >= end)
+		return false;
+	if (!sparse) {
+		*rs = p;
+		*re = end;
+		*pos = end;
+		return true;
+	}
+	while (p < end) {
+		uint64_t q = min_u64(align_down_u64(p, unit) + unit, end);
+
+		if (buf_is_zero(buf + (p - off), q - p)) {
+			if (zstart == none)
+				zstart = p;
+		} else {
+			if (zstart != none) {
+				if (p - zstart >= sparse && start != none) {
+					/* a hole ends the run */
+					*rs = start;
+					*re = zstart;
+					*pos = p;
+					return true;
+				}
+				if (p - zstart < sparse && start == none)
+					start = zstart; /* too short to leave out */
+				zstart = none;
+			}
+			if (start == none)
+				start = p;
+		}
+		p = q;
+	}
+	*pos = end;
+	if (zstart != none && end - zstart < sparse) {
+		if (start == none)
+			start = zstart;
+		zstart = none;
+	}
+	if (start == none)
+		return false;
+	*rs = start;
+	*re = zstart != none ? zstart : end;
+	return true;
+}
+
+/* ---- the plan: what to read, from block status ---------------------------- */
+
+/*
+ * How guest [off, off + len) of img reads through its backing chain, from
+ * off: *n bytes (0 < *n <= len) that are all zeros (*zero) or may hold
+ * data. On failure, *where is the image whose block status failed.
+ */
+static int chain_status(struct qcow2_image *img, uint64_t off, uint64_t len,
+			uint64_t *n, bool *zero, struct qcow2_image **where)
+{
+	for (;;) {
+		struct qcow2_info info;
+		struct qcow2_extent e;
+		struct qcow2_image *b;
+		int ret;
+
+		qcow2_get_info(img, &info);
+		if (off >= info.virtual_size) {
+			/* past the end of a shorter backing file */
+			*n = len;
+			*zero = true;
+			return 0;
+		}
+		ret = qcow2_block_status(img, off, len, &e);
+		if (ret < 0) {
+			*where = img;
+			return ret;
+		}
+		if (!e.length || e.length > len)
+			e.length = len;
+		*n = e.length;
+		switch (e.type) {
+		case QCOW2_EXTENT_DATA:
+			/* a hole in the image's own file reads zeros */
+			*zero = e.hole;
+			return 0;
+		case QCOW2_EXTENT_COMPRESSED:
+			*zero = false;
+			return 0;
+		case QCOW2_EXTENT_ZERO:
+			*zero = true;
+			return 0;
+		case QCOW2_EXTENT_UNALLOCATED:
+			b = qcow2_backing(img);
+			if (!b) {
+				*zero = true;
+				return 0;
+			}
+			img = b;
+			len = e.length;
+			break;
+		default:
+			*zero = false;
+			return 0;
+		}
+	}
+}
+
+struct plan {
+	pthread_mutex_t lock;
+	const char *src_name;
+	uint64_t size;       /* of the disk */
+	uint64_t pos;        /* everything before it is handed out or skipped */
+	uint64_t align;      /* requests start and end on it (or at size) */
+	uint64_t chunk;      /* requests are at most this long (multiple of align) */
+	bool use_status;     /* false with -S 0: read everything */
+	bool failed;         /* hand out nothing more */
+	uint64_t seq;        /* requests handed out */
+	uint64_t done;       /* bytes finished or skipped, for progress */
+	bool progress;
+};
+
+static void plan_fail(struct plan *p)
+{
+	pthread_mutex_lock(&p->lock);
+	p->failed = true;
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* Bytes finished (written, or found to be zeros). Called with the lock. */
+static void plan_account_locked(struct plan *p, uint64_t n)
+{
+	p->done += n;
+	cli_progress(p->progress, p->done, p->size);
+}
+
+static void plan_account(struct plan *p, uint64_t n)
+{
+	pthread_mutex_lock(&p->lock);
+	plan_account_locked(p, n);
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* With the lock: at the end of a zero run found at pos, how far to skip
+ * (its aligned part; 0 when too short to skip). */
+static uint64_t zero_skip(const struct plan *p, uint64_t pos, uint64_t n)
+{
+	uint64_t end = pos + n;
+
+	if (end >= p->size)
+		return p->size - pos;
+	end = align_down_u64(end, p->align);
+	return end > pos ? end - pos : 0;
+}
+
+/*
+ * Hand out the next request, [*off, *off + *len), reading img (the
+ * caller's handle on the source) for block status. Returns 1 with a
+ * request, 0 when everything is handed out (or after a failure), -errno
+ * (message printed) when block status failed.
+ */
+static int plan_next(struct plan *p, struct qcow2_image *img, uint64_t *off,
+		     uint64_t *len, uint64_t *seq)
+{
+	struct qcow2_image *where = img;
+	uint64_t start, end, n, skip, at;
+	bool zero;
+	int ret = 0;
+
+	pthread_mutex_lock(&p->lock);
+	while (!p->failed && p->pos < p->size) {
+		start = p->pos;
+		if (!p->use_status) {
+			end = min_u64(start + p->chunk, p->size);
+			goto found;
+		}
+		ret = chain_status(img, start, p->size - start, &n, &zero, &where);
+		if (ret < 0)
+			goto fail;
+		if (zero && (skip = zero_skip(p, start, n))) {
+			p->pos += skip;
+			plan_account_locked(p, skip);
+			continue;
+		}
+		/* Data (or zeros too short to skip): read it, with the data
+		 * that follows, up to a chunk. */
+		end = min_u64(p->size, start + (zero ? p->align : n));
+		while (end < p->size && end - start < p->chunk) {
+			if (end % p->align) {
+				end = min_u64(p->size, align_down_u64(end, p->align) +
+								p->align);
+				continue;
+			}
+			ret = chain_status(img, end, p->size - end, &n, &zero, &where);
+			if (ret < 0)
+				goto fail;
+			if (zero && zero_skip(p, end, n))
+				break;
+			end = min_u64(p->size, end + (zero ? p->align : n));
+		}
+		end = min_u64(end, start + p->chunk);
+		goto found;
+	}
+	pthread_mutex_unlock(&p->lock);
+	return 0;
+found:
+	p->pos = end;
+	*off = start;
+	*len = end - start;
+	if (seq)
+		*seq = p->seq;
+	p->seq++;
+	pthread_mutex_unlock(&p->lock);
+	return 1;
+fail:
+	p->failed = true;
+	at = p->pos;
+	pthread_mutex_unlock(&p->lock);
+	{
+		struct qcow2_info info;
+		const char *why = qcow2_last_error(where);
+
+		qcow2_get_info(where, &info);
+		fprintf(stderr, "%s: %s: block status near offset %llu: %s\n", cli_prog,
+			where == img ? p->src_name : info.filename,
+			(unsigned long long)at, why[0] ? why : strerror(-ret));
+	}
+	return ret;
+}
+
+static void report_read_error(struct qcow2_image *img, const char *src,
+			      uint64_t off, int ret)
+{
+	const char *why = qcow2_last_error(img);
+
+	fprintf(stderr, "%s: %s: read error at offset %llu: %s\n", cli_prog, src,
+		(unsigned long long)off, why[0] ? why : strerror(-ret));
+}
+
+static const char *usage_text =
+	"Usage: qcow2-img convert [OPTIONS] -O raw|qcow2 SOURCE OUTPUT\n"
+	"\n"
+	"Read SOURCE (qcow2 with its backing chain, or raw) through the\n"
+	"asynchronous engine and write its guest contents to OUTPUT, created or\n"
+	"replaced: a sparse raw file, or a new qcow2 image made with the -o\n"
+	"options. Ranges that read as zeros through the whole backing chain are\n"
+	"not read (block status), and all-zero runs of data at least -S bytes\n"
+	"long are not written: holes in a raw file, unallocated clusters in a\n"
+	"qcow2 image. With -c, every cluster is compressed (zlib, or zstd with\n"
+	"-o compression_type=zstd) on worker threads; clusters that do not shrink\n"
+	"are stored as they are.\n"
+	"\n"
+	"Options:\n"
+	"  -O raw|qcow2                  output format\n"
+	"  -c, --compress                qcow2 output: compress clusters\n"
+	"  -o OPTIONS                    qcow2 output: creation options (below)\n"
+	"  -S, --sparse SIZE             leave all-zero runs of at least SIZE\n"
+	"                                bytes (a multiple of 512) unwritten\n"
+	"                                (default 4k; 0: write everything, and\n"
+	"                                read zero ranges too)\n"
+	"  -m, --parallel N              requests of up to 2 MiB in flight\n"
+	"                                (default 8, at most 64)\n"
+	"  -j, --threads N               raw output: reading threads; qcow2 output\n"
+	"                                with -c: compression threads (default:\n"
+	"                                CPUs)\n"
+	"  -T, --target-cache unsafe|writeback|none\n"
+	"                                the output's cache: unsafe (default, as\n"
+	"                                qemu-img convert): page cache, raw output\n"
+	"                                not flushed; writeback: page cache, then\n"
+	"                                flushed; none: O_DIRECT, flushed (a qcow2\n"
+	"                                image is always flushed: unsafe is\n"
+	"                                writeback there)\n"
+	"  -W                            qcow2 output: write in any order (default:\n"
+	"                                in guest order)\n"
+	"  -p, --progress                show progress (default when stderr is a\n"
+	"                                terminal)\n"
+	CLI_COMMON_HELP
+	"  -h, --help                    this text (options -i -t -f --l2-* are\n"
+	"                                the source's; convert reads it through\n"
+	"                                the page cache unless -t none)\n"
+	"\n"
+	CREATE_OPTS_HELP
+	"\n"
+	"Exit status: 0 success, 1 error (message on stderr), 2 usage error.\n";
+
+struct conv_opts {
+	uint64_t sparse;
+	unsigned inflight;
+	unsigned threads;
+	enum target_cache cache;
+	bool compress;
+	bool unordered;
+	bool progress;
+};
+
+/* ---- raw output -------------------------------------------------------- */
+
+struct rslot {
+	uint8_t *buf;
+	uint64_t off, len;
+	bool busy, done;
+	int ret;
+};
+
+static void rslot_done(void *opaque, int ret)
+{
+	struct rslot *s = opaque;
+
+	s->done = true;
+	s->ret = ret;
+}
+
+struct raw_conv {
+	struct plan plan;
+	const struct conv_opts *opts;
+	const char *dst_name;
+	int fd;              /* the output */
+	int bfd;             /* with O_DIRECT: a buffered fd for an unaligned tail */
+	uint64_t unit;       /* zero detection */
+};
+
+struct rworker {
+	struct raw_conv *rc;
+	const struct cli_open *o;
+	struct qcow2_ctx *ctx;
+	struct qcow2_image *img;
+	bool own;            /* ctx and img are this worker's (not the caller's) */
+	unsigned nslots;
+	struct rslot slots[CONVERT_MAX_INFLIGHT];
+	pthread_t thread;
+	bool started;
+	int status;
+};
+
+static int pwrite_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t r = pwrite(fd, buf, len, (off_t)off);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -EIO;
+		buf += r;
+		len -= (uint64_t)r;
+		off += (uint64_t)r;
+	}
+	return 0;
+}
+
+static int raw_write(struct raw_conv *rc, const struct rslot *s)
+{
+	uint64_t pos = s->off, rs, re;
+
+	while (next_run(s->buf, s->off, s->len, rc->unit, rc->opts->sparse, &pos,
+			&rs, &re)) {
+		int fd = rc->fd, ret;
+
+		if (rc->bfd >= 0 && (rs % RAW_DIRECT_ALIGN || re % RAW_DIRECT_ALIGN))
+			fd = rc->bfd;
+		ret = pwrite_all(fd, s->buf + (rs - s->off), re - rs, rs);
+		if (ret < 0) {
+			fprintf(stderr, "%s: %s: write error at offset %llu: %s\n",
+				cli_prog, rc->dst_name, (unsigned long long)rs,
+				strerror(-ret));
+			return ret;
+		}
+	}
+	return 0;
+}
+
+/* One thread of a raw conversion: claims requests, reads them through its
+ * own context, writes their data. A worker of its own (not the caller's)
+ * opens the source in its thread: an io_uring context belongs to the
+ * thread that made it. */
+static void *raw_worker(void *arg)
+{
+	struct rworker *w = arg;
+	struct raw_conv *rc = w->rc;
+	unsigned busy = 0;
+	bool more = true;
+
+	if (w->own && cli_open_as_is(w->o, rc->plan.src_name, &w->ctx, &w->img) < 0) {
+		w->ctx = NULL;
+		w->status = 1;
+		plan_fail(&rc->plan);
+		return NULL;
+	}
+	for (unsigned i = 0; i < w->nslots; i++) {
+		if (posix_memalign((void **)&w->slots[i].buf, 4096, CONVERT_CHUNK)) {
+			fprintf(stderr, "%s: out of memory\n", cli_prog);
+			w->status = 1;
+			plan_fail(&rc->plan);
+			more = false;
+			break;
+		}
+	}
+	for (;;) {
+		for (unsigned i = 0; i < w->nslots && more; i++) {
+			struct rslot *s = &w->slots[i];
+			int ret;
+
+			if (s->busy)
+				continue;
+			ret = plan_next(&rc->plan, w->img, &s->off, &s->len, NULL);
+			if (ret <= 0) {
+				more = false;
+				if (ret < 0)
+					w->status = 1;
+				break;
+			}
+			s->busy = true;
+			s->done = false;
+			ret = qcow2_read(w->img, s->off, s->buf, s->len, rslot_done, s);
+			if (ret < 0) {
+				report_read_error(w->img, rc->plan.src_name, s->off, ret);
+				s->busy = false;
+				w->status = 1;
+				plan_fail(&rc->plan);
+				more = false;
+				break;
+			}
+			busy++;
+		}
+		if (!busy)
+			break;
+		if (qcow2_ctx_process(w->ctx, true) < 0) {
+			fprintf(stderr, "%s: IO backend failure\n", cli_prog);
+			w->status = 1;
+			plan_fail(&rc->plan);
+			break;
+		}
+		for (unsigned i = 0; i < w->nslots; i++) {
+			struct rslot *s = &w->slots[i];
+
+			if (!s->busy || !s->done)
+				continue;
+			s->busy = false;
+			busy--;
+			if (s->ret < 0) {
+				report_read_error(w->img, rc->plan.src_name, s->off, s->ret);
+				w->status = 1;
+				plan_fail(&rc->plan);
+				more = false;
+				continue;
+			}
+			if (w->status)
+				continue;
+			if (raw_write(rc, s) < 0) {
+				w->status = 1;
+				plan_fail(&rc->plan);
+				more = false;
+				continue;
+			}
+			plan_account(&rc->plan, s->len);
+		}
+	}
+	qcow2_ctx_run(w->ctx);
+	for (unsigned i = 0; i < w->nslots; i++)
+		free(w->slots[i].buf);
+	if (w->own)
+		cli_close_image(w->ctx, w->img);
+	return NULL;
+}
+
+static int convert_raw(const struct cli_open *o, struct qcow2_ctx *ctx,
+		       struct qcow2_image *img, const char *src, const char *dst,
+		       const struct conv_opts *co)
+{
+	struct qcow2_info in;
+	struct raw_conv rc = { .plan = { .lock = PTHREAD_MUTEX_INITIALIZER },
+			       .opts = co, .dst_name = dst, .bfd = -1 };
+	struct rworker *w;
+	struct cli_open o2 = *o;
+	unsigned nw = co->threads, per;
+	int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, status = 0;
+
+	qcow2_get_info(img, &in);
+	if (co->cache == CACHE_NONE)
+		flags |= O_DIRECT;
+	rc.fd = open(dst, flags, 0644);
+	if (rc.fd < 0 || ftruncate(rc.fd, (off_t)in.virtual_size) < 0 ||
+	    (co->cache == CACHE_NONE &&
+	     (rc.bfd = open(dst, O_WRONLY | O_CLOEXEC)) < 0)) {
+		fprintf(stderr, "%s: %s: %s\n", cli_prog, dst, strerror(errno));
+		if (rc.fd >= 0)
+			close(rc.fd);
+		return 1;
+	}
+	rc.plan.src_name = src;
+	rc.plan.size = in.virtual_size;
+	rc.plan.align = in.block_size > 4096 ? in.block_size : 4096;
+	rc.plan.chunk = CONVERT_CHUNK;
+	rc.plan.use_status = co->sparse != 0;
+	rc.plan.progress = co->progress;
+	rc.unit = co->sparse && co->sparse < 4096 && co->cache != CACHE_NONE ?
+			  co->sparse : 4096;
+
+	/* Threads: each with its own context and handle on the source, so
+	 * that reading, decompressing and copying run on every core. */
+	if (nw > co->inflight)
+		nw = co->inflight;
+	if (nw > in.virtual_size / CONVERT_CHUNK + 1)
+		nw = (unsigned)(in.virtual_size / CONVERT_CHUNK + 1);
+	w = calloc(nw, sizeof(*w));
+	if (!w) {
+		fprintf(stderr, "%s: out of memory\n", cli_prog);
+		close(rc.fd);
+		return 1;
+	}
+	/* the others open the source as this one was opened, unprobed */
+	o2.format_set = true;
+	o2.raw = in.format == QCOW2_FORMAT_RAW;
+	per = (co->inflight + nw - 1) / nw;
+	for (unsigned i = 0; i < nw; i++) {
+		w[i].rc = &rc;
+		w[i].o = &o2;
+		w[i].nslots = per;
+		w[i].own = i > 0;
+		if (i == 0) {
+			w[i].ctx = ctx;
+			w[i].img = img;
+		} else if (pthread_create(&w[i].thread, NULL, raw_worker, &w[i]) == 0) {
+			w[i].started = true;
+		}
+	}
+	raw_worker(&w[0]);
+	for (unsigned i = 0; i < nw; i++) {
+		if (w[i].started)
+			pthread_join(w[i].thread, NULL);
+		if (w[i].status)
+			status = 1;
+	}
+	free(w);
+	if (!status && co->cache != CACHE_UNSAFE && fsync(rc.fd) < 0) {
+		fprintf(stderr, "%s: %s: %s\n", cli_prog, dst, strerror(errno));
+		status = 1;
+	}
+	if (rc.bfd >= 0)
+		close(rc.bfd);
+	if (close(rc.fd) < 0 && !status) {
+		fprintf(stderr, "%s: %s: %s\n", cli_prog, dst, strerror(errno));
+		status = 1;
+	}
+	return status;
+}
+
+/* ---- qcow2 output ---------------------------------------------------------- */
+
+enum slot_state { SLOT_FREE, SLOT_READING, SLOT_COMPRESSING, SLOT_READY,
+		  SLOT_WRITING };
 
 struct slot {
 	uint8_t *buf;
-	uint64_t off;
-	uint64_t len;
-	bool busy;              /* raw output: a read is in flight */
+	uint64_t off, len, seq;
 	bool done;
 	int ret;
-	/* qcow2 output */
 	enum slot_state state;
 	unsigned writes;        /* in flight */
 	uint8_t *cbuf;          /* compressed clusters, one cluster apart */
@@ -39,7 +649,7 @@ struct slot {
 	struct slot *next;      /* pool queues */
 };
 
-static void slot_done(void *opaque, int ret)
+static void qslot_done(void *opaque, int ret)
 {
 	struct slot *s = opaque;
 
@@ -47,141 +657,13 @@ static void slot_done(void *opaque, int ret)
 	s->ret = ret;
 }
 
-static bool all_zero(const uint8_t *p, uint64_t len)
-{
-	const uint64_t *w = (const uint64_t *)p;
-
-	for (uint64_t i = 0; i < len / 8; i++)
-		if (w[i])
-			return false;
-	for (uint64_t i = len / 8 * 8; i < len; i++)
-		if (p[i])
-			return false;
-	return true;
-}
-
-static const char *usage_text =
-	"Usage: qcow2-img convert [OPTIONS] -O raw|qcow2 SOURCE OUTPUT\n"
-	"\n"
-	"Read SOURCE (qcow2 with its backing chain, or raw with -f raw) through\n"
-	"the asynchronous engine and write its guest contents to OUTPUT, created\n"
-	"or replaced: a sparse raw file (ranges that read as zeros are holes), or\n"
-	"a new qcow2 image (clusters that read as zeros stay unallocated) made\n"
-	"with the -o options. With -c, every cluster is compressed (zlib, or\n"
-	"zstd with -o compression_type=zstd) on worker threads; clusters that do\n"
-	"not shrink are stored as they are. Up to 16 chunks of 1 MiB (one\n"
-	"cluster, when larger) are in flight.\n"
-	"\n"
-	"Options:\n"
-	"  -O raw|qcow2                  output format\n"
-	"  -c, --compress                qcow2 output: compress clusters\n"
-	"  -o OPTIONS                    qcow2 output: creation options (below)\n"
-	"  -T, --target-cache none|writeback\n"
-	"                                qcow2 output: O_DIRECT (default) or not\n"
-	"  -j, --threads N               compression threads (default: CPUs)\n"
-	"  -p, --progress                show progress (default when stderr is a\n"
-	"                                terminal)\n"
-	CLI_COMMON_HELP
-	"  -h, --help                    this text (options -i -t -f --l2-* are\n"
-	"                                the source's)\n"
-	"\n"
-	CREATE_OPTS_HELP
-	"\n"
-	"Exit status: 0 success, 1 error (message on stderr), 2 usage error.\n";
-
-/* ---- raw output ---------------------------------------------------------- */
-
-static int convert_raw(struct qcow2_ctx *ctx, struct qcow2_image *img,
-		       const char *src, const char *dst, bool progress)
-{
-	struct qcow2_info in;
-	struct slot slots[CONVERT_SLOTS] = { 0 };
-	uint64_t next = 0, written = 0;
-	int fd, status = 0;
-
-	qcow2_get_info(img, &in);
-	fd = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0 || ftruncate(fd, (off_t)in.virtual_size) < 0) {
-		fprintf(stderr, "%s: %s: %s\n", cli_prog, dst, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return 1;
-	}
-	for (int i = 0; i < CONVERT_SLOTS; i++) {
-		if (posix_memalign((void **)&slots[i].buf, 4096, CONVERT_CHUNK)) {
-			fprintf(stderr, "%s: out of memory\n", cli_prog);
-			status = 1;
-			goto out;
-		}
-	}
-	while (written < in.virtual_size && !status) {
-		for (int i = 0; i < CONVERT_SLOTS && next < in.virtual_size; i++) {
-			struct slot *s = &slots[i];
-			int ret;
-			if (s->busy)
-				continue;
-			s->off = next;
-			s->len = in.virtual_size - next < CONVERT_CHUNK ?
-					 in.virtual_size - next : CONVERT_CHUNK;
-			s->busy = true;
-			s->done = false;
-			ret = qcow2_read(img, s->off, s->buf, s->len, slot_done, s);
-			if (ret < 0) {
-				fprintf(stderr, "%s: %s: read at %llu: %s\n", cli_prog, src,
-					(unsigned long long)s->off, strerror(-ret));
-				s->busy = false;
-				status = 1;
-				break;
-			}
-			next += s->len;
-		}
-		if (qcow2_ctx_process(ctx, true) < 0) {
-			fprintf(stderr, "%s: IO backend failure\n", cli_prog);
-			status = 1;
-		}
-		for (int i = 0; i < CONVERT_SLOTS; i++) {
-			struct slot *s = &slots[i];
-			if (!s->busy || !s->done)
-				continue;
-			s->busy = false;
-			if (s->ret < 0) {
-				const char *why = qcow2_last_error(img);
-				fprintf(stderr, "%s: %s: read error at offset %llu: %s\n",
-					cli_prog, src, (unsigned long long)s->off,
-					why[0] ? why : strerror(-s->ret));
-				status = 1;
-				continue;
-			}
-			if (!all_zero(s->buf, s->len) &&
-			    pwrite(fd, s->buf, s->len, (off_t)s->off) != (ssize_t)s->len) {
-				fprintf(stderr, "%s: %s: write error: %s\n", cli_prog, dst,
-					strerror(errno));
-				status = 1;
-			}
-			written += s->len;
-			cli_progress(progress, written, in.virtual_size);
-		}
-	}
-	qcow2_ctx_run(ctx);
-	if (!status && fsync(fd) < 0) {
-		fprintf(stderr, "%s: %s: %s\n", cli_prog, dst, strerror(errno));
-		status = 1;
-	}
-out:
-	for (int i = 0; i < CONVERT_SLOTS; i++)
-		free(slots[i].buf);
-	close(fd);
-	return status;
-}
-
-/* ---- qcow2 output ---------------------------------------------------------- */
-
 /* Compression workers: slots in, slots out. */
 struct pool {
 	pthread_mutex_t lock;
 	pthread_cond_t work, done_cond;
 	struct slot *todo, *done;
 	bool stop;
+	bool skip_zero;
 	enum qcow2_compression type;
 	uint64_t cluster_size;
 	unsigned busy;          /* slots queued or being compressed */
@@ -206,7 +688,7 @@ static void *pool_worker(void *arg)
 			uint64_t o = i * p->cluster_size;
 			uint64_t n = s->len - o < p->cluster_size ? s->len - o :
 								    p->cluster_size;
-			if (all_zero(s->buf + o, n)) {
+			if (p->skip_zero && buf_is_zero(s->buf + o, n)) {
 				s->cres[i] = 1;
 				continue;
 			}
@@ -226,8 +708,8 @@ static void *pool_worker(void *arg)
 struct qconv {
 	struct qcow2_image *src, *dst;
 	const char *src_name, *dst_name;
-	uint64_t size, chunk, cs, wgran;
-	bool compress;
+	const struct conv_opts *opts;
+	uint64_t cs, unit;
 	int status;
 };
 
@@ -254,12 +736,14 @@ static int issue(struct qconv *c, struct slot *s, int ret, const char *what)
 	return 0;
 }
 
-/* Write a slot's data: runs of non-zero pieces, or compressed clusters. */
+/* Write a slot's data: runs without long zero runs, or compressed clusters. */
 static void write_slot(struct qconv *c, struct slot *s)
 {
+	uint64_t pos = s->off, rs, re;
+
 	s->state = SLOT_WRITING;
 	s->ret = 0;
-	if (c->compress) {
+	if (c->opts->compress) {
 		for (uint64_t i = 0; i * c->cs < s->len && !c->status; i++) {
 			uint64_t o = i * c->cs;
 			uint64_t n = s->len - o < c->cs ? s->len - o : c->cs;
@@ -278,52 +762,41 @@ static void write_slot(struct qconv *c, struct slot *s)
 		}
 		return;
 	}
-	for (uint64_t o = 0; o < s->len && !c->status;) {
-		uint64_t n, run = 0;
-		while (o + run < s->len) {
-			n = s->len - (o + run) < c->wgran ? s->len - (o + run) : c->wgran;
-			if (all_zero(s->buf + o + run, n))
-				break;
-			run += n;
-		}
-		if (run) {
-			issue(c, s, qcow2_write(c->dst, s->off + o, s->buf + o, run,
-						write_done, s), "write");
-			o += run;
-			continue;
-		}
-		o += s->len - o < c->wgran ? s->len - o : c->wgran;
-	}
+	while (!c->status && next_run(s->buf, s->off, s->len, c->unit,
+				      c->opts->sparse, &pos, &rs, &re))
+		issue(c, s, qcow2_write(c->dst, rs, s->buf + (rs - s->off), re - rs,
+					write_done, s), "write");
 }
 
 static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 			 const char *src_name, const char *dst_name,
-			 struct qcow2_create_opts *co, bool compress,
-			 bool buffered, unsigned nthreads, bool progress)
+			 struct qcow2_create_opts *cro, const struct conv_opts *co)
 {
 	struct qcow2_info si, di;
 	struct qcow2_open_opts oo = { .flags = QCOW2_OPEN_RDWR };
 	struct qcow2_error err = { "" };
 	struct qconv c = { .src = src, .src_name = src_name, .dst_name = dst_name,
-			   .compress = compress };
-	struct slot slots[CONVERT_SLOTS] = { 0 };
+			   .opts = co };
+	struct plan plan = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct slot slots[CONVERT_MAX_INFLIGHT] = { 0 };
 	struct pool pool = { .lock = PTHREAD_MUTEX_INITIALIZER,
 			     .work = PTHREAD_COND_INITIALIZER,
 			     .done_cond = PTHREAD_COND_INITIALIZER };
-	pthread_t threads[64];
-	unsigned nstarted = 0;
-	uint64_t next = 0, finished = 0;
+	pthread_t threads[CONVERT_MAX_THREADS];
+	unsigned nstarted = 0, nslots = co->inflight;
+	uint64_t chunk, next_seq = 0;
+	bool more = true;
 	int ret;
 
 	qcow2_get_info(src, &si);
-	co->size = si.virtual_size;
-	ret = qcow2_create(dst_name, co, &err);
+	cro->size = si.virtual_size;
+	ret = qcow2_create(dst_name, cro, &err);
 	if (ret < 0) {
 		fprintf(stderr, "%s: %s: %s\n", cli_prog, dst_name,
 			err.msg[0] ? err.msg : strerror(-ret));
 		return 1;
 	}
-	if (buffered)
+	if (co->cache != CACHE_NONE)
 		oo.flags |= QCOW2_OPEN_BUFFERED;
 	ret = qcow2_open(ctx, dst_name, &oo, &c.dst, &err);
 	if (ret < 0) {
@@ -332,26 +805,45 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 		return 1;
 	}
 	qcow2_get_info(c.dst, &di);
-	c.size = si.virtual_size;
+	/* The engine flushes the image at the end, whatever -T says (it has no
+	 * unsafe mode): through the page cache, its write-out is started as
+	 * the data comes. */
 	c.cs = di.cluster_size;
-	c.wgran = di.cluster_size > di.block_size ? di.cluster_size : di.block_size;
-	c.chunk = CONVERT_CHUNK > c.cs ? CONVERT_CHUNK : c.cs;
+	/* Zeros are looked for in 4 KiB blocks (a partly written cluster
+	 * keeps holes in the file where its zeros are, as with qemu-img);
+	 * requests cover whole clusters, so that two never share one. All
+	 * these sizes are powers of two: the largest is a multiple of the
+	 * others. */
+	c.unit = 4096 > di.block_size ? 4096 : di.block_size;
+	if (co->sparse && co->sparse < c.unit && co->sparse % di.block_size == 0)
+		c.unit = co->sparse;
+	plan.align = c.cs > di.block_size ? c.cs : di.block_size;
+	if (si.block_size > plan.align)
+		plan.align = si.block_size;
+	chunk = CONVERT_CHUNK;
+	plan.chunk = chunk > plan.align ? align_down_u64(chunk, plan.align) : plan.align;
+	plan.src_name = src_name;
+	plan.size = si.virtual_size;
+	plan.use_status = co->sparse != 0;
+	plan.progress = co->progress;
 	pool.type = di.compression_type;
 	pool.cluster_size = c.cs;
-	for (int i = 0; i < CONVERT_SLOTS; i++) {
-		uint64_t n = c.chunk / c.cs + 1;
+	pool.skip_zero = co->sparse != 0;
+	for (unsigned i = 0; i < nslots; i++) {
+		uint64_t n = plan.chunk / c.cs + 1;
 		struct slot *s = &slots[i];
-		if (posix_memalign((void **)&s->buf, 4096, c.chunk) ||
-		    (compress && (posix_memalign((void **)&s->cbuf, 4096, c.chunk) ||
-				  !(s->clen = calloc(n, sizeof(*s->clen))) ||
-				  !(s->cres = calloc(n, sizeof(*s->cres)))))) {
+		if (posix_memalign((void **)&s->buf, 4096, plan.chunk) ||
+		    (co->compress &&
+		     (posix_memalign((void **)&s->cbuf, 4096, plan.chunk) ||
+		      !(s->clen = calloc(n, sizeof(*s->clen))) ||
+		      !(s->cres = calloc(n, sizeof(*s->cres)))))) {
 			fprintf(stderr, "%s: out of memory\n", cli_prog);
 			c.status = 1;
 			goto out;
 		}
 	}
-	if (compress) {
-		for (; nstarted < nthreads && nstarted < 64; nstarted++)
+	if (co->compress) {
+		for (; nstarted < co->threads && nstarted < CONVERT_MAX_THREADS; nstarted++)
 			if (pthread_create(&threads[nstarted], NULL, pool_worker, &pool))
 				break;
 		if (!nstarted) {
@@ -361,26 +853,29 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 		}
 	}
 
-	while (finished < c.size && !c.status) {
-		bool waiting_pool;
+	for (;;) {
+		bool waiting_pool, active = false;
 
-		for (int i = 0; i < CONVERT_SLOTS && next < c.size && !c.status; i++) {
+		for (unsigned i = 0; i < nslots && more && !c.status; i++) {
 			struct slot *s = &slots[i];
 			if (s->state != SLOT_FREE)
 				continue;
-			s->off = next;
-			s->len = c.size - next < c.chunk ? c.size - next : c.chunk;
+			ret = plan_next(&plan, src, &s->off, &s->len, &s->seq);
+			if (ret <= 0) {
+				more = false;
+				if (ret < 0)
+					c.status = 1;
+				break;
+			}
 			s->state = SLOT_READING;
 			s->done = false;
-			ret = qcow2_read(src, s->off, s->buf, s->len, slot_done, s);
+			ret = qcow2_read(src, s->off, s->buf, s->len, qslot_done, s);
 			if (ret < 0) {
-				fprintf(stderr, "%s: %s: read at %llu: %s\n", cli_prog,
-					src_name, (unsigned long long)s->off, strerror(-ret));
+				report_read_error(src, src_name, s->off, ret);
 				s->state = SLOT_FREE;
 				c.status = 1;
 				break;
 			}
-			next += s->len;
 		}
 		/* Compressed slots come back from the workers. */
 		pthread_mutex_lock(&pool.lock);
@@ -388,17 +883,37 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 			struct slot *s = pool.done;
 			pool.done = s->next;
 			pool.busy--;
-			pthread_mutex_unlock(&pool.lock);
-			write_slot(&c, s);
-			pthread_mutex_lock(&pool.lock);
+			s->state = SLOT_READY;
 		}
 		waiting_pool = pool.busy > 0;
 		pthread_mutex_unlock(&pool.lock);
+		/* Writes go out in guest order (clusters are allocated in that
+		 * order), or as they come with -W. */
+		for (bool again = true; again && !c.status;) {
+			again = false;
+			for (unsigned i = 0; i < nslots && !c.status; i++) {
+				struct slot *s = &slots[i];
+				if (s->state != SLOT_READY ||
+				    (!co->unordered && s->seq != next_seq))
+					continue;
+				write_slot(&c, s);
+				if (s->seq == next_seq) {
+					next_seq++;
+					again = true;
+				}
+			}
+		}
+		for (unsigned i = 0; i < nslots; i++)
+			if (slots[i].state != SLOT_FREE)
+				active = true;
+		if (!active && (!more || c.status))
+			break;
 
 		if (qcow2_ctx_inflight(ctx) > 0 || !waiting_pool) {
 			if (qcow2_ctx_process(ctx, !waiting_pool) < 0) {
 				fprintf(stderr, "%s: IO backend failure\n", cli_prog);
 				c.status = 1;
+				break;
 			}
 		}
 		if (waiting_pool && qcow2_ctx_inflight(ctx) == 0) {
@@ -414,19 +929,16 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 				pthread_cond_timedwait(&pool.done_cond, &pool.lock, &ts);
 			pthread_mutex_unlock(&pool.lock);
 		}
-		for (int i = 0; i < CONVERT_SLOTS; i++) {
+		for (unsigned i = 0; i < nslots; i++) {
 			struct slot *s = &slots[i];
 			if (s->state == SLOT_READING && s->done) {
 				if (s->ret < 0) {
-					const char *why = qcow2_last_error(src);
-					fprintf(stderr, "%s: %s: read error at offset %llu: %s\n",
-						cli_prog, src_name, (unsigned long long)s->off,
-						why[0] ? why : strerror(-s->ret));
+					report_read_error(src, src_name, s->off, s->ret);
 					c.status = 1;
 					s->state = SLOT_FREE;
 					continue;
 				}
-				if (compress) {
+				if (co->compress) {
 					s->state = SLOT_COMPRESSING;
 					pthread_mutex_lock(&pool.lock);
 					s->next = pool.todo;
@@ -435,7 +947,7 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 					pthread_cond_signal(&pool.work);
 					pthread_mutex_unlock(&pool.lock);
 				} else {
-					write_slot(&c, s);
+					s->state = SLOT_READY;
 				}
 			}
 			if (s->state == SLOT_WRITING && s->writes == 0) {
@@ -447,9 +959,19 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 					c.status = 1;
 				}
 				s->state = SLOT_FREE;
-				finished += s->len;
-				cli_progress(progress, finished, c.size);
+				plan_account(&plan, s->len);
 			}
+			/* after a failure, slots waiting for their turn are dropped */
+			if (c.status && s->state == SLOT_READY)
+				s->state = SLOT_FREE;
+		}
+		if (c.status) {
+			/* wait for the compression workers to hand back their slots */
+			pthread_mutex_lock(&pool.lock);
+			waiting_pool = pool.busy > 0;
+			pthread_mutex_unlock(&pool.lock);
+			if (!waiting_pool && !qcow2_ctx_inflight(ctx))
+				break;
 		}
 	}
 	qcow2_ctx_run(ctx);
@@ -465,8 +987,13 @@ out:
 	for (unsigned i = 0; i < nstarted; i++)
 		pthread_join(threads[i], NULL);
 	qcow2_ctx_run(ctx);
-	qcow2_close(c.dst);
-	for (int i = 0; i < CONVERT_SLOTS; i++) {
+	ret = qcow2_close(c.dst);
+	if (ret < 0 && !c.status) {
+		fprintf(stderr, "%s: %s: the final flush failed: %s\n", cli_prog,
+			dst_name, strerror(-ret));
+		c.status = 1;
+	}
+	for (unsigned i = 0; i < nslots; i++) {
 		free(slots[i].buf);
 		free(slots[i].cbuf);
 		free(slots[i].clen);
@@ -480,6 +1007,8 @@ static int convert_main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "progress", no_argument, 0, 'p' },
 		{ "compress", no_argument, 0, 'c' },
+		{ "sparse", required_argument, 0, 'S' },
+		{ "parallel", required_argument, 0, 'm' },
 		{ "target-cache", required_argument, 0, 'T' },
 		{ "threads", required_argument, 0, 'j' },
 		{ "help", no_argument, 0, 'h' },
@@ -487,51 +1016,82 @@ static int convert_main(int argc, char **argv)
 		{ 0, 0, 0, 0 },
 	};
 	struct cli_open o = { 0 };
-	struct qcow2_create_opts co = { 0 };
+	struct qcow2_create_opts cro = { 0 };
+	struct conv_opts co = { .sparse = CONVERT_SPARSE,
+				.inflight = CONVERT_INFLIGHT,
+				.cache = CACHE_UNSAFE, .progress = isatty(2) };
 	const char *out_fmt = NULL, *src, *dst;
-	bool progress = isatty(2), compress = false, size_set = false;
-	bool dst_buffered = false, have_opts = false;
-	long nthreads = sysconf(_SC_NPROCESSORS_ONLN);
+	bool size_set = false, have_opts = false, src_cache_set = false;
+	long nthreads = sysconf(_SC_NPROCESSORS_ONLN), v;
 	struct qcow2_ctx *ctx;
 	struct qcow2_image *img;
 	int opt, status;
 
-	while ((opt = getopt_long(argc, argv, "hpcO:o:T:j:i:t:f:U", longopts,
+	while ((opt = getopt_long(argc, argv, "hpcWO:o:S:m:T:j:i:t:f:U", longopts,
 				  NULL)) != -1) {
 		int r = cli_common_opt(&o, opt, optarg);
 		if (r < 0)
 			return 2;
-		if (r)
+		if (r) {
+			if (opt == 't')
+				src_cache_set = true;
 			continue;
+		}
 		switch (opt) {
 		case 'O':
 			out_fmt = optarg;
 			break;
 		case 'c':
-			compress = true;
+			co.compress = true;
 			break;
 		case 'o':
-			if (create_opts_parse(optarg, &co, &size_set) < 0)
+			if (create_opts_parse(optarg, &cro, &size_set) < 0)
 				return 2;
 			have_opts = true;
 			break;
-		case 'T':
-			if (!strcmp(optarg, "writeback")) {
-				dst_buffered = true;
-			} else if (strcmp(optarg, "none")) {
-				fprintf(stderr, "%s: -T: expected none or writeback\n", cli_prog);
+		case 'S':
+			if (cli_parse_size(optarg, &co.sparse) < 0 || co.sparse % 512 ||
+			    co.sparse > CONVERT_CHUNK) {
+				fprintf(stderr, "%s: -S: a multiple of 512 up to 2M "
+					"(0: write everything)\n", cli_prog);
 				return 2;
 			}
 			break;
+		case 'm':
+			v = strtol(optarg, NULL, 10);
+			if (v < 1 || v > CONVERT_MAX_INFLIGHT) {
+				fprintf(stderr, "%s: -m: 1 to %d requests\n", cli_prog,
+					CONVERT_MAX_INFLIGHT);
+				return 2;
+			}
+			co.inflight = (unsigned)v;
+			break;
+		case 'T':
+			if (!strcmp(optarg, "writeback")) {
+				co.cache = CACHE_WRITEBACK;
+			} else if (!strcmp(optarg, "none")) {
+				co.cache = CACHE_NONE;
+			} else if (!strcmp(optarg, "unsafe")) {
+				co.cache = CACHE_UNSAFE;
+			} else {
+				fprintf(stderr, "%s: -T: expected unsafe, writeback or "
+					"none\n", cli_prog);
+				return 2;
+			}
+			break;
+		case 'W':
+			co.unordered = true;
+			break;
 		case 'j':
 			nthreads = strtol(optarg, NULL, 10);
-			if (nthreads < 1 || nthreads > 64) {
-				fprintf(stderr, "%s: -j: 1 to 64 threads\n", cli_prog);
+			if (nthreads < 1 || nthreads > CONVERT_MAX_THREADS) {
+				fprintf(stderr, "%s: -j: 1 to %d threads\n", cli_prog,
+					CONVERT_MAX_THREADS);
 				return 2;
 			}
 			break;
 		case 'p':
-			progress = true;
+			co.progress = true;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);
@@ -550,7 +1110,7 @@ static int convert_main(int argc, char **argv)
 			"(raw or qcow2)\n", cli_prog, out_fmt);
 		return 2;
 	}
-	if (!strcmp(out_fmt, "raw") && (compress || have_opts)) {
+	if (!strcmp(out_fmt, "raw") && (co.compress || have_opts)) {
 		fprintf(stderr, "%s: convert: -c and -o need -O qcow2\n", cli_prog);
 		return 2;
 	}
@@ -559,17 +1119,28 @@ static int convert_main(int argc, char **argv)
 			cli_prog);
 		return 2;
 	}
+	if (cro.backing_file) {
+		/* Ranges that read as zeros are not written: over a backing
+		 * file, they would read its data. */
+		fprintf(stderr, "%s: convert: the output cannot have a backing file "
+			"(no -o backing_file)\n", cli_prog);
+		return 2;
+	}
 	if (nthreads < 1)
 		nthreads = 1;
+	co.threads = (unsigned)nthreads;
+	/* The source through the page cache unless -t says otherwise, as
+	 * qemu-img convert reads it (-T writeback). */
+	if (!src_cache_set)
+		o.buffered = true;
 	src = argv[optind];
 	dst = argv[optind + 1];
 	if (cli_open_image(&o, src, &ctx, &img) < 0)
 		return 1;
 	if (!strcmp(out_fmt, "raw"))
-		status = convert_raw(ctx, img, src, dst, progress);
+		status = convert_raw(&o, ctx, img, src, dst, &co);
 	else
-		status = convert_qcow2(ctx, img, src, dst, &co, compress,
-				       dst_buffered, (unsigned)nthreads, progress);
+		status = convert_qcow2(ctx, img, src, dst, &cro, &co);
 	cli_close_image(ctx, img);
 	return status;
 }
