@@ -238,5 +238,6 @@ for p in "${plan[@]}"; do
 done
 cd /
 rm -rf "$work"
+rmdir "$base" 2>/dev/null || true
 echo "ok: $case_name: $runs runs (M = $m), every read, reopen and crash state as the model allows," \
 	"no corruption, qemu reads what we read"
