@@ -54,8 +54,9 @@
  *
  * The disk size is modelled the same way (a resize is a request on the
  * size; one that failed with the new size installed counts as done). A
- * failed flush promises nothing; qcow2_writeback() promises nothing; the
- * close's own flush is not counted (its outcome is unknown).
+ * failed flush promises nothing; qcow2_writeback() promises nothing;
+ * qcow2_close() returns the result of its final flush and counts as a flush
+ * (when it returns 0, everything acknowledged before it must be durable).
  *
  * Faults (--fail-at N, --fail-errno, --fail-ops r,w,f,a, --fail-persist):
  * the Nth operation of the selected kinds fails (transient), or every one
@@ -140,6 +141,7 @@ static const char *const status_name[] = { "in flight", "ok", "failed" };
 struct rec {
 	uint8_t kind, status;
 	bool prefill;
+	bool close;              /* K_FLUSH: qcow2_close()'s flush */
 	unsigned flags;
 	int ret;
 	uint64_t off, len;       /* K_TRUNCATE: off = old size, len = new size */
@@ -459,6 +461,9 @@ static int rec_desc(uint32_t id, char *out, size_t n)
 
 	if (!id)
 		return snprintf(out, n, "zeros (initial)");
+	if (r->close)
+		return snprintf(out, n, "close #%u (%s%s%s)", id, status_name[r->status],
+				r->ret ? ": " : "", r->ret ? strerror(-r->ret) : "");
 	if (r->kind == K_TRUNCATE)
 		return snprintf(out, n, "resize #%u %" PRIu64 " -> %" PRIu64 " (%s%s%s)",
 				id, r->off, r->len, status_name[r->status],
@@ -479,8 +484,8 @@ static void print_flushes(void)
 		const struct rec *r = &g.recs[id];
 		if (r->kind != K_FLUSH)
 			continue;
-		fprintf(stderr, " #%u %s (log %" PRIu64 "..%" PRIu64 ")", id,
-			status_name[r->status], r->issue_log,
+		fprintf(stderr, " %s#%u %s (log %" PRIu64 "..%" PRIu64 ")",
+			r->close ? "close " : "", id, status_name[r->status], r->issue_log,
 			r->done_log == UINT64_MAX ? 0 : r->done_log);
 		shown++;
 	}
@@ -1137,7 +1142,9 @@ static void prefill(void)
 		ret = qcow2_fsync(img);
 		if (ret < 0)
 			die("prefill: flush failed: %s", strerror(-ret));
-		qcow2_close(img);
+		ret = qcow2_close(img);
+		if (ret < 0)
+			die("prefill: close failed: %s", strerror(-ret));
 		qcow2_ctx_free(g.ctx);
 		g.ctx = NULL;
 		f = fopen(path, "w");
@@ -1422,8 +1429,11 @@ static void judge_state(uint64_t cut, const char *variant, uint64_t kept,
 				     "(refcount rebuild): %s", v.what, err.msg);
 				goto out;
 			}
-			qcow2_close(img);
+			ret = qcow2_close(img);
 			qcow2_ctx_free(ctx);
+			if (ret < 0)
+				fail("%s: closing it after the refcount rebuild fails: %s",
+				     v.what, strerror(-ret));
 		}
 		char out[4200];
 		snprintf(out, sizeof(out), "%s.out", g.path_check);
@@ -1533,6 +1543,26 @@ static void crash_replay(void)
 	       ncuts, lg.n);
 }
 
+/* qcow2_close() flushes and returns that flush's result: when it succeeds,
+ * it settles everything acknowledged before, as a client flush does. It is
+ * modelled as one (a "close" record), and crash points fall in it too. */
+static void close_image(void)
+{
+	struct slot sl = { 0 };
+	uint32_t id;
+	int ret;
+
+	id = new_rec(K_FLUSH, 0, 0, 0);
+	g.recs[id].close = true;
+	trace_issue(id);
+	ret = qcow2_close(g.img);
+	g.img = NULL;
+	sl.busy = true;
+	sl.id = id;
+	sl.ret = ret;
+	finish(&sl);
+}
+
 /* The workload on the open image, the final flush and read-back, close. */
 static void run_workload(uint64_t ops)
 {
@@ -1587,8 +1617,7 @@ static void run_workload(uint64_t ops)
 	       st.read_errors, st.flush.errors, st.flush.flushes[QCOW2_FLUSH_EVICTION],
 	       st.flush.l2_slices, st.flush.refblock_slices, st.flush.l1_writes,
 	       st.flush.reftable_writes, st.flush.header_writes);
-	qcow2_close(g.img);
-	g.img = NULL;
+	close_image();
 }
 
 /* A write record that carries none of our sectors: a table, the header, a
@@ -1939,8 +1968,10 @@ int main(int argc, char **argv)
 			     strerror(-ret));
 		} else {
 			judge_image(img, &v, g.path_raw, false);
-			qcow2_close(img);
+			ret = qcow2_close(img);
 			qcow2_ctx_free(ctx);
+			if (ret < 0)
+				fail("%s: closing it fails: %s", v.what, strerror(-ret));
 		}
 	}
 	if (g.cuts > 0)
