@@ -403,7 +403,8 @@ struct view {
 	uint64_t ack_seq;   /* requests acknowledged before: settled */
 	uint64_t issue_seq; /* only requests issued before */
 	uint64_t issue_log; /* ... with fewer log bytes then (crash cuts) */
-	uint32_t flush_id;  /* the flush that settles (0: the prefill) */
+	uint32_t flush_id;  /* the flush that settles (0: the prefill;
+			     * UINT32_MAX: reads in this session) */
 };
 
 static bool visible(const struct rec *r, const struct view *v)
@@ -512,7 +513,15 @@ static void explain(uint64_t s, const struct view *v, const uint8_t *got)
 			fprintf(stderr, "; %s", rd);
 		}
 	fputc('\n', stderr);
-	fprintf(stderr, "  settled by flush #%u; history of the sector:\n", v->flush_id);
+	if (v->flush_id == UINT32_MAX)
+		fprintf(stderr, "  (in this session: settled by the last request that "
+			"succeeded); history of the sector:\n");
+	else if (v->flush_id)
+		fprintf(stderr, "  settled by flush #%u; history of the sector:\n",
+			v->flush_id);
+	else
+		fprintf(stderr, "  settled by the prefill (no successful flush "
+			"before); history of the sector:\n");
 	for (uint32_t i = h->n > 12 ? h->n - 12 : 0; i < h->n; i++) {
 		const struct rec *r = &g.recs[h->ids[i]];
 		rec_desc(h->ids[i], rd, sizeof(rd));
@@ -624,7 +633,7 @@ static void verify_read(struct slot *sl, struct rec *r)
 	v.ack_seq = r->done_seq;
 	v.issue_seq = r->done_seq;
 	v.issue_log = UINT64_MAX;
-	v.flush_id = 0;
+	v.flush_id = UINT32_MAX; /* in session */
 	judge(&v, r->off, sl->buf, r->len);
 }
 
@@ -988,7 +997,9 @@ static uint64_t judge_image(struct qcow2_image *img, const struct view *v,
 	qcow2_get_info(img, &info);
 	if (!size_legal(info.virtual_size, v, allowed, sizeof(allowed))) {
 		fail("%s: the disk has %" PRIu64 " bytes; allowed: %s (settled by "
-		     "flush #%u)", v->what, info.virtual_size, allowed, v->flush_id);
+		     "%s #%u)", v->what, info.virtual_size, allowed,
+		     v->flush_id == UINT32_MAX ? "this session" : "flush",
+		     v->flush_id == UINT32_MAX ? 0 : v->flush_id);
 		if (g.reports <= MAX_REPORTS) {
 			for (uint32_t i = 0; i < g.size_hist.n; i++) {
 				const struct rec *r = &g.recs[g.size_hist.ids[i]];
@@ -1598,7 +1609,7 @@ static void run_workload(uint64_t ops)
 		snprintf(v.what, sizeof(v.what), "final read-back before close");
 		v.ack_seq = v.issue_seq = ++g.seq;
 		v.issue_log = UINT64_MAX;
-		v.flush_id = 0;
+		v.flush_id = UINT32_MAX; /* in session */
 		judge_image(g.img, &v, NULL, true);
 	}
 	qcow2_get_stats(g.img, &st);
