@@ -483,8 +483,12 @@ static void free_worker_wake(struct slice_waiter *w, int err)
 	struct qcow2_image *img = (struct qcow2_image *)
 		((char *)w - offsetof(struct qcow2_image, free_waiter));
 
-	(void)err;
 	img->free_worker_parked = false;
+	/* The refcount slice of the decrement it waited for could not be
+	 * loaded: that cluster leaks (safe), as when the decrement fails.
+	 * Retrying would load the failing slice again, forever. */
+	if (err < 0 && img->frees_ready_pos < img->frees_ready_len)
+		img->frees_ready_pos++;
 	free_worker(img);
 }
 
