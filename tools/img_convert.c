@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,125 +191,141 @@ static int chain_status(struct qcow2_image *img, uint64_t off, uint64_t len,
 	}
 }
 
+/*
+ * The plan is shared by the threads of a conversion. Each takes a segment
+ * of the disk at a time (32 MiB) and hands itself requests from it, in
+ * order: every thread reads its own handle's file sequentially, so the
+ * kernel's readahead follows each of them (measured: 2 MiB requests dealt
+ * out in turn to two threads read the source 1.6x slower than one thread).
+ */
+#define PLAN_SEGMENT (32u << 20)
+
 struct plan {
 	pthread_mutex_t lock;
 	const char *src_name;
 	uint64_t size;       /* of the disk */
-	uint64_t pos;        /* everything before it is handed out or skipped */
+	uint64_t pos;        /* segments before it are taken */
 	uint64_t align;      /* requests start and end on it (or at size) */
 	uint64_t chunk;      /* requests are at most this long (multiple of align) */
 	bool use_status;     /* false with -S 0: read everything */
-	bool failed;         /* hand out nothing more */
-	uint64_t seq;        /* requests handed out */
+	atomic_bool failed;  /* hand out nothing more */
 	uint64_t done;       /* bytes finished or skipped, for progress */
 	bool progress;
 };
 
+/* One thread's segment: [pos, end) is left to hand out. */
+struct cursor {
+	uint64_t pos, end;
+	uint64_t seq;        /* the caller's count of requests (their order) */
+};
+
 static void plan_fail(struct plan *p)
 {
-	pthread_mutex_lock(&p->lock);
-	p->failed = true;
-	pthread_mutex_unlock(&p->lock);
+	atomic_store(&p->failed, true);
 }
 
-/* Bytes finished (written, or found to be zeros). Called with the lock. */
-static void plan_account_locked(struct plan *p, uint64_t n)
-{
-	p->done += n;
-	cli_progress(p->progress, p->done, p->size);
-}
-
+/* Bytes finished (written, or found to read zeros), for progress. */
 static void plan_account(struct plan *p, uint64_t n)
 {
 	pthread_mutex_lock(&p->lock);
-	plan_account_locked(p, n);
+	p->done += n;
+	cli_progress(p->progress, p->done, p->size);
 	pthread_mutex_unlock(&p->lock);
 }
 
-/* With the lock: at the end of a zero run found at pos, how far to skip
- * (its aligned part; 0 when too short to skip). */
-static uint64_t zero_skip(const struct plan *p, uint64_t pos, uint64_t n)
+/* At the end of a zero run found at pos in [pos, end), how far to skip:
+ * its aligned part; 0 when too short to skip. */
+static uint64_t zero_skip(const struct plan *p, uint64_t pos, uint64_t n,
+			  uint64_t end)
 {
-	uint64_t end = pos + n;
+	uint64_t e = pos + n;
 
-	if (end >= p->size)
-		return p->size - pos;
-	end = align_down_u64(end, p->align);
-	return end > pos ? end - pos : 0;
+	if (e >= end)
+		return end - pos;
+	e = align_down_u64(e, p->align);
+	return e > pos ? e - pos : 0;
+}
+
+static void report_status_error(const struct plan *p, struct qcow2_image *img,
+				struct qcow2_image *where, uint64_t off, int ret)
+{
+	struct qcow2_info info;
+	const char *why = qcow2_last_error(where);
+
+	qcow2_get_info(where, &info);
+	fprintf(stderr, "%s: %s: block status near offset %llu: %s\n", cli_prog,
+		where == img ? p->src_name : info.filename, (unsigned long long)off,
+		why[0] ? why : strerror(-ret));
 }
 
 /*
- * Hand out the next request, [*off, *off + *len), reading img (the
+ * Hand out the next request, [*off, *off + *len), from the cursor's
+ * segment (taking the next segment when it is used up), reading img (the
  * caller's handle on the source) for block status. Returns 1 with a
  * request, 0 when everything is handed out (or after a failure), -errno
  * (message printed) when block status failed.
  */
-static int plan_next(struct plan *p, struct qcow2_image *img, uint64_t *off,
-		     uint64_t *len, uint64_t *seq)
+static int plan_next(struct plan *p, struct cursor *c, struct qcow2_image *img,
+		     uint64_t *off, uint64_t *len)
 {
 	struct qcow2_image *where = img;
-	uint64_t start, end, n, skip, at;
+	uint64_t start, end, n, skip;
 	bool zero;
-	int ret = 0;
+	int ret;
 
-	pthread_mutex_lock(&p->lock);
-	while (!p->failed && p->pos < p->size) {
-		start = p->pos;
-		if (!p->use_status) {
-			end = min_u64(start + p->chunk, p->size);
-			goto found;
+	for (;;) {
+		if (atomic_load(&p->failed))
+			return 0;
+		if (c->pos >= c->end) {
+			pthread_mutex_lock(&p->lock);
+			c->pos = p->pos;
+			c->end = min_u64(p->size, p->pos + PLAN_SEGMENT);
+			p->pos = c->end;
+			pthread_mutex_unlock(&p->lock);
+			if (c->pos >= c->end)
+				return 0;
 		}
-		ret = chain_status(img, start, p->size - start, &n, &zero, &where);
+		start = c->pos;
+		if (!p->use_status) {
+			end = min_u64(start + p->chunk, c->end);
+			break;
+		}
+		ret = chain_status(img, start, c->end - start, &n, &zero, &where);
 		if (ret < 0)
 			goto fail;
-		if (zero && (skip = zero_skip(p, start, n))) {
-			p->pos += skip;
-			plan_account_locked(p, skip);
+		if (zero && (skip = zero_skip(p, start, n, c->end))) {
+			c->pos += skip;
+			plan_account(p, skip);
 			continue;
 		}
 		/* Data (or zeros too short to skip): read it, with the data
 		 * that follows, up to a chunk. */
-		end = min_u64(p->size, start + (zero ? p->align : n));
-		while (end < p->size && end - start < p->chunk) {
+		end = min_u64(c->end, start + (zero ? p->align : n));
+		while (end < c->end && end - start < p->chunk) {
 			if (end % p->align) {
-				end = min_u64(p->size, align_down_u64(end, p->align) +
-								p->align);
+				end = min_u64(c->end, align_down_u64(end, p->align) +
+							       p->align);
 				continue;
 			}
-			ret = chain_status(img, end, p->size - end, &n, &zero, &where);
-			if (ret < 0)
+			ret = chain_status(img, end, c->end - end, &n, &zero, &where);
+			if (ret < 0) {
+				start = end;
 				goto fail;
-			if (zero && zero_skip(p, end, n))
+			}
+			if (zero && zero_skip(p, end, n, c->end))
 				break;
-			end = min_u64(p->size, end + (zero ? p->align : n));
+			end = min_u64(c->end, end + (zero ? p->align : n));
 		}
 		end = min_u64(end, start + p->chunk);
-		goto found;
+		break;
 	}
-	pthread_mutex_unlock(&p->lock);
-	return 0;
-found:
-	p->pos = end;
+	c->pos = end;
 	*off = start;
 	*len = end - start;
-	if (seq)
-		*seq = p->seq;
-	p->seq++;
-	pthread_mutex_unlock(&p->lock);
 	return 1;
 fail:
-	p->failed = true;
-	at = p->pos;
-	pthread_mutex_unlock(&p->lock);
-	{
-		struct qcow2_info info;
-		const char *why = qcow2_last_error(where);
-
-		qcow2_get_info(where, &info);
-		fprintf(stderr, "%s: %s: block status near offset %llu: %s\n", cli_prog,
-			where == img ? p->src_name : info.filename,
-			(unsigned long long)at, why[0] ? why : strerror(-ret));
-	}
+	plan_fail(p);
+	report_status_error(p, img, where, start, ret);
 	return ret;
 }
 
@@ -377,6 +394,81 @@ struct conv_opts {
 	bool progress;
 };
 
+/*
+ * An output written through the page cache and flushed at the end (a qcow2
+ * image always is: the engine has no unsafe mode): its write-out is
+ * started as the data comes, every 8 MiB, by a thread of its own
+ * (sync_file_range, which may block), so that the disk writes while we
+ * read and the final flush finds little left. Measured on the development
+ * VM, raw -> qcow2 of 1 GiB: 3.26 s without, 2.57 s with.
+ */
+#define KICK_BYTES (8u << 20)
+
+struct kicker {
+	int fd;                  /* the output; -1: no kicks */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint64_t pending;        /* bytes written since the last kick */
+	bool stop;
+	bool started;
+	pthread_t thread;
+};
+
+static void *kicker_thread(void *arg)
+{
+	struct kicker *k = arg;
+
+	pthread_mutex_lock(&k->lock);
+	for (;;) {
+		while (k->pending < KICK_BYTES && !k->stop)
+			pthread_cond_wait(&k->cond, &k->lock);
+		if (k->stop)
+			break;
+		k->pending = 0;
+		pthread_mutex_unlock(&k->lock);
+		(void)sync_file_range(k->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+		pthread_mutex_lock(&k->lock);
+	}
+	pthread_mutex_unlock(&k->lock);
+	return NULL;
+}
+
+/* Kicks for fd (-1: none); the caller keeps the fd open until
+ * kicker_stop(). Without a thread there are no kicks, nothing else. */
+static void kicker_start(struct kicker *k, int fd)
+{
+	k->fd = fd;
+	k->started = false;
+	if (fd < 0)
+		return;
+	pthread_mutex_init(&k->lock, NULL);
+	pthread_cond_init(&k->cond, NULL);
+	k->started = pthread_create(&k->thread, NULL, kicker_thread, k) == 0;
+}
+
+static void kick(struct kicker *k, uint64_t n)
+{
+	if (!k->started)
+		return;
+	pthread_mutex_lock(&k->lock);
+	k->pending += n;
+	if (k->pending >= KICK_BYTES)
+		pthread_cond_signal(&k->cond);
+	pthread_mutex_unlock(&k->lock);
+}
+
+static void kicker_stop(struct kicker *k)
+{
+	if (!k->started)
+		return;
+	pthread_mutex_lock(&k->lock);
+	k->stop = true;
+	pthread_cond_signal(&k->cond);
+	pthread_mutex_unlock(&k->lock);
+	pthread_join(k->thread, NULL);
+	k->started = false;
+}
+
 /* ---- raw output -------------------------------------------------------- */
 
 struct rslot {
@@ -401,6 +493,7 @@ struct raw_conv {
 	int fd;              /* the output */
 	int bfd;             /* with O_DIRECT: a buffered fd for an unaligned tail */
 	uint64_t unit;       /* zero detection */
+	struct kicker kick;  /* -T writeback */
 };
 
 struct rworker {
@@ -463,6 +556,7 @@ static void *raw_worker(void *arg)
 {
 	struct rworker *w = arg;
 	struct raw_conv *rc = w->rc;
+	struct cursor cur = { 0 };
 	unsigned busy = 0;
 	bool more = true;
 
@@ -488,7 +582,7 @@ static void *raw_worker(void *arg)
 
 			if (s->busy)
 				continue;
-			ret = plan_next(&rc->plan, w->img, &s->off, &s->len, NULL);
+			ret = plan_next(&rc->plan, &cur, w->img, &s->off, &s->len);
 			if (ret <= 0) {
 				more = false;
 				if (ret < 0)
@@ -539,6 +633,7 @@ static void *raw_worker(void *arg)
 				continue;
 			}
 			plan_account(&rc->plan, s->len);
+			kick(&rc->kick, s->len);
 		}
 	}
 	qcow2_ctx_run(w->ctx);
@@ -591,6 +686,8 @@ static int convert_raw(const struct cli_open *o, struct qcow2_ctx *ctx,
 	w = calloc(nw, sizeof(*w));
 	if (!w) {
 		fprintf(stderr, "%s: out of memory\n", cli_prog);
+		if (rc.bfd >= 0)
+			close(rc.bfd);
 		close(rc.fd);
 		return 1;
 	}
@@ -610,6 +707,7 @@ static int convert_raw(const struct cli_open *o, struct qcow2_ctx *ctx,
 			w[i].started = true;
 		}
 	}
+	kicker_start(&rc.kick, co->cache == CACHE_WRITEBACK ? rc.fd : -1);
 	raw_worker(&w[0]);
 	for (unsigned i = 0; i < nw; i++) {
 		if (w[i].started)
@@ -617,6 +715,7 @@ static int convert_raw(const struct cli_open *o, struct qcow2_ctx *ctx,
 		if (w[i].status)
 			status = 1;
 	}
+	kicker_stop(&rc.kick);
 	free(w);
 	if (!status && co->cache != CACHE_UNSAFE && fsync(rc.fd) < 0) {
 		fprintf(stderr, "%s: %s: %s\n", cli_prog, dst, strerror(errno));
@@ -711,6 +810,7 @@ struct qconv {
 	const struct conv_opts *opts;
 	uint64_t cs, unit;
 	int status;
+	struct kicker kick;
 };
 
 static void write_done(void *opaque, int ret)
@@ -776,8 +876,9 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 	struct qcow2_open_opts oo = { .flags = QCOW2_OPEN_RDWR };
 	struct qcow2_error err = { "" };
 	struct qconv c = { .src = src, .src_name = src_name, .dst_name = dst_name,
-			   .opts = co };
+			   .opts = co, .kick = { .fd = -1 } };
 	struct plan plan = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct cursor cur = { 0 };
 	struct slot slots[CONVERT_MAX_INFLIGHT] = { 0 };
 	struct pool pool = { .lock = PTHREAD_MUTEX_INITIALIZER,
 			     .work = PTHREAD_COND_INITIALIZER,
@@ -805,9 +906,10 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 		return 1;
 	}
 	qcow2_get_info(c.dst, &di);
-	/* The engine flushes the image at the end, whatever -T says (it has no
-	 * unsafe mode): through the page cache, its write-out is started as
-	 * the data comes. */
+	/* The engine flushes the image when it closes it, whatever -T says:
+	 * through the page cache, its write-out is started as data comes. */
+	kicker_start(&c.kick, co->cache == CACHE_NONE ? -1 :
+				      open(dst_name, O_RDONLY | O_CLOEXEC));
 	c.cs = di.cluster_size;
 	/* Zeros are looked for in 4 KiB blocks (a partly written cluster
 	 * keeps holes in the file where its zeros are, as with qemu-img);
@@ -860,7 +962,8 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 			struct slot *s = &slots[i];
 			if (s->state != SLOT_FREE)
 				continue;
-			ret = plan_next(&plan, src, &s->off, &s->len, &s->seq);
+			ret = plan_next(&plan, &cur, src, &s->off, &s->len);
+			s->seq = cur.seq++;
 			if (ret <= 0) {
 				more = false;
 				if (ret < 0)
@@ -960,6 +1063,7 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 				}
 				s->state = SLOT_FREE;
 				plan_account(&plan, s->len);
+				kick(&c.kick, s->len);
 			}
 			/* after a failure, slots waiting for their turn are dropped */
 			if (c.status && s->state == SLOT_READY)
@@ -975,11 +1079,15 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 		}
 	}
 	qcow2_ctx_run(ctx);
+	kicker_stop(&c.kick);
 	if (!c.status && (ret = qcow2_fsync(c.dst)) < 0) {
 		fprintf(stderr, "%s: %s: flush: %s\n", cli_prog, dst_name, strerror(-ret));
 		c.status = 1;
 	}
 out:
+	kicker_stop(&c.kick);
+	if (c.kick.fd >= 0)
+		close(c.kick.fd);
 	pthread_mutex_lock(&pool.lock);
 	pool.stop = true;
 	pthread_cond_broadcast(&pool.work);

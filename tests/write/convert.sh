@@ -3,7 +3,9 @@
 #
 # qcow2-img convert -O qcow2 [-c], judged by qemu-img. A 32 MiB source
 # (patterns, a run of zeros, incompressible random data, compressible text,
-# holes; raw, or qcow2 on a backing file) is converted; then
+# holes; raw, or qcow2 on a backing file, or a sparse chain: a qcow2 image
+# over a qcow2 image over a shorter raw file, with zero clusters, zeros
+# written as data, compressed clusters and holes) is converted; then
 #   1. qemu-img check: clean; with -c, compressed clusters exist (and the
 #      random data was stored as is);
 #   2. qemu-img compare with the source: identical (qemu reads what we
@@ -11,6 +13,9 @@
 #   3. our random_io round overwrites, zeroes and discards over the
 #      compressed clusters (freeing shared host clusters), judged again by
 #      check (clean: no leaks) and compare.
+# -O raw: the output must equal qemu-img convert -O raw's byte for byte,
+# and be at least as sparse: no 4 KiB block allocated where qemu-img's
+# output has a hole (with -S 0, every block allocated, as qemu-img's).
 #
 #   convert.sh CASE | --list
 # Environment: QCOW2_IMG and RANDOM_IO (required), QCOW2_TEST_WORKDIR.
@@ -34,6 +39,11 @@ zlib-rc2       | raw   | -O qcow2 -c -o cluster_size=16k,refcount_bits=2
 zlib-v2        | raw   | -O qcow2 -c -o compat=0.10
 zstd-rc64      | raw   | -O qcow2 -c -o compression_type=zstd,refcount_bits=64,cluster_size=8k
 chain-flatten  | chain | -O qcow2 -c -o cluster_size=16k
+sparse-raw     | sparse | -O raw
+sparse-raw-S0  | sparse | -O raw -S 0 -m 3 -j 1 -T writeback
+sparse-raw-S64k| sparse | -O raw -S 64k -m 2 -j 3 -T none
+sparse-qcow2   | sparse | -O qcow2 -m 16 -W -T none
+sparse-qcow2-S0| sparse | -O qcow2 -S 0 -o cluster_size=4k
 EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
@@ -72,6 +82,53 @@ if [[ $source_kind == chain ]]; then
 	qemu-io -f raw -c 'write -P 0x55 2M 1M' -c 'write -z 12M 1M' src.raw >/dev/null
 	src=top.qcow2
 	sfmt=()
+elif [[ $source_kind == sparse ]]; then
+	# raw base (20M, shorter than the disk) <- mid.qcow2 (24M) <- top.qcow2
+	head -c 20M src.raw >base.raw
+	qemu-img create -q -f qcow2 -o cluster_size=64k -b base.raw -F raw mid.qcow2 24M
+	qemu-io -c 'write -z 1M 1M' -c 'write -P 0x00 3M 512k' -c 'write -c -P 0x66 5M 64k' \
+		-c 'write -P 0x67 22M 1M' -c 'write -z -u 16M 128k' mid.qcow2 >/dev/null
+	qemu-img create -q -f qcow2 -o cluster_size=64k -b mid.qcow2 -F qcow2 top.qcow2 32M
+	qemu-io -c 'write -P 0x55 2M 4k' -c 'write -P 0x00 7M 64k' -c 'write -z 12M 1M' \
+		-c 'write -P 0x56 26M 8k' -c 'discard 31M 1M' top.qcow2 >/dev/null
+	qemu-img convert -f qcow2 -O raw top.qcow2 src.raw  # the model
+	src=top.qcow2
+	sfmt=()
+fi
+
+if [[ " ${cargs[*]} " == *" -O raw "* ]]; then
+	run "$QCOW2_IMG" convert "${sfmt[@]}" "${cargs[@]}" "$src" out.raw
+	sparse=()
+	for ((i = 0; i + 1 < ${#cargs[@]}; i++)); do
+		[[ ${cargs[i]} == -S ]] && sparse=(-S "${cargs[i + 1]}")
+	done
+	qemu-img convert "${sparse[@]}" "${sfmt[@]}" -O raw "$src" ref.raw
+	cmp out.raw ref.raw || fail "qcow2-img convert -O raw differs from qemu-img convert -O raw"
+	python3 - out.raw ref.raw <<'PY' || fail "the output is less sparse than qemu-img's"
+import os, sys
+def blocks(path):
+    """The 4 KiB blocks of path that hold data (SEEK_DATA/SEEK_HOLE)."""
+    fd = os.open(path, os.O_RDONLY)
+    size, off, out = os.fstat(fd).st_size, 0, set()
+    while off < size:
+        try:
+            d = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:
+            break
+        h = os.lseek(fd, d, os.SEEK_HOLE)
+        out.update(range(d // 4096, (h + 4095) // 4096))
+        off = h
+    return out
+ours, ref = blocks(sys.argv[1]), blocks(sys.argv[2])
+extra = sorted(ours - ref)
+print(f"allocated 4 KiB blocks: ours {len(ours)}, qemu-img {len(ref)}")
+if extra:
+    sys.exit(f"blocks allocated in ours, holes in qemu-img's: {extra[:10]}")
+PY
+	cd /
+	rm -rf "$work"
+	echo "ok convert-$case_name"
+	exit 0
 fi
 
 run "$QCOW2_IMG" convert "${sfmt[@]}" "${cargs[@]}" "$src" out.qcow2
