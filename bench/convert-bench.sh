@@ -3,26 +3,27 @@
 #
 # convert-bench.sh: qcow2-img convert against qemu-img convert, both with
 # their default options (the source's format given with -f), on the same
-# files in one run. Cases: a sparse
-# image (the demo's sample: 1 GiB over a compressed backing file, with some
-# data), a full image (every cluster written, -O raw), a compressed image
-# (-O raw), raw -> qcow2 and qcow2 -> qcow2 (the full image). Prints the
-# wall time (median of --runs rounds, cases interleaved within each round),
-# the ratio qemu-img time / our time (>= 1.00: we are at least as fast) and
-# each output's allocated size (du).
+# files in one run. Cases: a sparse image (the demo's sample: 1 GiB over a
+# compressed backing file, with some data), a full image (every cluster
+# written, -O raw), a compressed image (-O raw), raw -> qcow2 and qcow2 ->
+# qcow2 (the full image). Prints the wall time (median of --runs rounds,
+# cases interleaved within each round, the tool that goes first
+# alternating), the ratio qemu-img time / our time (>= 1.00: we are at
+# least as fast) and each output's allocated size (du).
 #
-# Before every timed command the outputs are deleted and `sync` writes back
-# what the previous one left dirty; with --cache cold (the default as root)
-# the page cache is dropped too (echo 3 > /proc/sys/vm/drop_caches), so
-# both tools read their source from the disk; with --cache warm the source
-# is read once beforehand, so both find it in the page cache.
+# Before every timed command the previous output is written back (sync) and
+# deleted, and the disk gets a second to settle; with --cache cold (the
+# default as root) the page cache is dropped too (echo 3 >
+# /proc/sys/vm/drop_caches), so both tools read their source from the disk;
+# with --cache warm the source is read once beforehand, so both find it in
+# the page cache.
 #
-# Usage: bench/convert-bench.sh [--size 1G] [--runs 3] [--cache cold|warm]
+# Usage: bench/convert-bench.sh [--size 1G] [--runs 4] [--cache cold|warm]
 #                               [--dir DIR] [--keep]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-size=1G runs=3 dir="$here/bench-work/convert" keep=0 cache=
+size=1G runs=4 dir="$here/bench-work/convert" keep=0 cache=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) size=$2; shift 2 ;;
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
 	--cache) cache=$2; shift 2 ;;
 	--dir) dir=$2; shift 2 ;;
 	--keep) keep=1; shift ;;
-	-h|--help) sed -n '3,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '3,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "convert-bench.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -107,10 +108,16 @@ if [[ ! -f comp.qcow2 ]]; then
 	rm -f comp.raw
 fi
 
-# prepare SRC...: what comes before every timed command.
+# prepare SRC...: what comes before every timed command. The previous
+# output is written back, then deleted, and the file system is given a
+# second for the discards that follow (it is mounted with -o discard on the
+# development VM): whatever one output costs the disk after its run, every
+# output costs it alike, and before the next run starts.
 prepare() {
+	sync
 	rm -f "$dir"/out-*
 	sync
+	sleep 1
 	if [[ $cache == cold ]]; then
 		echo 3 >/proc/sys/vm/drop_caches
 	else

@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -1255,7 +1256,15 @@ static int convert_main(int argc, char **argv)
 
 int cmd_convert(int argc, char **argv)
 {
-	int status = convert_main(argc, argv);
+	int status;
+
+	/* The engine allocates a bounce buffer for every compressed cluster
+	 * it reads and frees it: keep the freed memory instead of giving it
+	 * back to the kernel (brk) and faulting it in again, thousands of
+	 * times a second. */
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
+	mallopt(M_MMAP_THRESHOLD, 4 << 20);
+	status = convert_main(argc, argv);
 
 	create_opts_release();
 	return status;
