@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "commands.h"
+#include "qcow2_meta.h"
 
 struct map_entry {
 	uint64_t start, length;
@@ -17,6 +19,67 @@ struct map_entry {
 	uint64_t offset;
 	const char *file;
 };
+
+/*
+ * Does qemu-img map ask the file system about holes under this qcow2
+ * image's data clusters? Only when it detects metadata preallocation:
+ * more clusters referenced than the file has allocated, by its margin
+ * (max(allocated * 10 / 9, allocated + 2)). Otherwise a data cluster is
+ * data, whatever SEEK_HOLE says (which on ext4 also depends on what the
+ * page cache holds of unwritten extents).
+ */
+static bool holes_count(const char *path, bool force_share)
+{
+	struct qcow2_meta *m;
+	struct qcow2_error err;
+	struct stat st;
+	uint64_t cs, per, real, threshold, count = 0, *rt = NULL, *rc = NULL;
+	uint64_t nclusters, nrt;
+	bool yes = true;
+
+	if (stat(path, &st) < 0 ||
+	    qcow2_meta_open(path, force_share ? QCOW2_OPEN_FORCE_SHARE : 0, &m, &err) < 0)
+		return true;
+	cs = 1ull << qcow2_meta_header(m)->cluster_bits;
+	per = qcow2_meta_refblock_entries(m);
+	real = (uint64_t)st.st_blocks * 512 / cs;
+	threshold = real * 10 / 9 > real + 2 ? real * 10 / 9 : real + 2;
+	nclusters = ((uint64_t)st.st_size + cs - 1) / cs;
+	nrt = (uint64_t)qcow2_meta_header(m)->refcount_table_clusters * cs / 8;
+	rc = malloc(per * sizeof(*rc));
+	if (rc && qcow2_meta_read_table(m, qcow2_meta_header(m)->refcount_table_offset,
+					nrt, &rt) == 0) {
+		for (uint64_t b = 0; b * per < nclusters && b < nrt && count < threshold; b++) {
+			uint64_t blk = rt[b] & ~511ull;
+			if (!blk || qcow2_meta_read_refblock(m, blk, rc) < 0)
+				continue;
+			for (uint64_t i = 0; i < per && b * per + i < nclusters; i++)
+				count += rc[i] != 0;
+		}
+		yes = count >= threshold;
+	}
+	free(rt);
+	free(rc);
+	qcow2_meta_close(m);
+	return yes;
+}
+
+static bool force_share_all;
+
+/* holes_count(), once per image of the chain. */
+static bool holes_count_cached(const char *path)
+{
+	static struct { char *path; bool yes; } seen[64];
+	static int nseen;
+
+	for (int i = 0; i < nseen; i++)
+		if (!strcmp(seen[i].path, path))
+			return seen[i].yes;
+	bool yes = holes_count(path, force_share_all);
+	if (nseen < 64 && (seen[nseen].path = strdup(path)) != NULL)
+		seen[nseen++].yes = yes;
+	return yes;
+}
 
 /* The status of [off, off+maxlen) resolved through the backing chain. */
 static int resolve(struct qcow2_image *img, int depth, uint64_t off,
@@ -39,6 +102,9 @@ static int resolve(struct qcow2_image *img, int depth, uint64_t off,
 		/* A hole in the host file reads zeros: qemu-img map says so,
 		 * and calls a raw file's holes no data at all. */
 		e->present = e->has_offset = true;
+		if (x.hole && in.format == QCOW2_FORMAT_QCOW2 && !x.data_file &&
+		    !holes_count_cached(in.filename))
+			x.hole = false;
 		e->zero = x.hole;
 		e->data = !x.hole || in.format != QCOW2_FORMAT_RAW;
 		e->offset = x.host_offset;
@@ -166,6 +232,7 @@ int cmd_map(int argc, char **argv)
 		fputs(usage_text, stderr);
 		return 2;
 	}
+	force_share_all = o.force_share;
 	if (cli_open_image(&o, argv[optind], &ctx, &img) < 0)
 		return 1;
 	qcow2_get_info(img, &in);
