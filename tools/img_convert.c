@@ -362,9 +362,10 @@ static const char *usage_text =
 	"                                read zero ranges too)\n"
 	"  -m, --parallel N              requests of up to 2 MiB in flight\n"
 	"                                (default 8, at most 64)\n"
-	"  -j, --threads N               raw output: reading threads; qcow2 output\n"
-	"                                with -c: compression threads (default:\n"
-	"                                CPUs)\n"
+	"  -j, --threads N               raw output: threads that read and write\n"
+	"                                (default: twice the CPUs, at most -m);\n"
+	"                                qcow2 output with -c: compression threads\n"
+	"                                (default: the CPUs)\n"
 	"  -T, --target-cache unsafe|writeback|none\n"
 	"                                the output's cache: unsafe (default, as\n"
 	"                                qemu-img convert): page cache, raw output\n"
@@ -1131,7 +1132,7 @@ static int convert_main(int argc, char **argv)
 				.cache = CACHE_UNSAFE, .progress = isatty(2) };
 	const char *out_fmt = NULL, *src, *dst;
 	bool size_set = false, have_opts = false, src_cache_set = false;
-	long nthreads = sysconf(_SC_NPROCESSORS_ONLN), v;
+	long ncpus = sysconf(_SC_NPROCESSORS_ONLN), nthreads = 0, v;
 	struct qcow2_ctx *ctx;
 	struct qcow2_image *img;
 	int opt, status;
@@ -1235,8 +1236,15 @@ static int convert_main(int argc, char **argv)
 			"(no -o backing_file)\n", cli_prog);
 		return 2;
 	}
-	if (nthreads < 1)
-		nthreads = 1;
+	if (ncpus < 1)
+		ncpus = 1;
+	/* Raw output: twice the CPUs, as a thread waits in its writes for the
+	 * output file (the file system writes one at a time) while others
+	 * read and decompress; compression: the CPUs. */
+	if (!nthreads)
+		nthreads = strcmp(out_fmt, "raw") ? ncpus : 2 * ncpus;
+	if (nthreads > CONVERT_MAX_THREADS)
+		nthreads = CONVERT_MAX_THREADS;
 	co.threads = (unsigned)nthreads;
 	/* The source through the page cache unless -t says otherwise, as
 	 * qemu-img convert reads it (-T writeback). */
