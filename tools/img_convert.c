@@ -15,8 +15,9 @@
  * on the source (reads, decompression and the copy into the output run on
  * every core), write the output file with pwrite. qcow2 output: one thread
  * drives the source and the new image on one context and issues the writes
- * in guest order (so clusters are allocated in order, as qemu-img does
- * without -W); with -c, clusters are compressed on -j worker threads.
+ * in guest order, as qemu-img does without -W (the engine may still
+ * allocate some clusters out of order when several writes wait for the
+ * same new table); with -c, clusters are compressed on -j worker threads.
  */
 #include <errno.h>
 #include <fcntl.h>
