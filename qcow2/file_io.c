@@ -183,6 +183,8 @@ int qfile_sync_now(struct qcow2_ctx *ctx, struct qfile *f)
 {
 	struct io_op op = { .opcode = IO_OP_FSYNC, .fd = f->fd };
 
+	if (f->no_sync)
+		return 0;
 	return qfile_perform(ctx, &op);
 }
 

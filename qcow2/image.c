@@ -360,6 +360,7 @@ static int open_data_file(struct qcow2_image *img,
 			 err ? sizeof(err->msg) : 0);
 	if (ret < 0)
 		prefix_err(err, "external data file", "");
+	img->data_store.no_sync = img->flags & QCOW2_OPEN_UNSAFE;
 	free(path);
 	if (ret < 0)
 		return ret;
@@ -474,6 +475,7 @@ static int open_chain(struct qcow2_ctx *ctx, const char *path,
 			 err ? sizeof(err->msg) : 0);
 	if (ret < 0)
 		goto fail;
+	img->file.no_sync = flags & QCOW2_OPEN_UNSAFE;
 	if (fstat(img->file.fd, &st) < 0) {
 		ret = -errno;
 		goto fail;

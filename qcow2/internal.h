@@ -40,6 +40,7 @@ struct qfile {
 	uint32_t align;     /* offset/length alignment for O_DIRECT */
 	uint32_t mem_align; /* buffer alignment for O_DIRECT */
 	uint64_t size;      /* bytes, at open */
+	bool no_sync;       /* QCOW2_OPEN_UNSAFE: fdatasync is skipped */
 	char *path;
 };
 

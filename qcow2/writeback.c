@@ -368,6 +368,8 @@ static bool wb_sync(struct writeback *wb, bool force)
 		return false;
 	wb->wrote_since_sync = false;
 	img->data_unsynced = false;
+	if (img->file.no_sync)
+		return false;
 	wb_submit(wb, &t);
 	if (img->data != &img->file) {
 		t.op.fd = img->data->fd;

@@ -130,6 +130,12 @@ unsigned qcow2_ctx_inflight(const struct qcow2_ctx *ctx);
  * This flag takes no locks (qemu-img -U): reading an image that another
  * process writes may show inconsistent metadata. Read-only use only. */
 #define QCOW2_OPEN_FORCE_SHARE (1u << 6)
+/* Never wait for the disk (QEMU's cache=unsafe): flushes and the lazy
+ * write-back write everything but issue no fdatasync, so the soft-update
+ * order holds only for the page cache. A crash of the host (not of the
+ * process) may leave the image corrupt. For scratch output that is thrown
+ * away when the work fails, e.g. qcow2-img convert's -T unsafe. */
+#define QCOW2_OPEN_UNSAFE (1u << 7)
 
 struct qcow2_open_opts {
 	unsigned flags;

@@ -689,6 +689,42 @@ static void test_nothing_to_write(void **state)
 	fx_close(&h);
 }
 
+/* QCOW2_OPEN_UNSAFE: every stage is written, in order, but no fdatasync is
+ * issued, by the flushes, the close or the open; a client flush with
+ * nothing to write still completes later, not inside the call. */
+static void test_unsafe_never_syncs(void **state)
+{
+	struct fx_done d = { 0 };
+	struct qcow2_stats st;
+	struct fx h;
+
+	(void)state;
+	fx_create(&sc_resize.co);
+	fx_open(&h, BUFFERED | QCOW2_OPEN_UNSAFE, NULL, true);
+	sc_resize.run(&h);
+	assert_int_equal(qcow2_flush(h.img, fx_on_done, &d), 0);
+	assert_int_equal(fx_wait(&h, &d), 0);
+	assert_true(fx_log_count(&h, QCOW2_FAULT_WRITE) > 0);
+	assert_int_equal(fx_log_count(&h, QCOW2_FAULT_FSYNC), 0);
+	/* the old L1 table's cluster is freed after the flush: its refcount
+	 * is written by the next one */
+	d.done = false;
+	assert_int_equal(qcow2_flush(h.img, fx_on_done, &d), 0);
+	assert_int_equal(fx_wait(&h, &d), 0);
+	assert_false(qcow2_has_dirty_metadata(h.img));
+	d.done = false;
+	assert_int_equal(qcow2_flush(h.img, fx_on_done, &d), 0);
+	assert_false(d.done);
+	assert_int_equal(fx_wait(&h, &d), 0);
+	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
+	assert_int_equal(st.flush.fdatasyncs, 0);
+	assert_int_equal(st.flush.flushes[QCOW2_FLUSH_CLIENT], 3);
+	assert_int_equal(fx_log_count(&h, QCOW2_FAULT_FSYNC), 0);
+	fx_close(&h);
+	assert_true(fx_holds(sc_resize.data_off, sc_resize.data_len, sc_resize.tag));
+	fx_check(0);
+}
+
 /* Lazy refcounts with only refcounts dirty: a timer write-back starts a
  * round that writes nothing; it still ends later, not inside the call. */
 static void test_lazy_round_without_io(void **state)
@@ -793,6 +829,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_fail_sync_direct, fx_cleanup),
 		cmocka_unit_test_teardown(test_fail_sync_buffered, fx_cleanup),
 		cmocka_unit_test_teardown(test_nothing_to_write, fx_cleanup),
+		cmocka_unit_test_teardown(test_unsafe_never_syncs, fx_cleanup),
 		cmocka_unit_test_teardown(test_lazy_round_without_io, fx_cleanup),
 		cmocka_unit_test_teardown(test_flush_during_flush, fx_cleanup),
 	};
