@@ -167,6 +167,17 @@ static int plan(const struct qcow2_create_opts *o, uint32_t cs, uint32_t rb,
 	return 0;
 }
 
+/* Bytes of a table of n 8-byte entries to write: its used 4 KiB blocks,
+ * at least one, at most its clusters (cap). */
+static size_t table_bytes(uint64_t n, uint64_t cap)
+{
+	uint64_t len = (n * 8 + 4095) & ~(uint64_t)4095;
+
+	if (!len)
+		len = 4096;
+	return (size_t)(len < cap ? len : cap);
+}
+
 static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 {
 	const uint8_t *p = buf;
@@ -413,7 +424,11 @@ int qcow2_create(const char *path, const struct qcow2_create_opts *opts,
 	/* Refcount table, blocks, L1, L2 tables. */
 	for (uint64_t i = 0; i < l.rb_clusters; i++)
 		put_be64((uint8_t *)rt + i * 8, (l.rb_at + i) * cs);
-	ret = pwrite_all(fd, rt, l.rt_clusters * cs, l.rt_at * cs);
+	/* Tables are written up to their last used 4 KiB block: the rest of
+	 * their clusters stays a hole that reads as zeros (as qemu-img
+	 * leaves it). */
+	ret = pwrite_all(fd, rt, table_bytes(l.rb_clusters, l.rt_clusters * cs),
+			 l.rt_at * cs);
 	for (uint64_t i = 0; ret == 0 && i < l.rb_clusters; i++) {
 		build_refblock(&l, order, i, buf);
 		ret = pwrite_all(fd, buf, cs, (l.rb_at + i) * cs);
@@ -427,7 +442,8 @@ int qcow2_create(const char *path, const struct qcow2_create_opts *opts,
 		}
 		for (uint64_t i = 0; i < l.n_l2; i++)
 			put_be64(l1 + i * 8, ((l.l2_at + i) * cs) | QCOW_OFLAG_COPIED);
-		ret = pwrite_all(fd, l1, l.l1_clusters * cs, l.l1_at * cs);
+		ret = pwrite_all(fd, l1, table_bytes(l.l1_size, l.l1_clusters * cs),
+				 l.l1_at * cs);
 		free(l1);
 	}
 	for (uint64_t i = 0; ret == 0 && i < l.n_l2; i++) {
