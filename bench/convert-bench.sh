@@ -19,19 +19,21 @@
 # the page cache.
 #
 # Usage: bench/convert-bench.sh [--size 1G] [--runs 4] [--cache cold|warm]
+#                               [--cases sparse,full,comp,r2q,q2q]
 #                               [--dir DIR] [--keep]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-size=1G runs=4 dir="$here/bench-work/convert" keep=0 cache=
+size=1G runs=4 dir="$here/bench-work/convert" keep=0 cache= only=sparse,full,comp,r2q,q2q
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) size=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
 	--cache) cache=$2; shift 2 ;;
+	--cases) only=$2; shift 2 ;;
 	--dir) dir=$2; shift 2 ;;
 	--keep) keep=1; shift ;;
-	-h|--help) sed -n '3,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '3,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "convert-bench.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -179,7 +181,12 @@ declare -A VALS=()
 machine_line "$dir"
 echo "== config: default options of both tools; median of $runs rounds (cases interleaved);" \
 	"page cache: $cache; $(qemu-img --version | head -n 1)"
-cases=(sparse full comp r2q q2q)
+IFS=, read -r -a cases <<<"$only"
+for c in "${cases[@]}"; do
+	case $c in sparse|full|comp|r2q|q2q) ;;
+	*) echo "convert-bench.sh: --cases: unknown case $c (sparse, full, comp, r2q, q2q)" >&2; exit 2 ;;
+	esac
+done
 for r in $(seq "$runs"); do
 	for c in "${cases[@]}"; do
 		# who goes first alternates from round to round: what one run
@@ -203,6 +210,7 @@ kib() { python3 -c "v=$1; print(f'{v/1024:.1f} MiB')"; }
 printf '%-34s %10s %10s %8s %14s %14s\n' case qemu-img qcow2-img ratio "du qemu-img" "du qcow2-img"
 row() { # case label fmt src
 	local q o
+	[[ ,$only, == *,$1,* ]] || return 0
 	# shellcheck disable=SC2086
 	q=$(fmedian ${VALS[qemu_$1]})
 	# shellcheck disable=SC2086

@@ -369,11 +369,12 @@ static const char *usage_text =
 	"                                (default: the CPUs)\n"
 	"  -T, --target-cache unsafe|writeback|none\n"
 	"                                the output's cache: unsafe (default, as\n"
-	"                                qemu-img convert): page cache, raw output\n"
+	"                                qemu-img convert): page cache, output\n"
 	"                                not flushed; writeback: page cache, then\n"
-	"                                flushed; none: O_DIRECT, flushed (a qcow2\n"
-	"                                image is always flushed: unsafe is\n"
-	"                                writeback there)\n"
+	"                                flushed; none: O_DIRECT, flushed. With\n"
+	"                                unsafe, a qcow2 output is written in\n"
+	"                                order but never synced: a host crash\n"
+	"                                may leave it corrupt (as qemu-img's)\n"
 	"  -W                            qcow2 output: write in any order (default:\n"
 	"                                in guest order)\n"
 	"  -p, --progress                show progress (default when stderr is a\n"
@@ -398,8 +399,8 @@ struct conv_opts {
 };
 
 /*
- * An output written through the page cache and flushed at the end (a qcow2
- * image always is: the engine has no unsafe mode): its write-out is
+ * An output written through the page cache and flushed at the end (-T
+ * writeback): its write-out is
  * started as the data comes, every 8 MiB, by a thread of its own
  * (sync_file_range, which may block), so that the disk writes while we
  * read and the final flush finds little left. Measured on the development
@@ -902,6 +903,8 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 	}
 	if (co->cache != CACHE_NONE)
 		oo.flags |= QCOW2_OPEN_BUFFERED;
+	if (co->cache == CACHE_UNSAFE)
+		oo.flags |= QCOW2_OPEN_UNSAFE;
 	ret = qcow2_open(ctx, dst_name, &oo, &c.dst, &err);
 	if (ret < 0) {
 		fprintf(stderr, "%s: %s: %s\n", cli_prog, dst_name,
@@ -909,9 +912,9 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 		return 1;
 	}
 	qcow2_get_info(c.dst, &di);
-	/* The engine flushes the image when it closes it, whatever -T says:
-	 * through the page cache, its write-out is started as data comes. */
-	kicker_start(&c.kick, co->cache == CACHE_NONE ? -1 :
+	/* -T writeback: the image is flushed when it closes; its write-out
+	 * is started as data comes. */
+	kicker_start(&c.kick, co->cache != CACHE_WRITEBACK ? -1 :
 				      open(dst_name, O_RDONLY | O_CLOEXEC));
 	c.cs = di.cluster_size;
 	/* Zeros are looked for in 4 KiB blocks (a partly written cluster
