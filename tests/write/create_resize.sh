@@ -4,7 +4,8 @@
 # qcow2-img create and resize, judged by qemu-img.
 #
 # create-* cases: `qcow2-img create -o OPTS` makes an image; then
-#   1. qemu-img check: no errors, no leaks;
+#   1. qemu-img check: no errors, no leaks; no more blocks allocated than
+#      in qemu-img's image made with the same options;
 #   2. qemu-img info --output=json reports the options we asked for;
 #   3. qemu-img compare: the disk reads zeros (or the backing file);
 #   4. preallocated images: every cluster is mapped (qemu-img map);
@@ -117,6 +118,14 @@ create-*)
 	[[ $opts == *backing_file=* ]] && make_backing "$size"
 	run "$QCOW2_IMG" create -o "$opts" img.qcow2 "$size"
 	qcheck img.qcow2 clean || fail "qemu-img check after create"
+	# at least as sparse as qemu-img's image (the unused parts of the
+	# table clusters stay holes)
+	qopts=${opts/data_file=img.data/data_file=q.data}
+	qemu-img create -q -f qcow2 ${qopts:+-o "$qopts"} q.qcow2 "$size" >/dev/null
+	ours_kib=$(du -k img.qcow2 | cut -f1) theirs_kib=$(du -k q.qcow2 | cut -f1)
+	((ours_kib <= theirs_kib)) ||
+		fail "new image has $ours_kib KiB allocated, qemu-img's $theirs_kib KiB"
+	rm -f q.qcow2 q.data
 	vsize=$((($(bytes "$size") + 511) / 512 * 512))
 	expect_info img.qcow2 "j['virtual-size']" "$vsize"
 	IFS=, read -r -a kv <<<"$opts"
