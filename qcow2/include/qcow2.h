@@ -18,6 +18,23 @@
  *
  * Every function returns 0 (or a count) on success and a negative errno on
  * failure; errno is never used.
+ *
+ * Threads: a context, its images and their requests belong to the thread
+ * that drives the context; no call may run concurrently with another on
+ * the same context. qcow2_create(), qcow2_compress() and the offline
+ * headers (qcow2_meta.h, qcow2_check.h) touch no context and may run on
+ * any thread, one per image file.
+ *
+ * Lifetimes: buffers passed to a request stay the caller's and must stay
+ * valid until its callback runs. Strings the library returns (in struct
+ * qcow2_info, from qcow2_last_error(), qcow2_feature_name()) belong to the
+ * image and live until qcow2_close(); qcow2_last_error()'s until the next
+ * failing call on that image. struct qcow2_error is the caller's.
+ *
+ * Growth: option structs end in reserved words the caller leaves zero, and
+ * structs the library fills (info, stats) in reserved words it zeroes, so
+ * that later versions can add fields without breaking callers compiled
+ * against this one.
  */
 #ifndef QCOW2_H
 #define QCOW2_H
@@ -39,58 +56,15 @@ struct qcow2_image;
 enum qcow2_backend {
 	QCOW2_BACKEND_IO_URING = 0, /* liburing; the default */
 	QCOW2_BACKEND_SYNC = 1,     /* pread/pwrite at submit time; tools, tests */
-	QCOW2_BACKEND_FAULT = 2,    /* sync, with fault injection and a log */
-};
-
-#define QCOW2_FAULT_READ (1u << 0)
-#define QCOW2_FAULT_WRITE (1u << 1)
-#define QCOW2_FAULT_FSYNC (1u << 2)
-#define QCOW2_FAULT_FALLOCATE (1u << 3) /* hole punches, space reservation */
-
-/*
- * The fault backend behaves like the sync one, and:
- * - fails the fail_at-th operation among those in fail_ops (1-based; 0:
- *   never) with -fail_errno, and every later one too if fail_persist;
- * - with log_fd >= 0, appends a record for every completed write and
- *   fdatasync (struct qcow2_fault_record, then the written bytes), so a
- *   test can rebuild the file as a power loss at any point would leave it;
- * - with hold_write, holds back the first write at host offset
- *   hold_offset, as a write that lands late: it is performed (and
- *   completes) right after a later write to the same offset, or once
- *   hold_fsyncs fdatasyncs have been performed since;
- * - with short_read, returns reads in pieces of that many bytes.
- * Operations performed outside the queue (open and close time header and
- * refcount writes, the space reservation) are counted, failed and logged
- * alike.
- */
-struct qcow2_fault_opts {
-	uint64_t fail_at;
-	int fail_errno;
-	unsigned fail_ops;
-	bool fail_persist;
-	int log_fd;
-	bool hold_write;
-	uint64_t hold_offset;
-	unsigned hold_fsyncs;
-	/* Reads return at most this many bytes a call (0: as many as asked),
-	 * as FUSE or NFS may; the engine must resume them. */
-	uint32_t short_read;
-};
-
-#define QCOW2_FAULT_REC_WRITE 1u
-#define QCOW2_FAULT_REC_FSYNC 2u
-
-struct qcow2_fault_record { /* little-endian on disk, 24 bytes */
-	uint32_t type;
-	int32_t fd;
-	uint64_t offset;
-	uint64_t len;
+	/* 2 is the tests' fault backend (qcow2/io/qcow2_fault.h) */
 };
 
 struct qcow2_ctx_opts {
 	enum qcow2_backend backend;
 	unsigned queue_depth; /* io_uring entries; 0 selects 256 */
-	const struct qcow2_fault_opts *fault; /* QCOW2_BACKEND_FAULT */
+	/* Zero (a designated initializer does it): room for later options;
+	 * a nonzero word fails the call with -EINVAL. */
+	uint64_t reserved[4];
 };
 
 int qcow2_ctx_new(const struct qcow2_ctx_opts *opts, struct qcow2_ctx **out);
@@ -142,6 +116,9 @@ struct qcow2_open_opts {
 	uint32_t l2_slice_size; /* bytes; 0 = 4096; clamped to [block, cluster] */
 	uint64_t l2_cache_size; /* bytes; 0 = cover the disk, at most 32 MiB */
 	const char *data_file;  /* override the external data file's path */
+	/* Zero (a designated initializer does it): room for later options;
+	 * a nonzero word fails the call with -EINVAL. */
+	uint64_t reserved[4];
 };
 
 /* Human-readable reason for a failure, filled by functions that take it. */
@@ -215,6 +192,7 @@ struct qcow2_info {
 	bool data_file_raw;
 	uint32_t l2_slice_size;     /* bytes, in effect */
 	uint64_t l2_cache_size;     /* bytes, in effect */
+	uint64_t reserved[8];       /* zero: room for later fields */
 };
 
 int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info);
@@ -384,6 +362,9 @@ struct qcow2_create_opts {
 	/* Called now and then during preallocation (may be NULL). */
 	void (*progress)(void *opaque, uint64_t done, uint64_t total);
 	void *progress_opaque;
+	/* Zero (a designated initializer does it): room for later options;
+	 * a nonzero word fails the call with -EINVAL. */
+	uint64_t reserved[4];
 };
 
 /*
@@ -473,6 +454,7 @@ struct qcow2_stats {
 	uint64_t compressed_reads;   /* clusters decompressed */
 	uint64_t backing_reads;      /* requests forwarded to the backing file */
 	struct qcow2_cache_stats l2_cache;
+	uint64_t reserved[8];        /* zero: room for later fields */
 };
 
 int qcow2_get_stats(const struct qcow2_image *img, struct qcow2_stats *st);

@@ -5,6 +5,13 @@
  * its refcount says, a table or cluster outside the file or unaligned, a
  * COPIED flag that contradicts the refcount, invalid entries), leaks (a
  * refcount higher than the references), and the allocation figures.
+ *
+ * A check reads the file with plain preads, never through the engine, on
+ * the calling thread; callbacks in qcow2_check_opts run on it, and the
+ * message they get lives until they return. Checks of different files may
+ * run on different threads at once. Structs follow qcow2.h's growth rule
+ * (reserved words: the caller zeroes them in options, the library in
+ * results).
  */
 #ifndef QCOW2_CHECK_H
 #define QCOW2_CHECK_H
@@ -42,6 +49,7 @@ struct qcow2_check_result {
 	uint64_t image_end_offset;     /* end of the last cluster in use */
 	bool marked_corrupt;           /* the header's corrupt bit (-r all
 					  clears it when nothing is left) */
+	uint64_t reserved[8];          /* zero: room for later fields */
 };
 
 /* Refcount value buckets of struct qcow2_image_stats: 0, 1, 2, 3, 4-7,
@@ -80,6 +88,7 @@ struct qcow2_image_stats {
 	uint64_t rc_buckets[QCOW2_RC_BUCKETS];
 	uint64_t free_clusters;        /* refcount 0 and unreferenced */
 	uint64_t leaked_clusters;
+	uint64_t reserved[8];          /* zero: room for later fields */
 };
 
 struct qcow2_check_opts {
@@ -99,6 +108,9 @@ struct qcow2_check_opts {
 	uint64_t trace_offset;
 	void (*reference)(void *opaque, uint64_t offset, const char *what);
 	void *opaque;
+	/* Zero (a designated initializer does it): room for later options;
+	 * a nonzero word fails the call with -EINVAL. */
+	uint64_t reserved[4];
 };
 
 /*

@@ -5,6 +5,11 @@
  * reads the file with pread, so it shows what is on disk. Structures are
  * bounds-checked against the file; a table that lies past the end of the
  * file reads as zeros, as it would to a reader of the spec.
+ *
+ * A struct qcow2_meta is used by one thread at a time; different ones may
+ * run on different threads. Everything it returns (the header, tables,
+ * snapshot and bitmap lists) is owned as each function says: freed with
+ * its qcow2_meta_free_* function, or living until qcow2_meta_close().
  */
 #ifndef QCOW2_META_H
 #define QCOW2_META_H

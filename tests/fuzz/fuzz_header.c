@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "header.h"
+#include "format/format.h"
 
 #define ASSERT(c) \
 	do { \

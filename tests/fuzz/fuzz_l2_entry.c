@@ -23,8 +23,8 @@
 #include <unistd.h>
 
 #include "qcow2_meta.h"
-#include "l2_entry.h"
-#include "refcount.h"
+#include "format/format.h"
+#include "engine/engine.h"
 
 #define ASSERT(c) \
 	do { \

@@ -13,7 +13,7 @@
 
 #include "image_fixture.h"
 #include "qcow2_check.h"
-#include "refcount.h"
+#include "engine/engine.h"
 
 static char fx_dir[64];
 char fx_image[128];
@@ -110,10 +110,9 @@ void fx_open(struct fx *h, unsigned flags, const struct qcow2_fault_opts *fo,
 			assert_true(h->log_fd >= 0);
 			f.log_fd = h->log_fd;
 		}
-		xo.backend = QCOW2_BACKEND_FAULT;
-		xo.fault = &f;
 	}
-	assert_int_equal(qcow2_ctx_new(&xo, &h->ctx), 0);
+	assert_int_equal(fo || log ? qcow2_ctx_new_fault(&xo, &f, &h->ctx) :
+			      qcow2_ctx_new(&xo, &h->ctx), 0);
 	ret = qcow2_open(h->ctx, fx_image, &oo, &h->img, &err);
 	if (ret < 0) {
 		print_error("open %s: %s\n", fx_image, err.msg);

@@ -14,7 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "internal.h"
+#include "engine/engine.h"
+#include "io/qcow2_fault.h"
 
 /* The image and the fault log, in a directory made by fx_setup(). */
 extern char fx_image[];

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "header.h"
+#include "format/format.h"
 
 #define CLUSTER 65536u
 #define FILE_SIZE (1u << 20)

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "iov.h"
+#include "io/io.h"
 
 static void test_slice_and_fill(void **state)
 {

@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "l2_entry.h"
+#include "format/format.h"
 
 static const struct l2_geom std64k = { 16, false, false };
 static const struct l2_geom ext64k = { 16, true, false };

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "slice_cache.h"
+#include "cache/cache.h"
 
 #define MAXLOADS 16
 

@@ -23,7 +23,7 @@
 #include <cmocka.h>
 
 #include "image_fixture.h"
-#include "l2_entry.h"
+#include "format/format.h"
 
 #define BUFFERED (QCOW2_OPEN_RDWR | QCOW2_OPEN_BUFFERED)
 #define DIRECT QCOW2_OPEN_RDWR

@@ -114,6 +114,7 @@
 #include <unistd.h>
 
 #include "qcow2.h"
+#include "qcow2_fault.h"
 
 extern char **environ;
 
@@ -1837,7 +1838,7 @@ int main(int argc, char **argv)
 		{ "features", no_argument, 0, 'F' },
 		{ 0, 0, 0, 0 },
 	};
-	struct qcow2_ctx_opts co = { .backend = QCOW2_BACKEND_FAULT };
+	struct qcow2_ctx_opts co = { .backend = QCOW2_BACKEND_SYNC };
 	struct qcow2_open_opts oo = { .flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING };
 	struct qcow2_error err;
 	uint64_t ops = 200;
@@ -1933,8 +1934,7 @@ int main(int argc, char **argv)
 			die("%s: %s", g.path_log, strerror(errno));
 	}
 	g.fo.log_fd = g.log_fd;
-	co.fault = &g.fo;
-	ret = qcow2_ctx_new(&co, &g.ctx);
+	ret = qcow2_ctx_new_fault(&co, &g.fo, &g.ctx);
 	if (ret < 0)
 		die("cannot create the fault context: %s", strerror(-ret));
 	if (g.buffered)

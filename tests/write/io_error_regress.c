@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "qcow2.h"
+#include "qcow2_fault.h"
 
 static char dir[4000];
 static int failures;
@@ -119,7 +120,8 @@ static int create(const char *name, const struct qcow2_create_opts *co)
 }
 
 static int hopen_ctx(struct handle *h, const char *name,
-		     const struct qcow2_ctx_opts *xo, unsigned flags)
+		     const struct qcow2_ctx_opts *xo,
+		     const struct qcow2_fault_opts *fo, unsigned flags)
 {
 	struct qcow2_open_opts oo = { .flags = flags };
 	struct qcow2_error err = { "" };
@@ -127,7 +129,7 @@ static int hopen_ctx(struct handle *h, const char *name,
 	int ret;
 
 	path_of(path, sizeof(path), name);
-	ret = qcow2_ctx_new(xo, &h->ctx);
+	ret = fo ? qcow2_ctx_new_fault(xo, fo, &h->ctx) : qcow2_ctx_new(xo, &h->ctx);
 	if (ret < 0)
 		return ret;
 	ret = qcow2_open(h->ctx, path, &oo, &h->img, &err);
@@ -147,12 +149,9 @@ static unsigned open_flags = QCOW2_OPEN_RDWR;
 static int hopen(struct handle *h, const char *name,
 		 const struct qcow2_fault_opts *fo)
 {
-	struct qcow2_ctx_opts xo = {
-		.backend = fo ? QCOW2_BACKEND_FAULT : QCOW2_BACKEND_SYNC,
-		.fault = fo,
-	};
+	struct qcow2_ctx_opts xo = { .backend = QCOW2_BACKEND_SYNC };
 
-	return hopen_ctx(h, name, &xo, open_flags);
+	return hopen_ctx(h, name, &xo, fo, open_flags);
 }
 
 static void hclose(struct handle *h)
@@ -576,7 +575,7 @@ static void case_uring_4g(void)
 		FAIL("uring-4g: cannot map %llu bytes", (unsigned long long)size);
 		return;
 	}
-	if (hopen_ctx(&h, "big.raw", &xo, QCOW2_OPEN_RAW) < 0) {
+	if (hopen_ctx(&h, "big.raw", &xo, NULL, QCOW2_OPEN_RAW) < 0) {
 		printf("SKIP: io_uring unavailable\n");
 		munmap(buf, size);
 		exit(77);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "qcow2.h"
+#include "qcow2_fault.h"
 
 #define CS 65536u
 
@@ -48,14 +49,12 @@ static int wait_for(struct qcow2_ctx *ctx, struct done *d)
 static int open_image(const char *path, const struct qcow2_fault_opts *fo,
 		      struct qcow2_ctx **ctx, struct qcow2_image **img)
 {
-	struct qcow2_ctx_opts xo = {
-		.backend = fo ? QCOW2_BACKEND_FAULT : QCOW2_BACKEND_SYNC, .fault = fo,
-	};
+	struct qcow2_ctx_opts xo = { .backend = QCOW2_BACKEND_SYNC };
 	struct qcow2_open_opts oo = {
 		.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_BUFFERED,
 	};
 	struct qcow2_error err = { "" };
-	int ret = qcow2_ctx_new(&xo, ctx);
+	int ret = fo ? qcow2_ctx_new_fault(&xo, fo, ctx) : qcow2_ctx_new(&xo, ctx);
 
 	if (ret == 0)
 		ret = qcow2_open(*ctx, path, &oo, img, &err);

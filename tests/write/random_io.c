@@ -60,6 +60,7 @@
 #include <unistd.h>
 
 #include "qcow2.h"
+#include "qcow2_fault.h"
 
 #define SECTOR 512u
 #define MAX_DEPTH 64
@@ -725,6 +726,7 @@ int main(int argc, char **argv)
 		{ 0, 0, 0, 0 },
 	};
 	struct qcow2_ctx_opts co = { .backend = QCOW2_BACKEND_IO_URING, .queue_depth = 128 };
+	bool use_fault = false;
 	struct qcow2_fault_opts fo = { .log_fd = -1, .fail_errno = EIO,
 				       .fail_ops = QCOW2_FAULT_WRITE | QCOW2_FAULT_FSYNC };
 	struct qcow2_open_opts oo = { .flags = QCOW2_OPEN_RDWR };
@@ -745,7 +747,7 @@ int main(int argc, char **argv)
 			if (!strcmp(optarg, "sync"))
 				co.backend = QCOW2_BACKEND_SYNC;
 			else if (!strcmp(optarg, "fault"))
-				co.backend = QCOW2_BACKEND_FAULT;
+				use_fault = true;
 			else if (!strcmp(optarg, "io_uring"))
 				co.backend = QCOW2_BACKEND_IO_URING;
 			else
@@ -783,9 +785,9 @@ int main(int argc, char **argv)
 		usage();
 	/* Without --fail-at, --expect-failure waits for a real failure with
 	 * --fail-errno (a full file system). */
-	if (g.expect_failure && fo.fail_at && co.backend != QCOW2_BACKEND_FAULT)
+	if (g.expect_failure && fo.fail_at && !use_fault)
 		die("--expect-failure with --fail-at needs --backend fault");
-	if ((log_path || g.marks_dir) && co.backend != QCOW2_BACKEND_FAULT)
+	if ((log_path || g.marks_dir) && !use_fault)
 		die("--log and --marks need --backend fault");
 	if (g.marks_dir && !log_path)
 		die("--marks needs --log");
@@ -809,9 +811,8 @@ int main(int argc, char **argv)
 		if (!g.marks)
 			die("%s: %s", path, strerror(errno));
 	}
-	if (co.backend == QCOW2_BACKEND_FAULT)
-		co.fault = &fo;
-	ret = qcow2_ctx_new(&co, &g.ctx);
+	ret = use_fault ? qcow2_ctx_new_fault(&co, &fo, &g.ctx) :
+			  qcow2_ctx_new(&co, &g.ctx);
 	if (ret < 0) {
 		if (co.backend == QCOW2_BACKEND_IO_URING) {
 			printf("SKIP: cannot create an io_uring context: %s\n", strerror(-ret));

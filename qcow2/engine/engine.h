@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The engine (engine/): an open image and its requests. Opening and
+ * closing, guest-to-host mapping, reads, writes, cluster allocation with
+ * deferred frees, refcounts, lazy write-back in soft-update order, resize,
+ * block status. An image is touched by one thread at a time (its context's).
+ */
+#ifndef QCOW2_ENGINE_H
+#define QCOW2_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "qcow2.h"
+#include "cache/cache.h"
+#include "format/format.h"
+#include "io/io.h"
+
+struct qcow2_image {
+	struct qcow2_ctx *ctx;
+	char *filename;
+	unsigned flags;
+	bool raw;
+	struct qfile file;
+	struct qfile data_store;    /* external data file, if any */
+	struct qfile *data;         /* &file or &data_store */
+	struct qcow2_header hdr;
+	uint64_t virtual_size;
+	uint32_t block_size;        /* request alignment */
+
+	/* geometry */
+	uint32_t cluster_bits;
+	uint64_t cluster_size;
+	uint32_t l2_bits;           /* log2(entries per L2 table) */
+	uint32_t l2_entry_size;     /* 8, or 16 with extended L2 */
+	uint32_t subcluster_bits;   /* log2(subcluster size) */
+	bool extl2;
+	bool has_data_file;
+
+	uint64_t *l1;               /* host-endian */
+	uint32_t l1_size;
+
+	struct slice_cache *l2_cache;
+	uint32_t l2_slice_size;
+
+	struct qcow2_image *backing;
+	char *backing_path;         /* hdr.backing_file beside the image */
+
+	/* Allocation and refcounts (read-write images; refcount.c) */
+	uint64_t alloc_end;         /* end of the last allocated cluster */
+	uint64_t file_len;          /* the image file's size as we set it */
+	uint64_t *reftable;         /* host-endian block offsets */
+	uint32_t reftable_entries;
+	struct slice_cache *rc_cache;
+	uint32_t rc_slice_size;
+	uint32_t refcount_order;
+	uint64_t refblock_entries;  /* entries per refcount block */
+
+	/* Write path (write.c, cluster_alloc.c, writeback.c) */
+	bool l1_dirty;
+	uint32_t l1_dirty_lo, l1_dirty_hi;  /* dirty entries [lo, hi) */
+	bool reftable_dirty;
+	uint32_t reftable_dirty_lo, reftable_dirty_hi;
+	bool header_dirty;           /* hdr_block changed (written in a flush) */
+	uint8_t *hdr_block;          /* the image's first block, as on disk */
+	uint32_t hdr_block_len;
+	/* Refcount table growth in progress (cluster_alloc.c): phase 1, the
+	 * table is enlarged in memory; phase 2, placed at grow_off. */
+	int grow_phase;
+	struct slice_waiter *grower;    /* the allocation doing it */
+	struct slice_waiter *grow_waiters; /* other appends wait (they would
+					      use blocks not yet on disk) */
+	uint64_t grow_off;
+	uint32_t grow_clusters;
+	uint32_t grow_counted;
+	bool data_unsynced;          /* data written since the last fdatasync */
+	/* Lazy refcounts: flushes leave refcounts in the cache (written at
+	 * close) once the dirty bit is on disk. */
+	bool lazy_refcounts;
+	bool dirty_on_disk;
+	/* In-flight allocations (write.c): hashed by guest cluster, and those
+	 * allocating an L2 table. */
+	struct cluster_write **alloc_hash;
+	struct cluster_write *l2_allocators;
+	/* Reusable clusters: their dropping entries and decrements are done. */
+	uint64_t *free_pool;
+	size_t free_pool_len, free_pool_cap;
+	/* Clusters to decrement once the entries that dropped them are on
+	 * disk (rule 3): queued now, released by the next completed flush. */
+	uint64_t *frees_waiting;     /* waiting for a flush to start */
+	size_t frees_waiting_len, frees_waiting_cap;
+	uint64_t *frees_flushing;    /* covered by the running flush */
+	size_t frees_flushing_len, frees_flushing_cap;
+	uint64_t *frees_ready;       /* decrement now */
+	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
+	struct slice_waiter free_waiter;
+	/* In-place writes in flight, oldest first (write.c). They do not wait
+	 * for metadata changes, so a cluster a discard dropped is decremented
+	 * only once every in-place write issued before the flush that wrote
+	 * the discard is done: a late one must not land in a reused cluster. */
+	struct inplace_write *ip_head, *ip_tail;
+	uint64_t ip_seq;             /* of the last one started */
+	uint64_t frees_flushing_seq; /* ip_seq when the running flush began */
+	uint64_t frees_ready_seq;    /* ready frees wait for writes <= this */
+	bool free_worker_waits_ip;
+	unsigned punches_inflight;   /* holes being punched (cluster_alloc.c) */
+	/* Packing of compressed clusters (cluster_alloc_bytes) */
+	uint64_t cz_cluster;         /* cluster taking blobs, held; or 0 */
+	uint64_t cz_off;             /* its next free byte */
+	uint64_t cz_blobs;           /* blobs counted in it */
+	bool free_worker_parked;
+	struct writeback *wb;
+
+	/* single-entry cache of the last decompressed cluster, keyed by its
+	 * descriptor: dropped whenever a host cluster becomes reusable (a
+	 * reused cluster can take a new blob with the same descriptor) */
+	uint8_t *zbuf;
+	uint64_t zbuf_desc;         /* descriptor of the cluster in zbuf */
+	bool zbuf_valid;
+	uint64_t zbuf_gen;          /* bumped by every drop */
+	struct decompressor dec;
+
+	struct qcow2_stats stats;
+	char last_error[256];
+};
+
+#define ALLOC_HASH_BUCKETS 1024u
+
+void image_set_error(struct qcow2_image *img, const char *fmt, ...)
+	QCOW2_PRINTF(2, 3);
+/* slice_load_fn of the image's caches: read the slice from the image file. */
+int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s);
+
+/* Allocation (cluster_alloc.c) */
+struct cluster_write;
+/*
+ * A new host cluster. Data may reuse one from the free pool (*fresh false:
+ * it holds old bytes); otherwise, and always for tables, it is appended at
+ * the end (*fresh true: it reads zeros until written). The caller adds its
+ * refcount. Returns 0, -EAGAIN (w queued: call again), or -errno.
+ * Callers pass writeback_gate() first.
+ */
+int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
+		  uint64_t *host, bool *fresh);
+/*
+ * n contiguous clusters at the end, for a table (a relocated L1). Refcount
+ * blocks the run needs are made first, before it. Returns 0 with *off set,
+ * the caller then counts each cluster; -EAGAIN (w queued: call again;
+ * blocks made stay made) or -errno.
+ */
+int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
+		      struct slice_waiter *w, uint64_t *off);
+/*
+ * Room for a compressed cluster: blob_len bytes referenced by its
+ * descriptor, reserve bytes (blob_len rounded up to the block size)
+ * written. Returns 0 with *host, and the clusters to count: touch[i] gets
+ * +delta[i] (the caller applies them, resumably); -EAGAIN or -errno.
+ */
+int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
+			uint64_t blob_len, struct slice_waiter *w, uint64_t *host,
+			uint64_t touch[2], int64_t delta[2], int *ntouch);
+/* Drop the hold on the cluster compressed data was packed into (close). */
+void cluster_alloc_bytes_release(struct qcow2_image *img);
+/* Like cluster_free_later(), for a cluster a discard dropped: once free,
+ * its blocks are given back to the file system (punched). */
+int cluster_discard_later(struct qcow2_image *img, uint64_t host);
+/* Queue the decrement of a host cluster dropped by a metadata change. */
+int cluster_free_later(struct qcow2_image *img, uint64_t host);
+/* Called by the write-back machinery around a flush. */
+void cluster_frees_flush_started(struct qcow2_image *img);
+void cluster_frees_flush_done(struct qcow2_image *img, int err);
+/* An in-place write finished: frees waiting for it may go on. */
+void cluster_frees_kick(struct qcow2_image *img);
+void cluster_alloc_close(struct qcow2_image *img);
+/* Sequence number of the oldest in-place write still in flight
+ * (write.c), or UINT64_MAX when none is. */
+uint64_t write_oldest_inplace(const struct qcow2_image *img);
+/* Cut the file back to the end of its last cluster (clean close). */
+void cluster_alloc_trim(struct qcow2_image *img);
+
+/* Write-back (writeback.c) */
+int writeback_init(struct qcow2_image *img);
+void writeback_free(struct qcow2_image *img);
+/*
+ * May metadata change now? 0 yes; -EAGAIN while a flush runs (metadata is
+ * being written in dependency order): w is parked and woken at its end; or
+ * the error of the last write-back, which failed: metadata changes fail
+ * until a write-back succeeds.
+ */
+int writeback_gate(struct qcow2_image *img, struct slice_waiter *w);
+int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
+		    qcow2_complete_fn cb, void *opaque);
+void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx);
+/* Change big-endian header fields in hdr_block; written by the next flush
+ * after the tables they point at. */
+void image_set_header_u64(struct qcow2_image *img, unsigned off, uint64_t v);
+void image_set_header_u32(struct qcow2_image *img, unsigned off, uint32_t v);
+void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx);
+int write_open(struct qcow2_image *img, struct qcow2_error *err);
+
+/* Guest-offset mapping (map.c) shared by reads and block status. */
+struct map_extent {
+	uint64_t len;
+	enum qcow2_extent_type type;
+	uint64_t host;          /* DATA: host offset; COMPRESSED: descriptor */
+};
+
+/* Map guest offset; at most maxlen bytes. Returns 0 with *ext filled, or
+ * -EAGAIN when an L2 slice is loading (w is woken when it is ready), or a
+ * negative errno (with the image's error message set). */
+int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
+	       struct map_extent *ext, struct slice_waiter *w);
+
+/* The cached L2 slice mapping guest: returns 0 (slice, index of its first
+ * entry within the table, table offset), 1 when no L2 table maps guest,
+ * -EAGAIN (w queued) while the slice loads, or -EIO (corrupt L1 entry). */
+int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
+		    struct slice_waiter *w, struct slice **slice,
+		    uint64_t *slice_first, uint64_t *l2_off);
+
+/* Compressed cluster descriptor -> host byte range. */
+void compressed_range(const struct qcow2_image *img, uint64_t desc,
+		      uint64_t *host, uint64_t *len);
+
+/* A host cluster became reusable (free pool): drop the decompressed
+ * cluster cache, and make reads in flight not fill it (read.c). */
+void read_zbuf_drop(struct qcow2_image *img);
+
+/* Internal read: no alignment checks, callback may run synchronously. */
+int read_start(struct qcow2_image *img, uint64_t offset,
+	       const struct iovec *iov, int iovcnt, uint64_t len,
+	       bool top_level, qcow2_complete_fn cb, void *opaque);
+
+/* Where the image's clusters end: the file as opened, or, once we allocate,
+ * the end of the last cluster we allocated. */
+static inline uint64_t image_end(const struct qcow2_image *img)
+{
+	return img->wb ? img->alloc_end : img->file.size;
+}
+
+/* Refcounts (refcount.c): the refcount table in memory, refcount blocks
+ * sliced, cached and written back with the rest of the metadata. */
+int refcount_open(struct qcow2_image *img);
+/* A dirty image (lazy refcounts): count every reference, write new
+ * refcount structures past the end, then point the header at them and
+ * clear the dirty bit (refcount_rebuild.c). Before refcount_open(). */
+int refcount_rebuild(struct qcow2_image *img);
+void refcount_close(struct qcow2_image *img);
+
+/*
+ * Add delta to the refcount of the host cluster at offset host (in the
+ * cache; written back by the next flush). Returns 0, -EAGAIN when a slice
+ * must be loaded first (w is woken; call again), -ERANGE on overflow or
+ * underflow (corruption), or another negative errno.
+ */
+int refcount_update(struct qcow2_image *img, uint64_t host, int64_t delta,
+		    struct slice_waiter *w);
+/* Read the refcount of the cluster at host; same return convention. */
+int refcount_get(struct qcow2_image *img, uint64_t host, uint64_t *out,
+		 struct slice_waiter *w);
+
+#endif

@@ -1,0 +1,451 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The read path, as an explicit state machine. A request walks its guest
+ * range with a cursor: each step maps one extent (map_lookup) and starts the
+ * work for it (data IO, zero fill, backing read, decompression). When an L2
+ * slice is not cached, the cursor parks on the slice and resumes when it is
+ * loaded. The request completes when the cursor has reached the end and
+ * every piece of work it started has finished.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+
+#define container_of(ptr, type, member) \
+	((type *)((char *)(ptr) - offsetof(type, member)))
+
+struct read_req {
+	struct qcow2_image *img;
+	uint64_t offset;
+	uint64_t len;
+	uint64_t pos;           /* cursor, relative to offset */
+	struct iovec *iov;
+	int iovcnt;
+	unsigned pending;       /* started work + 1 while the cursor runs */
+	int error;
+	bool top_level;
+	bool in_submit;         /* inside qcow2_readv(): defer the callback */
+	qcow2_complete_fn cb;
+	void *opaque;
+	struct slice_waiter waiter;
+	struct ctx_deferred deferred;
+	struct iovec iov_inline[2];
+};
+
+/* One piece of work: a data read, a backing read or a compressed cluster. */
+struct read_sub {
+	struct read_req *req;
+	uint64_t req_off;       /* where its bytes go in the request */
+	uint64_t len;
+	uint64_t desc;          /* compressed: the descriptor */
+	uint64_t in_cluster;    /* compressed: offset of req_off's byte */
+	uint64_t zbuf_gen;      /* compressed: img->zbuf_gen at the start */
+	struct file_read fr;
+	struct iovec *iov;
+	int iovcnt;
+	struct iovec iov_inline[2];
+};
+
+static void read_advance(struct read_req *req);
+
+static void req_free(struct read_req *req)
+{
+	if (req->iov != req->iov_inline)
+		free(req->iov);
+	free(req);
+}
+
+static void req_run_deferred(struct ctx_deferred *d)
+{
+	struct read_req *req = container_of(d, struct read_req, deferred);
+
+	req->cb(req->opaque, req->error);
+	req_free(req);
+}
+
+static void req_finish(struct read_req *req)
+{
+	struct qcow2_image *img = req->img;
+
+	if (req->top_level && req->error)
+		img->stats.read_errors++;
+	if (req->top_level && req->in_submit) {
+		req->deferred.run = req_run_deferred;
+		ctx_defer(img->ctx, &req->deferred);
+		return;
+	}
+	req->cb(req->opaque, req->error);
+	req_free(req);
+}
+
+static void req_put(struct read_req *req)
+{
+	if (--req->pending == 0)
+		req_finish(req);
+}
+
+static void req_fail(struct read_req *req, int err)
+{
+	if (!req->error)
+		req->error = err;
+}
+
+static struct read_sub *sub_new(struct read_req *req, uint64_t len)
+{
+	struct read_sub *sub = calloc(1, sizeof(*sub));
+	int n;
+
+	if (!sub)
+		return NULL;
+	sub->req = req;
+	sub->req_off = req->pos;
+	sub->len = len;
+	n = iov_count_range(req->iov, req->iovcnt, req->pos, len);
+	if (n <= 2) {
+		sub->iov = sub->iov_inline;
+	} else {
+		sub->iov = calloc((size_t)n, sizeof(*sub->iov));
+		if (!sub->iov) {
+			free(sub);
+			return NULL;
+		}
+	}
+	sub->iovcnt = iov_slice(req->iov, req->iovcnt, req->pos, len, sub->iov);
+	req->pending++;
+	return sub;
+}
+
+static void sub_end(struct read_sub *sub, int err)
+{
+	struct read_req *req = sub->req;
+
+	if (err)
+		req_fail(req, err);
+	if (sub->iov != sub->iov_inline)
+		free(sub->iov);
+	free(sub);
+	req_put(req);
+}
+
+static void data_done(struct file_read *fr, int err)
+{
+	struct read_sub *sub = container_of(fr, struct read_sub, fr);
+
+	if (err)
+		image_set_error(sub->req->img, "read error on %s: %s",
+				sub->req->img->data->path, strerror(-err));
+	sub_end(sub, err);
+}
+
+static void backing_done(void *opaque, int err)
+{
+	sub_end(opaque, err);
+}
+
+static void compressed_done(struct file_read *fr, int err)
+{
+	struct read_sub *sub = container_of(fr, struct read_sub, fr);
+	struct qcow2_image *img = sub->req->img;
+	uint64_t host, clen;
+
+	if (!err) {
+		compressed_range(img, sub->desc, &host, &clen);
+		img->zbuf_valid = false;
+		err = decompress_cluster(&img->dec, img->hdr.compression_type,
+					 fr->bounce + fr->bounce_skip, clen,
+					 img->zbuf, img->cluster_size);
+		if (err) {
+			image_set_error(img,
+					"corrupt image: compressed cluster at host offset 0x%llx "
+					"(%llu bytes) does not decompress",
+					(unsigned long long)host, (unsigned long long)clen);
+		} else {
+			/* Bytes read before their cluster was reused may be
+			 * stale: serve this request, keep nothing. */
+			img->zbuf_desc = sub->desc;
+			img->zbuf_valid = sub->zbuf_gen == img->zbuf_gen;
+			img->stats.compressed_reads++;
+			iov_from_buf(sub->iov, sub->iovcnt, 0,
+				     img->zbuf + sub->in_cluster, sub->len);
+		}
+	}
+	free(fr->bounce);
+	fr->bounce = NULL;
+	sub_end(sub, err);
+}
+
+void read_zbuf_drop(struct qcow2_image *img)
+{
+	img->zbuf_valid = false;
+	img->zbuf_gen++;
+}
+
+static int start_data(struct read_req *req, struct qfile *f, uint64_t host,
+		      uint64_t len)
+{
+	struct read_sub *sub = sub_new(req, len);
+	int ret;
+
+	if (!sub)
+		return -ENOMEM;
+	if (f->direct && (host % f->align || len % f->align ||
+			  !iov_aligned(sub->iov, sub->iovcnt, f->mem_align, f->align)))
+		req->img->stats.bounced_reads++;
+	ret = file_read_start(req->img->ctx, f, host, sub->iov, sub->iovcnt, len,
+			      false, &sub->fr, data_done);
+	if (ret < 0)
+		sub_end(sub, ret);
+	return 0;
+}
+
+static int start_backing(struct read_req *req, uint64_t guest, uint64_t len)
+{
+	struct qcow2_image *b = req->img->backing;
+	uint64_t n = 0;
+
+	if (b && guest < b->virtual_size) {
+		struct read_sub *sub;
+		int ret;
+
+		n = b->virtual_size - guest < len ? b->virtual_size - guest : len;
+		sub = sub_new(req, n);
+		if (!sub)
+			return -ENOMEM;
+		req->img->stats.backing_reads++;
+		ret = read_start(b, guest, sub->iov, sub->iovcnt, n, false,
+				 backing_done, sub);
+		if (ret < 0)
+			sub_end(sub, ret);
+	}
+	if (n < len)
+		iov_memset(req->iov, req->iovcnt, req->pos + n, 0, len - n);
+	return 0;
+}
+
+static int start_compressed(struct read_req *req, uint64_t guest,
+			    uint64_t desc, uint64_t len)
+{
+	struct qcow2_image *img = req->img;
+	uint64_t in_cluster = guest & (img->cluster_size - 1);
+	struct read_sub *sub;
+	uint64_t host, clen;
+	int ret;
+
+	if (!img->zbuf) {
+		if (posix_memalign((void **)&img->zbuf, 4096, img->cluster_size))
+			return -ENOMEM;
+	}
+	if (img->zbuf_valid && img->zbuf_desc == desc) {
+		iov_from_buf(req->iov, req->iovcnt, req->pos,
+			     img->zbuf + in_cluster, len);
+		return 0;
+	}
+	sub = sub_new(req, len);
+	if (!sub)
+		return -ENOMEM;
+	sub->desc = desc;
+	sub->in_cluster = in_cluster;
+	sub->zbuf_gen = img->zbuf_gen;
+	compressed_range(img, desc, &host, &clen);
+	ret = file_read_start(img->ctx, &img->file, host, NULL, 0, clen, true,
+			      &sub->fr, compressed_done);
+	if (ret < 0)
+		sub_end(sub, ret);
+	return 0;
+}
+
+static void read_wake(struct slice_waiter *w, int err)
+{
+	struct read_req *req = container_of(w, struct read_req, waiter);
+
+	if (err) {
+		image_set_error(req->img, "cannot read an L2 table of %s: %s",
+				req->img->filename, strerror(-err));
+		req_fail(req, err);
+		req_put(req); /* the cursor stops */
+		return;
+	}
+	read_advance(req);
+}
+
+static void read_advance(struct read_req *req)
+{
+	struct qcow2_image *img = req->img;
+
+	while (req->pos < req->len && !req->error) {
+		uint64_t guest = req->offset + req->pos;
+		struct map_extent ext;
+		int ret;
+
+		if (img->raw) {
+			ext.type = QCOW2_EXTENT_DATA;
+			ext.host = guest;
+			ext.len = req->len - req->pos;
+		} else {
+			ret = map_lookup(img, guest, req->len - req->pos, &ext,
+					 &req->waiter);
+			if (ret == -EAGAIN)
+				return; /* parked on a slice; read_wake resumes */
+			if (ret < 0) {
+				req_fail(req, ret);
+				break;
+			}
+		}
+		switch (ext.type) {
+		case QCOW2_EXTENT_DATA:
+			ret = start_data(req, img->data, ext.host, ext.len);
+			break;
+		case QCOW2_EXTENT_ZERO:
+			iov_memset(req->iov, req->iovcnt, req->pos, 0, ext.len);
+			ret = 0;
+			break;
+		case QCOW2_EXTENT_UNALLOCATED:
+			ret = start_backing(req, guest, ext.len);
+			break;
+		case QCOW2_EXTENT_COMPRESSED:
+			ret = start_compressed(req, guest, ext.host, ext.len);
+			break;
+		default:
+			ret = -EIO;
+		}
+		if (ret < 0) {
+			req_fail(req, ret);
+			break;
+		}
+		req->pos += ext.len;
+	}
+	req_put(req); /* the cursor is done */
+}
+
+int read_start(struct qcow2_image *img, uint64_t offset,
+	       const struct iovec *iov, int iovcnt, uint64_t len,
+	       bool top_level, qcow2_complete_fn cb, void *opaque)
+{
+	struct read_req *req = calloc(1, sizeof(*req));
+
+	if (!req)
+		return -ENOMEM;
+	if (iovcnt <= 2) {
+		req->iov = req->iov_inline;
+	} else {
+		req->iov = malloc((size_t)iovcnt * sizeof(*iov));
+		if (!req->iov) {
+			free(req);
+			return -ENOMEM;
+		}
+	}
+	memcpy(req->iov, iov, (size_t)iovcnt * sizeof(*iov));
+	req->iovcnt = iovcnt;
+	req->img = img;
+	req->offset = offset;
+	req->len = len;
+	req->cb = cb;
+	req->opaque = opaque;
+	req->pending = 1;
+	req->top_level = top_level;
+	req->in_submit = top_level;
+	req->waiter.wake = read_wake;
+	read_advance(req);
+	/* A top-level request is never freed inside read_advance: its
+	 * completion is deferred while in_submit is set. */
+	if (top_level)
+		req->in_submit = false;
+	return 0;
+}
+
+int qcow2_readv(struct qcow2_image *img, uint64_t offset,
+		const struct iovec *iov, int iovcnt, qcow2_complete_fn cb,
+		void *opaque)
+{
+	uint64_t len;
+
+	if (!img || !cb || iovcnt < 0 || iovcnt > IOV_MAX || (iovcnt && !iov))
+		return -EINVAL;
+	len = iov_total(iov, iovcnt);
+	if (offset > img->virtual_size || len > img->virtual_size - offset)
+		return -EINVAL;
+	if (offset % img->block_size ||
+	    (len % img->block_size && offset + len != img->virtual_size))
+		return -EINVAL;
+	img->stats.read_requests++;
+	img->stats.read_bytes += len;
+	return read_start(img, offset, iov, iovcnt, len, true, cb, opaque);
+}
+
+struct sync_wait {
+	bool done;
+	int ret;
+};
+
+static void sync_cb(void *opaque, int ret)
+{
+	struct sync_wait *w = opaque;
+
+	w->done = true;
+	w->ret = ret;
+}
+
+/* Run the context until the request with wait w completes. */
+static int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret)
+{
+	if (ret < 0)
+		return ret;
+	while (!w->done) {
+		if (qcow2_ctx_inflight(img->ctx) == 0)
+			return -EIO; /* cannot happen: nothing left to wait for */
+		ret = qcow2_ctx_process(img->ctx, true);
+		if (ret < 0)
+			return ret;
+	}
+	return w->ret;
+}
+
+int qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
+		uint64_t offset)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_read(img, offset, buf, len, sync_cb, &w));
+}
+
+int qcow2_pwrite(struct qcow2_image *img, const void *buf, size_t len,
+		 uint64_t offset)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_write(img, offset, buf, len, sync_cb, &w));
+}
+
+int qcow2_pwrite_zeroes(struct qcow2_image *img, uint64_t offset, uint64_t len,
+			unsigned flags)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_write_zeroes(img, offset, len, flags,
+						       sync_cb, &w));
+}
+
+int qcow2_pdiscard(struct qcow2_image *img, uint64_t offset, uint64_t len)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_discard(img, offset, len, sync_cb, &w));
+}
+
+int qcow2_fsync(struct qcow2_image *img)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_flush(img, sync_cb, &w));
+}
+
+int qcow2_ftruncate(struct qcow2_image *img, uint64_t size)
+{
+	struct sync_wait w = { false, 0 };
+
+	return sync_finish(img, &w, qcow2_truncate(img, size, sync_cb, &w));
+}
