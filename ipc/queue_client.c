@@ -194,14 +194,19 @@ struct qcow2_ipc_ctrl *qcow2_ipc_client_ctrl(struct qcow2_ipc_client *c)
 	return c->v.ctrl;
 }
 
-int qcow2_ipc_client_fd(const struct qcow2_ipc_client *c, int which)
+int qcow2_ipc_client_queue_fd(const struct qcow2_ipc_client *c)
 {
-	switch (which) {
-	case 0: return c->queue_fd;
-	case 1: return c->kick_fd;
-	case 2: return c->call_fd;
-	default: return -EINVAL;
-	}
+	return c->queue_fd;
+}
+
+int qcow2_ipc_client_kick_fd(const struct qcow2_ipc_client *c)
+{
+	return c->kick_fd;
+}
+
+int qcow2_ipc_client_call_fd(const struct qcow2_ipc_client *c)
+{
+	return c->call_fd;
 }
 
 unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c)

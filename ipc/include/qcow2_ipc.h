@@ -268,9 +268,12 @@ int qcow2_ipc_client_wait(struct qcow2_ipc_client *c, unsigned spin, int timeout
 unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c);
 void qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
 				struct qcow2_ipc_client_stats *out);
-/* For tests and other-language peers: the raw mapping and its fds. */
+/* For tests and other-language peers: the raw mapping and its fds (the
+ * queue memfd, the kick eventfd, the call eventfd). */
 struct qcow2_ipc_ctrl *qcow2_ipc_client_ctrl(struct qcow2_ipc_client *c);
-int qcow2_ipc_client_fd(const struct qcow2_ipc_client *c, int which); /* 0 queue, 1 kick, 2 call */
+int qcow2_ipc_client_queue_fd(const struct qcow2_ipc_client *c);
+int qcow2_ipc_client_kick_fd(const struct qcow2_ipc_client *c);
+int qcow2_ipc_client_call_fd(const struct qcow2_ipc_client *c);
 
 /* ---- service side ---------------------------------------------------------------- */
 

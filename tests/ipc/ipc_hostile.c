@@ -55,7 +55,7 @@ static void target_open(struct target *t)
 	TEST_CHECK(qcow2_ipc_client_new(&co, &t->c) == 0);
 	TEST_CHECK(qcow2_ipc_layout(&geom, &t->l) == 0);
 	/* A second mapping that outlives the client object. */
-	TEST_CHECK(ring_map(qcow2_ipc_client_fd(t->c, 0), t->l.size, &t->raw, &t->raw_align) == 0);
+	TEST_CHECK(ring_map(qcow2_ipc_client_queue_fd(t->c), t->l.size, &t->raw, &t->raw_align) == 0);
 	t->raw_size = t->l.size;
 	ring_view_init(&t->v, t->raw, &geom, &t->l);
 }

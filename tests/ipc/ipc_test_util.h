@@ -83,9 +83,9 @@ static inline int test_attach_from_client(struct qcow2_ipc_client *c,
 	att->version = QCOW2_IPC_VERSION;
 	att->geometry = *g;
 	att->region_size = l.size;
-	att->queue_fd = fcntl(qcow2_ipc_client_fd(c, 0), F_DUPFD_CLOEXEC, 0);
-	att->kick_fd = fcntl(qcow2_ipc_client_fd(c, 1), F_DUPFD_CLOEXEC, 0);
-	att->call_fd = fcntl(qcow2_ipc_client_fd(c, 2), F_DUPFD_CLOEXEC, 0);
+	att->queue_fd = fcntl(qcow2_ipc_client_queue_fd(c), F_DUPFD_CLOEXEC, 0);
+	att->kick_fd = fcntl(qcow2_ipc_client_kick_fd(c), F_DUPFD_CLOEXEC, 0);
+	att->call_fd = fcntl(qcow2_ipc_client_call_fd(c), F_DUPFD_CLOEXEC, 0);
 	att->nr_regions = nr_regions;
 	for (unsigned i = 0; i < nr_regions; i++)
 		att->region_fds[i] = fcntl(region_fds[i], F_DUPFD_CLOEXEC, 0);

@@ -136,8 +136,9 @@ static void env_init(struct bad_env *e)
 		.max_segs = geom.max_segs, .nr_regions = 1, .data_size = geom.data_size,
 		.region_size = l.size,
 	};
-	for (int i = 0; i < 3; i++)
-		e->fds[i] = qcow2_ipc_client_fd(e->c, i);
+	e->fds[0] = qcow2_ipc_client_queue_fd(e->c);
+	e->fds[1] = qcow2_ipc_client_kick_fd(e->c);
+	e->fds[2] = qcow2_ipc_client_call_fd(e->c);
 	e->fds[3] = e->region_fd;
 }
 

@@ -755,7 +755,7 @@ static void test_doorbells(void **state)
 	qcow2_ipc_server_get_stats(p.s, &ss);
 	assert_int_equal(ss.calls, 1);
 	uint64_t calls;
-	assert_int_equal(read(qcow2_ipc_client_fd(p.c, 2), &calls, 8), 8);
+	assert_int_equal(read(qcow2_ipc_client_call_fd(p.c), &calls, 8), 8);
 	assert_int_equal(calls, 1);
 	atomic_store(&qcow2_ipc_client_ctrl(p.c)->cq_cons.cq_need_wakeup, 0);
 	assert_int_equal(qcow2_ipc_client_wait(p.c, 0, -1), 0);
