@@ -3,6 +3,7 @@
  * request (slot) with a generation, so that a completion is accepted only
  * for the request that is in flight in that slot now. */
 #include "handshake.h"
+#include "ipc_testing.h"
 #include "ring.h"
 
 #include <errno.h>

@@ -14,6 +14,7 @@
  * resubmits exactly the records that are TAKEN below sq_head or COMPLETING at
  * or after cq_tail: nothing is lost and nothing is completed twice. */
 #include "handshake.h"
+#include "ipc_testing.h"
 #include "ring.h"
 
 #include <errno.h>

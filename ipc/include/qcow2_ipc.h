@@ -268,12 +268,6 @@ int qcow2_ipc_client_wait(struct qcow2_ipc_client *c, unsigned spin, int timeout
 unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c);
 void qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
 				struct qcow2_ipc_client_stats *out);
-/* For tests and other-language peers: the raw mapping and its fds (the
- * queue memfd, the kick eventfd, the call eventfd). */
-struct qcow2_ipc_ctrl *qcow2_ipc_client_ctrl(struct qcow2_ipc_client *c);
-int qcow2_ipc_client_queue_fd(const struct qcow2_ipc_client *c);
-int qcow2_ipc_client_kick_fd(const struct qcow2_ipc_client *c);
-int qcow2_ipc_client_call_fd(const struct qcow2_ipc_client *c);
 
 /* ---- service side ---------------------------------------------------------------- */
 
@@ -366,11 +360,6 @@ unsigned qcow2_ipc_server_in_flight(const struct qcow2_ipc_server *s);
 int qcow2_ipc_server_broken(const struct qcow2_ipc_server *s);  /* 0 or -EPROTO */
 void qcow2_ipc_server_get_stats(const struct qcow2_ipc_server *s,
 				struct qcow2_ipc_server_stats *out);
-
-/* Validates one entry (a local copy) against geometry, region sizes and opts;
- * fills req (its iov must hold max_segs). Exposed for tests; used by take. */
-int qcow2_ipc_server_validate(struct qcow2_ipc_server *s, const struct qcow2_ipc_sqe *sqe,
-			      struct qcow2_ipc_server_req *req);
 
 #ifdef __cplusplus
 }

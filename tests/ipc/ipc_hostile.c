@@ -16,7 +16,7 @@
  * reports -EPROTO it must stay broken.
  *
  *   ipc_hostile [-r ROUNDS] [-s SEED]          exit 0 pass, 1 fail */
-#include "ipc_test_util.h"
+#include "ipc_test_internal.h"
 #include "ring.h"
 
 #include <getopt.h>

@@ -9,7 +9,7 @@
  * consumer at seeded moments too.
  *
  *   ipc_restart [-n COUNT] [-k KILLS] [-s SEED]        exit 0 pass, 1 fail */
-#include "ipc_test_util.h"
+#include "ipc_test_internal.h"
 #include "ring.h"
 
 #include <getopt.h>

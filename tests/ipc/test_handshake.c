@@ -7,7 +7,7 @@
 #include <cmocka.h>
 
 #include "handshake.h"
-#include "ipc_test_util.h"
+#include "ipc_test_internal.h"
 
 #include <dirent.h>
 #include <pthread.h>

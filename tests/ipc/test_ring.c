@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "ipc_test_util.h"
+#include "ipc_test_internal.h"
 #include "ring.h"
 
 #include <poll.h>
