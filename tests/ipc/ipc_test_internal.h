@@ -18,6 +18,7 @@ static inline int test_attach_from_client(struct qcow2_ipc_client *c,
 	if (err < 0)
 		return err;
 	memset(att, 0, sizeof(*att));
+	att->size = sizeof(*att);
 	att->version = QCOW2_IPC_VERSION;
 	att->geometry = *g;
 	att->region_size = l.size;
