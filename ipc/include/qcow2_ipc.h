@@ -4,10 +4,56 @@
  * (SQ), a completion ring (CQ), per-slot segment tables, the service's
  * in-flight table and a data-buffer area; plus two eventfd doorbells. The byte
  * layout, the memory-ordering rules and the handshake are specified in
- * ipc/PROTOCOL.md; the structs below are that layout (host endianness).
+ * ipc/PROTOCOL.md; the structs below are that layout (host endianness). This
+ * header is C only (C11 _Atomic in the control page, which C++ cannot name).
  *
- * Every function returns 0 or a negative errno and never sets errno for the
- * caller. A queue object is used by one thread at a time.
+ * Errors. A function that can fail returns 0 (or what its comment says) or
+ * a negative errno; errno is not how it reports, and its value afterwards
+ * is unspecified.
+ *
+ * Threads. The library starts no threads, takes no locks and installs no
+ * signal handlers. A client or a server object is single-threaded: calls on
+ * one object must not overlap, though it may move to another thread when
+ * the caller orders the hand-over (a mutex, a queue between threads).
+ * Different objects are independent, and the two ends of a queue, in two
+ * processes or threads, share nothing but the region and the eventfds. The
+ * functions without an object (qcow2_ipc_layout, _server_recv_hello,
+ * _server_send_reply, _server_accept, _attach_close) may run on any thread.
+ * Only the calls that take a socket (they block as it does: set SO_RCVTIMEO
+ * to bound them) and the wait functions (up to their timeout) sleep;
+ * doorbells are non-blocking eventfd writes.
+ *
+ * Callbacks. There are none: the library never calls into the caller.
+ * Completions and requests are collected by polling (reap, take) or by
+ * sleeping in a wait function; a service with its own event loop polls
+ * qcow2_ipc_server_kick_fd() between qcow2_ipc_server_prepare_sleep() and
+ * qcow2_ipc_server_woken().
+ *
+ * Lifetimes and ownership.
+ *  - What the caller passes in (options, requests and their segment arrays)
+ *    is read during the call only; what is kept is copied (fds are dup'ed).
+ *    The caller's socket is never closed by the library.
+ *  - A client owns the queue memfd and the two eventfds it creates and its
+ *    dups of the region fds (the caller closes its own whenever it likes);
+ *    the handshake sends the service copies. qcow2_ipc_client_free() unmaps
+ *    the region and closes all of them.
+ *  - qcow2_ipc_server_recv_hello() hands the received fds to the caller in
+ *    the attach (qcow2_ipc_attach_close() closes what is left there); a
+ *    successful qcow2_ipc_server_open() takes them over (sets them to -1), a
+ *    failed one leaves them. qcow2_ipc_server_close() unmaps and closes
+ *    everything the server holds.
+ *  - An fd an object returns (qcow2_ipc_server_kick_fd()) stays the
+ *    object's: poll it, do not read or close it. Pointers into the mappings
+ *    (qcow2_ipc_client_data(), qcow2_ipc_server_region()) are valid until
+ *    the object is freed or closed; a taken request's iov until
+ *    qcow2_ipc_server_complete() of its id.
+ *  - Buffers are shared memory: while a request is in flight the service
+ *    reads (WRITE) or writes (READ) its buffers, so the client leaves them
+ *    alone until it reaps the completion. The service keeps its mappings of
+ *    registered regions until it closes the queue: freeing the client does
+ *    not revoke that access.
+ *  - free/close accept NULL, and a broken queue (-EPROTO) is still freed or
+ *    closed by its owner.
  *
  * Extensible structs. The options, the stats and the attach description
  * (struct qcow2_ipc_client_opts, _client_stats, _server_opts, _server_stats,
@@ -297,6 +343,10 @@ unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c);
 /* Fills *out (the caller sets out->size). */
 int qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
 			       struct qcow2_ipc_client_stats *out);
+/* The client's fds and its raw mapping are not part of the API: the
+ * handshake passes the fds, and the call eventfd becomes public together
+ * with a client-side sleep protocol for a VMM's own event loop (the
+ * counterpart of the service's prepare_sleep/woken), which is not built. */
 
 /* ---- service side ---------------------------------------------------------------- */
 
