@@ -1,6 +1,7 @@
 /* handshake.c: the attach handshake over a connected AF_UNIX socket. The
  * client sends a hello with the queue's fds (SCM_RIGHTS); the service checks
  * every byte and every fd before it maps anything, then replies. */
+#include "extstruct.h"
 #include "handshake.h"
 #include "qcow2_ipc.h"
 
@@ -192,9 +193,13 @@ int qcow2_ipc_server_recv_hello(int sock, struct qcow2_ipc_attach *att)
 	unsigned nfds = 0;
 	struct qcow2_ipc_layout l;
 
+	int err = ext_prepare_out(att, sizeof(*att), EXT_ATTACH_VER0);
+	if (err < 0)
+		return err;
+	att->reserved0 = 0;
 	att->queue_fd = att->kick_fd = att->call_fd = -1;
 	att->nr_regions = 0;
-	int err = handshake_recv(sock, &h, sizeof(h), fds, MAX_FDS, &nfds);
+	err = handshake_recv(sock, &h, sizeof(h), fds, MAX_FDS, &nfds);
 	if (err < 0)
 		return err;
 

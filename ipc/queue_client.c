@@ -2,7 +2,9 @@
  * region: creates the memfd, seals it, and keeps one record per in-flight
  * request (slot) with a generation, so that a completion is accepted only
  * for the request that is in flight in that slot now. */
+#include "extstruct.h"
 #include "handshake.h"
+#include "ipc_testing.h"
 #include "ring.h"
 
 #include <errno.h>
@@ -59,12 +61,17 @@ void qcow2_ipc_client_free(struct qcow2_ipc_client *c)
 	free(c);
 }
 
-int qcow2_ipc_client_new(const struct qcow2_ipc_client_opts *opts,
+int qcow2_ipc_client_new(const struct qcow2_ipc_client_opts *caller_opts,
 			 struct qcow2_ipc_client **out)
 {
+	struct qcow2_ipc_client_opts o;
+	const struct qcow2_ipc_client_opts *opts = &o;
 	struct qcow2_ipc_client *c;
 	int err;
 
+	err = ext_copy_in(&o, sizeof(o), caller_opts, EXT_CLIENT_OPTS_VER0);
+	if (err < 0)
+		return err;
 	if (opts->nr_regions > QCOW2_IPC_MAX_REGIONS || (opts->nr_regions && !opts->region_fds))
 		return -EINVAL;
 	c = calloc(1, sizeof(*c));
@@ -194,14 +201,19 @@ struct qcow2_ipc_ctrl *qcow2_ipc_client_ctrl(struct qcow2_ipc_client *c)
 	return c->v.ctrl;
 }
 
-int qcow2_ipc_client_fd(const struct qcow2_ipc_client *c, int which)
+int qcow2_ipc_client_queue_fd(const struct qcow2_ipc_client *c)
 {
-	switch (which) {
-	case 0: return c->queue_fd;
-	case 1: return c->kick_fd;
-	case 2: return c->call_fd;
-	default: return -EINVAL;
-	}
+	return c->queue_fd;
+}
+
+int qcow2_ipc_client_kick_fd(const struct qcow2_ipc_client *c)
+{
+	return c->kick_fd;
+}
+
+int qcow2_ipc_client_call_fd(const struct qcow2_ipc_client *c)
+{
+	return c->call_fd;
 }
 
 unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c)
@@ -209,10 +221,10 @@ unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c)
 	return c->g.cq_entries - c->nr_free;
 }
 
-void qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
-				struct qcow2_ipc_client_stats *out)
+int qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
+			       struct qcow2_ipc_client_stats *out)
 {
-	*out = c->stats;
+	return ext_copy_out(out, &c->stats, sizeof(c->stats), EXT_CLIENT_STATS_VER0);
 }
 
 static int client_check_broken(struct qcow2_ipc_client *c)

@@ -13,7 +13,9 @@
  * frees the record. A service attaching to the region later (after a crash)
  * resubmits exactly the records that are TAKEN below sq_head or COMPLETING at
  * or after cq_tail: nothing is lost and nothing is completed twice. */
+#include "extstruct.h"
 #include "handshake.h"
+#include "ipc_testing.h"
 #include "ring.h"
 
 #include <errno.h>
@@ -156,13 +158,23 @@ static int server_recover(struct qcow2_ipc_server *s)
 	return 0;
 }
 
-int qcow2_ipc_server_open(struct qcow2_ipc_attach *att, const struct qcow2_ipc_server_opts *opts,
+int qcow2_ipc_server_open(struct qcow2_ipc_attach *att,
+			  const struct qcow2_ipc_server_opts *caller_opts,
 			  struct qcow2_ipc_server **out)
 {
+	struct qcow2_ipc_server_opts o;
+	const struct qcow2_ipc_server_opts *opts = &o;
 	struct qcow2_ipc_server *s;
 	uint64_t size;
 	int err;
 
+	err = ext_check_in(att, sizeof(*att), EXT_ATTACH_VER0);
+	if (err == 0)
+		err = ext_copy_in(&o, sizeof(o), caller_opts, EXT_SERVER_OPTS_VER0);
+	if (err < 0)
+		return err;
+	if (att->reserved0 || opts->reserved0)
+		return -EINVAL;
 	if (att->version != QCOW2_IPC_VERSION || att->nr_regions > QCOW2_IPC_MAX_REGIONS)
 		return -EINVAL;
 	if (opts->block_size == 0 || !is_pow2_or_zero(opts->block_size) ||
@@ -280,7 +292,7 @@ fail:
 int qcow2_ipc_server_accept(int sock, const struct qcow2_ipc_server_opts *opts,
 			    struct qcow2_ipc_server **out)
 {
-	struct qcow2_ipc_attach att;
+	struct qcow2_ipc_attach att = { .size = sizeof(att) };
 
 	int err = qcow2_ipc_server_recv_hello(sock, &att);
 	if (err == 0) {
@@ -632,8 +644,8 @@ int qcow2_ipc_server_broken(const struct qcow2_ipc_server *s)
 	return s->broken ? -EPROTO : 0;
 }
 
-void qcow2_ipc_server_get_stats(const struct qcow2_ipc_server *s,
-				struct qcow2_ipc_server_stats *out)
+int qcow2_ipc_server_get_stats(const struct qcow2_ipc_server *s,
+			       struct qcow2_ipc_server_stats *out)
 {
-	*out = s->stats;
+	return ext_copy_out(out, &s->stats, sizeof(s->stats), EXT_SERVER_STATS_VER0);
 }

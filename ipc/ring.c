@@ -1,5 +1,6 @@
 /* ring.c: the shared layout of a queue region and the primitives both sides
  * use on it (mapping, doorbells). */
+#include "ipc_testing.h"
 #include "ring.h"
 
 #include <errno.h>

@@ -2,6 +2,7 @@
 #ifndef QCOW2_IPC_RING_H
 #define QCOW2_IPC_RING_H
 
+#include "ipc_testing.h"
 #include "qcow2_ipc.h"
 
 #include <stdbool.h>
@@ -32,10 +33,7 @@ void ring_unmap(void *base, uint64_t size, uint64_t align);
 int ring_doorbell_ring(int fd);
 int ring_doorbell_drain(int fd);
 
-/* Crash injection for the restart tests: when set, called at each point where
- * a service dying leaves the in-flight table in a distinct state. */
-extern void (*ring_crash_point)(const char *where);
-
+/* Calls the restart tests' crash hook (ring_crash_point, ipc_testing.h). */
 static inline void ring_maybe_crash(const char *where)
 {
 	if (__builtin_expect(ring_crash_point != NULL, 0))

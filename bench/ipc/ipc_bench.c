@@ -66,7 +66,9 @@ struct consumer_arg {
 static void *null_consumer(void *p)
 {
 	struct consumer_arg *a = p;
-	struct qcow2_ipc_server_opts o = { .disk_size = 1ull << 40, .block_size = 512 };
+	struct qcow2_ipc_server_opts o = {
+		.size = sizeof(o), .disk_size = 1ull << 40, .block_size = 512,
+	};
 	struct qcow2_ipc_server *s;
 	struct qcow2_ipc_server_req req[64];
 	bool stop = false;
@@ -105,7 +107,7 @@ struct queue {
 
 static void queue_start(struct queue *q, unsigned consumer_spin)
 {
-	struct qcow2_ipc_client_opts co = { .geometry = geom };
+	struct qcow2_ipc_client_opts co = { .size = sizeof(co), .geometry = geom };
 	int err = qcow2_ipc_client_new(&co, &q->c);
 	if (err < 0)
 		die("client", err);
@@ -166,7 +168,7 @@ static void throughput(unsigned batch, uint64_t count, unsigned spin, double *mr
 			qcow2_ipc_client_wait(q.c, spin, -1);
 	}
 	double t1 = now();
-	struct qcow2_ipc_client_stats st;
+	struct qcow2_ipc_client_stats st = { .size = sizeof(st) };
 	qcow2_ipc_client_get_stats(q.c, &st);
 	queue_stop(&q);
 	*mreqs = (double)count / (t1 - t0) / 1e6;

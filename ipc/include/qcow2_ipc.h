@@ -4,10 +4,79 @@
  * (SQ), a completion ring (CQ), per-slot segment tables, the service's
  * in-flight table and a data-buffer area; plus two eventfd doorbells. The byte
  * layout, the memory-ordering rules and the handshake are specified in
- * ipc/PROTOCOL.md; the structs below are that layout (host endianness).
+ * ipc/PROTOCOL.md; the structs below are that layout (host endianness). This
+ * header is C only (C11 _Atomic in the control page, which C++ cannot name).
  *
- * Every function returns 0 or a negative errno and never sets errno for the
- * caller. A queue object is used by one thread at a time.
+ * Errors. A function that can fail returns 0 (or what its comment says) or
+ * a negative errno; errno is not how it reports, and its value afterwards
+ * is unspecified.
+ *
+ * Threads. The library starts no threads, takes no locks and installs no
+ * signal handlers. A client or a server object is single-threaded: calls on
+ * one object must not overlap, though it may move to another thread when
+ * the caller orders the hand-over (a mutex, a queue between threads).
+ * Different objects are independent, and the two ends of a queue, in two
+ * processes or threads, share nothing but the region and the eventfds. The
+ * functions without an object (qcow2_ipc_layout, _server_recv_hello,
+ * _server_send_reply, _server_accept, _attach_close) may run on any thread.
+ * Only the calls that take a socket (they block as it does: set SO_RCVTIMEO
+ * to bound them) and the wait functions (up to their timeout) sleep;
+ * doorbells are non-blocking eventfd writes.
+ *
+ * Callbacks. There are none: the library never calls into the caller.
+ * Completions and requests are collected by polling (reap, take) or by
+ * sleeping in a wait function; a service with its own event loop polls
+ * qcow2_ipc_server_kick_fd() between qcow2_ipc_server_prepare_sleep() and
+ * qcow2_ipc_server_woken().
+ *
+ * Lifetimes and ownership.
+ *  - What the caller passes in (options, requests and their segment arrays)
+ *    is read during the call only; what is kept is copied (fds are dup'ed).
+ *    The caller's socket is never closed by the library.
+ *  - A client owns the queue memfd and the two eventfds it creates and its
+ *    dups of the region fds (the caller closes its own whenever it likes);
+ *    the handshake sends the service copies. qcow2_ipc_client_free() unmaps
+ *    the region and closes all of them.
+ *  - qcow2_ipc_server_recv_hello() hands the received fds to the caller in
+ *    the attach (qcow2_ipc_attach_close() closes what is left there); a
+ *    successful qcow2_ipc_server_open() takes them over (sets them to -1), a
+ *    failed one leaves them. qcow2_ipc_server_close() unmaps and closes
+ *    everything the server holds.
+ *  - An fd an object returns (qcow2_ipc_server_kick_fd()) stays the
+ *    object's: poll it, do not read or close it. Pointers into the mappings
+ *    (qcow2_ipc_client_data(), qcow2_ipc_server_region()) are valid until
+ *    the object is freed or closed; a taken request's iov until
+ *    qcow2_ipc_server_complete() of its id.
+ *  - Buffers are shared memory: while a request is in flight the service
+ *    reads (WRITE) or writes (READ) its buffers, so the client leaves them
+ *    alone until it reaps the completion. The service keeps its mappings of
+ *    registered regions until it closes the queue: freeing the client does
+ *    not revoke that access.
+ *  - free/close accept NULL, and a broken queue (-EPROTO) is still freed or
+ *    closed by its owner.
+ *
+ * Extensible structs. The options, the stats and the attach description
+ * (struct qcow2_ipc_client_opts, _client_stats, _server_opts, _server_stats,
+ * _attach) begin with a uint32_t size, which the caller sets to the sizeof
+ * it was compiled with before it passes the struct in or has it filled:
+ * struct qcow2_ipc_client_opts o = { .size = sizeof(o), ... }. Fields are
+ * only ever appended, so that programs built against older or newer headers
+ * keep working with this library:
+ *  - a struct the library reads (options; an attach given to open): a size
+ *    below the first version's or above 4096 is -EINVAL; fields past the
+ *    caller's size count as 0, their default; bytes past the library's own
+ *    struct must be 0, else -EOPNOTSUPP (an option this library does not
+ *    know, set); reserved fields must be 0 (-EINVAL);
+ *  - a struct the library fills (stats; an attach from recv_hello): the same
+ *    range of sizes, else -EINVAL; the library fills the fields it knows that
+ *    fit in size, zeroes what lies past its own struct and leaves size alone.
+ * Each keeps its size a multiple of 8 with no padding at the end (explicit
+ * reserved fields instead), so that a new field never lands in bytes an
+ * older library ignores. The per-request structs (qcow2_ipc_req,
+ * qcow2_ipc_completion, qcow2_ipc_server_req) are fixed, like the wire
+ * structs they mirror and the geometry and layout: results come back in
+ * arrays whose stride the library must know, and they change only with a
+ * new protocol version, under new functions.
  */
 #ifndef QCOW2_IPC_H
 #define QCOW2_IPC_H
@@ -213,11 +282,13 @@ struct qcow2_ipc_client;
 
 #define QCOW2_IPC_CLIENT_ALWAYS_KICK 0x1u  /* ring the doorbell on every commit */
 
+/* Extensible (see the top of this file): set size. */
 struct qcow2_ipc_client_opts {
-	struct qcow2_ipc_geometry geometry;
+	uint32_t size;                  /* sizeof(struct qcow2_ipc_client_opts) */
 	uint32_t flags;                 /* QCOW2_IPC_CLIENT_* */
-	unsigned nr_regions;            /* <= QCOW2_IPC_MAX_REGIONS */
+	struct qcow2_ipc_geometry geometry;
 	const int *region_fds;          /* memfds (sealed F_SEAL_SHRINK); dup'ed */
+	unsigned nr_regions;            /* <= QCOW2_IPC_MAX_REGIONS */
 	uint32_t first_index;           /* where all four indices start (usually 0) */
 };
 
@@ -237,7 +308,10 @@ struct qcow2_ipc_completion {
 	int32_t res;
 };
 
+/* Extensible (see the top of this file): set size. */
 struct qcow2_ipc_client_stats {
+	uint32_t size;                  /* sizeof(struct qcow2_ipc_client_stats) */
+	uint32_t reserved0;             /* written as 0 */
 	uint64_t submitted, completed;
 	uint64_t kicks;                 /* doorbell writes */
 	uint64_t stale;                 /* completions of no in-flight request, dropped */
@@ -266,19 +340,24 @@ int qcow2_ipc_client_reap(struct qcow2_ipc_client *c, struct qcow2_ipc_completio
  * -ETIMEDOUT, -EPROTO when the service marked the queue broken. */
 int qcow2_ipc_client_wait(struct qcow2_ipc_client *c, unsigned spin, int timeout_ms);
 unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c);
-void qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
-				struct qcow2_ipc_client_stats *out);
-/* For tests and other-language peers: the raw mapping and its fds. */
-struct qcow2_ipc_ctrl *qcow2_ipc_client_ctrl(struct qcow2_ipc_client *c);
-int qcow2_ipc_client_fd(const struct qcow2_ipc_client *c, int which); /* 0 queue, 1 kick, 2 call */
+/* Fills *out (the caller sets out->size). */
+int qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
+			       struct qcow2_ipc_client_stats *out);
+/* The client's fds and its raw mapping are not part of the API: the
+ * handshake passes the fds, and the call eventfd becomes public together
+ * with a client-side sleep protocol for a VMM's own event loop (the
+ * counterpart of the service's prepare_sleep/woken), which is not built. */
 
 /* ---- service side ---------------------------------------------------------------- */
 
 struct qcow2_ipc_server;
 
-/* What a hello delivered; the fds belong to whoever holds this. */
+/* What a hello delivered; the fds belong to whoever holds this. Extensible
+ * (see the top of this file): set size before qcow2_ipc_server_recv_hello. */
 struct qcow2_ipc_attach {
+	uint32_t size;          /* sizeof(struct qcow2_ipc_attach) */
 	uint16_t version;
+	uint16_t reserved0;     /* 0 */
 	struct qcow2_ipc_geometry geometry;
 	uint64_t region_size;
 	int queue_fd, kick_fd, call_fd;
@@ -288,18 +367,21 @@ struct qcow2_ipc_attach {
 
 #define QCOW2_IPC_SERVER_ALWAYS_CALL 0x1u  /* signal the client on every publish */
 
+/* Extensible (see the top of this file): set size. */
 struct qcow2_ipc_server_opts {
+	uint32_t size;          /* sizeof(struct qcow2_ipc_server_opts) */
+	uint32_t flags;         /* QCOW2_IPC_SERVER_* */
 	uint64_t disk_size;     /* requests must lie in [0, disk_size) */
 	uint32_t block_size;    /* power of two: disk offset and length alignment */
 	uint32_t buf_align;     /* power of two (or 0 = 1): segment offset/length alignment */
 	uint64_t max_io_bytes;  /* largest READ/WRITE (0: no limit beyond 4 GiB) */
-	uint32_t flags;         /* QCOW2_IPC_SERVER_* */
 	/* Policy limits on what one client may make the service map and
 	 * allocate (0: only the protocol's limits): the queue region plus all
 	 * registered regions, and cq_entries (service memory per queue grows
 	 * with cq_entries * max_segs). Beyond them open fails with -E2BIG. */
 	uint64_t max_map_bytes;
 	uint32_t max_entries;
+	uint32_t reserved0;     /* 0 */
 };
 
 /* A validated request, copied out of the ring. iov points into the service's
@@ -315,16 +397,20 @@ struct qcow2_ipc_server_req {
 	struct iovec *iov;
 };
 
+/* Extensible (see the top of this file): set size. */
 struct qcow2_ipc_server_stats {
+	uint32_t size;          /* sizeof(struct qcow2_ipc_server_stats) */
+	uint32_t reserved0;     /* written as 0 */
 	uint64_t taken, completed;
 	uint64_t invalid;       /* entries completed with -EINVAL by validation */
 	uint64_t recovered;     /* in-flight entries found at attach */
 	uint64_t calls;         /* doorbell writes */
 };
 
-/* Receives and validates a hello (fd count, kinds, seals, sizes). Fills att,
- * whose fds the caller then owns (qcow2_ipc_attach_close). Blocks; set
- * SO_RCVTIMEO on sock to bound the wait. */
+/* Receives and validates a hello (fd count, kinds, seals, sizes). Fills att
+ * (the caller sets att->size), whose fds the caller then owns
+ * (qcow2_ipc_attach_close). Blocks; set SO_RCVTIMEO on sock to bound the
+ * wait. */
 int qcow2_ipc_server_recv_hello(int sock, struct qcow2_ipc_attach *att);
 int qcow2_ipc_server_send_reply(int sock, uint16_t version, int32_t status);
 void qcow2_ipc_attach_close(struct qcow2_ipc_attach *att);
@@ -361,13 +447,9 @@ int qcow2_ipc_server_region(const struct qcow2_ipc_server *s, unsigned idx, void
 			    uint64_t *size);
 unsigned qcow2_ipc_server_in_flight(const struct qcow2_ipc_server *s);
 int qcow2_ipc_server_broken(const struct qcow2_ipc_server *s);  /* 0 or -EPROTO */
-void qcow2_ipc_server_get_stats(const struct qcow2_ipc_server *s,
-				struct qcow2_ipc_server_stats *out);
-
-/* Validates one entry (a local copy) against geometry, region sizes and opts;
- * fills req (its iov must hold max_segs). Exposed for tests; used by take. */
-int qcow2_ipc_server_validate(struct qcow2_ipc_server *s, const struct qcow2_ipc_sqe *sqe,
-			      struct qcow2_ipc_server_req *req);
+/* Fills *out (the caller sets out->size). */
+int qcow2_ipc_server_get_stats(const struct qcow2_ipc_server *s,
+			       struct qcow2_ipc_server_stats *out);
 
 #ifdef __cplusplus
 }

@@ -25,7 +25,8 @@ int main(int argc, char **argv)
 	int sock = atoi(argv[1]);
 	unsigned long count = strtoul(argv[2], NULL, 0);
 	struct qcow2_ipc_server_opts o = {
-		.disk_size = 1ull << 30, .block_size = 512, .flags = QCOW2_IPC_SERVER_ALWAYS_CALL,
+		.size = sizeof(o), .disk_size = 1ull << 30, .block_size = 512,
+		.flags = QCOW2_IPC_SERVER_ALWAYS_CALL,
 	};
 	struct qcow2_ipc_server *s;
 	int err = qcow2_ipc_server_accept(sock, &o, &s);
@@ -57,7 +58,7 @@ int main(int argc, char **argv)
 		err = qcow2_ipc_server_publish(s);
 		if (err < 0)
 			break;
-		struct qcow2_ipc_server_stats st;
+		struct qcow2_ipc_server_stats st = { .size = sizeof(st) };
 		qcow2_ipc_server_get_stats(s, &st);
 		done = st.completed;
 		if (done < count && n == 0 && (err = qcow2_ipc_server_wait(s, 0, -1)) < 0)

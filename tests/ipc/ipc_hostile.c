@@ -16,7 +16,7 @@
  * reports -EPROTO it must stay broken.
  *
  *   ipc_hostile [-r ROUNDS] [-s SEED]          exit 0 pass, 1 fail */
-#include "ipc_test_util.h"
+#include "ipc_test_internal.h"
 #include "ring.h"
 
 #include <getopt.h>
@@ -31,7 +31,7 @@ static const struct qcow2_ipc_geometry geom = {
 	.sq_entries = 16, .cq_entries = 32, .max_segs = 8, .data_size = 64 * 1024,
 };
 static const struct qcow2_ipc_server_opts sopts = {
-	.disk_size = 1 << 30, .block_size = 512, .buf_align = 512,
+	.size = sizeof(sopts), .disk_size = 1 << 30, .block_size = 512, .buf_align = 512,
 };
 
 struct stats {
@@ -51,11 +51,13 @@ static void target_open(struct target *t)
 {
 	t->rfd = test_memfd(REGION_SIZE, F_SEAL_SHRINK);
 	TEST_CHECK(t->rfd >= 0);
-	struct qcow2_ipc_client_opts co = { .geometry = geom, .nr_regions = 1, .region_fds = &t->rfd };
+	struct qcow2_ipc_client_opts co = {
+		.size = sizeof(co), .geometry = geom, .nr_regions = 1, .region_fds = &t->rfd,
+	};
 	TEST_CHECK(qcow2_ipc_client_new(&co, &t->c) == 0);
 	TEST_CHECK(qcow2_ipc_layout(&geom, &t->l) == 0);
 	/* A second mapping that outlives the client object. */
-	TEST_CHECK(ring_map(qcow2_ipc_client_fd(t->c, 0), t->l.size, &t->raw, &t->raw_align) == 0);
+	TEST_CHECK(ring_map(qcow2_ipc_client_queue_fd(t->c), t->l.size, &t->raw, &t->raw_align) == 0);
 	t->raw_size = t->l.size;
 	ring_view_init(&t->v, t->raw, &geom, &t->l);
 }
@@ -294,7 +296,7 @@ static void phase_steps(uint64_t seed, unsigned rounds, struct stats *st)
 			alive = service_step(&rs, s, st, held, &nr_held);
 			st->steps++;
 		}
-		struct qcow2_ipc_server_stats ss;
+		struct qcow2_ipc_server_stats ss = { .size = sizeof(ss) };
 		qcow2_ipc_server_get_stats(s, &ss);
 		st->invalid += ss.invalid;
 		st->broken += !alive;

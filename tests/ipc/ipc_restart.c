@@ -9,7 +9,7 @@
  * consumer at seeded moments too.
  *
  *   ipc_restart [-n COUNT] [-k KILLS] [-s SEED]        exit 0 pass, 1 fail */
-#include "ipc_test_util.h"
+#include "ipc_test_internal.h"
 #include "ring.h"
 
 #include <getopt.h>
@@ -92,7 +92,9 @@ static void crash_point(const char *where)
 
 static int consumer(int sock, uint64_t kill_at, uint64_t seed, struct shared_counters *sc)
 {
-	struct qcow2_ipc_server_opts o = { .disk_size = 1ull << 40, .block_size = 512 };
+	struct qcow2_ipc_server_opts o = {
+		.size = sizeof(o), .disk_size = 1ull << 40, .block_size = 512,
+	};
 	struct qcow2_ipc_server *s;
 	uint64_t ops = 0, rs = seed;
 
@@ -116,7 +118,7 @@ static int consumer(int sock, uint64_t kill_at, uint64_t seed, struct shared_cou
 		fprintf(stderr, "consumer: accept: %s\n", strerror(-err));
 		return 1;
 	}
-	struct qcow2_ipc_server_stats st;
+	struct qcow2_ipc_server_stats st = { .size = sizeof(st) };
 	qcow2_ipc_server_get_stats(s, &st);
 	atomic_fetch_add(&sc->recovered, st.recovered);
 	for (;;) {
@@ -264,7 +266,7 @@ int main(int argc, char **argv)
 					  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	TEST_CHECK(sc != MAP_FAILED);
 	struct producer p = { .seed = seed, .rs = seed, .kills_left = kills, .sc = sc };
-	struct qcow2_ipc_client_opts co = { .geometry = geom };
+	struct qcow2_ipc_client_opts co = { .size = sizeof(co), .geometry = geom };
 	TEST_CHECK(qcow2_ipc_client_new(&co, &p.c) == 0);
 	p.data = qcow2_ipc_client_data(p.c, NULL);
 
@@ -376,7 +378,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "tag %" PRIu64 " never completed\n", t);
 			return 1;
 		}
-	struct qcow2_ipc_client_stats cs;
+	struct qcow2_ipc_client_stats cs = { .size = sizeof(cs) };
 	qcow2_ipc_client_get_stats(p.c, &cs);
 	printf("ipc_restart seed %" PRIu64 ": %" PRIu64 " requests, %u consumers (%" PRIu64
 	       " killed themselves between calls, %" PRIu64 " inside the library, %u killed by the producer), %" PRIu64

@@ -98,7 +98,7 @@ static bool seg_matches(const void *buf, size_t len, uint64_t seed)
 static int consumer(int sock, uint64_t count, enum mode mode, uint64_t seed)
 {
 	struct qcow2_ipc_server_opts o = {
-		.disk_size = DISK_SIZE, .block_size = 512, .buf_align = 512,
+		.size = sizeof(o), .disk_size = DISK_SIZE, .block_size = 512, .buf_align = 512,
 		.flags = mode == MODE_ALWAYS ? QCOW2_IPC_SERVER_ALWAYS_CALL : 0,
 	};
 	struct qcow2_ipc_server *s;
@@ -149,7 +149,7 @@ static int consumer(int sock, uint64_t count, enum mode mode, uint64_t seed)
 		TEST_CHECK(qcow2_ipc_server_publish(s) == 0);
 		done += n;
 	}
-	struct qcow2_ipc_server_stats st;
+	struct qcow2_ipc_server_stats st = { .size = sizeof(st) };
 	qcow2_ipc_server_get_stats(s, &st);
 	TEST_CHECK(st.invalid == 0 && st.taken == count && st.completed == count);
 	printf("consumer: %" PRIu64 " requests, %" PRIu64 " calls\n", st.taken, st.calls);
@@ -215,7 +215,7 @@ static int producer(struct qcow2_ipc_client *c, int sock, uint8_t *region, uint6
 		if (n == 0 && (queued == 0 || next > count) && mode != MODE_POLL)
 			TEST_CHECK(qcow2_ipc_client_wait(c, (unsigned)test_rand_range(&rs, 0, 64), -1) == 0);
 	}
-	struct qcow2_ipc_client_stats st;
+	struct qcow2_ipc_client_stats st = { .size = sizeof(st) };
 	qcow2_ipc_client_get_stats(c, &st);
 	TEST_CHECK(st.stale == 0 && st.completed == count);
 	printf("producer: %" PRIu64 " requests, %" PRIu64 " kicks\n", st.completed, st.kicks);
@@ -250,7 +250,7 @@ int main(int argc, char **argv)
 	uint8_t *region = mmap(NULL, geom.cq_entries * CHUNK, PROT_READ | PROT_WRITE, MAP_SHARED, rfd, 0);
 	TEST_CHECK(region != MAP_FAILED);
 	struct qcow2_ipc_client_opts co = {
-		.geometry = geom, .nr_regions = 1, .region_fds = &rfd,
+		.size = sizeof(co), .geometry = geom, .nr_regions = 1, .region_fds = &rfd,
 		.flags = mode == MODE_ALWAYS ? QCOW2_IPC_CLIENT_ALWAYS_KICK : 0,
 	};
 	struct qcow2_ipc_client *c;

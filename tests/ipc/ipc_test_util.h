@@ -1,4 +1,7 @@
-/* ipc_test_util.h: helpers shared by the ipc tests (header only). */
+/* ipc_test_util.h: helpers shared by the ipc tests (header only). Public API
+ * only, so that ipc_stress (like ipc_echo_service) builds against qcow2_ipc.h
+ * alone; helpers that need the library's test entry points are in
+ * ipc_test_internal.h. */
 #ifndef IPC_TEST_UTIL_H
 #define IPC_TEST_UTIL_H
 
@@ -66,30 +69,6 @@ static inline int test_memfd(uint64_t size, unsigned seals)
 		return err;
 	}
 	return fd;
-}
-
-/* An attach description made from a client's own fds (dup'ed), as a hello
- * would deliver it: lets tests open a service side without a socket. */
-static inline int test_attach_from_client(struct qcow2_ipc_client *c,
-					  const struct qcow2_ipc_geometry *g,
-					  const int *region_fds, unsigned nr_regions,
-					  struct qcow2_ipc_attach *att)
-{
-	struct qcow2_ipc_layout l;
-	int err = qcow2_ipc_layout(g, &l);
-	if (err < 0)
-		return err;
-	memset(att, 0, sizeof(*att));
-	att->version = QCOW2_IPC_VERSION;
-	att->geometry = *g;
-	att->region_size = l.size;
-	att->queue_fd = fcntl(qcow2_ipc_client_fd(c, 0), F_DUPFD_CLOEXEC, 0);
-	att->kick_fd = fcntl(qcow2_ipc_client_fd(c, 1), F_DUPFD_CLOEXEC, 0);
-	att->call_fd = fcntl(qcow2_ipc_client_fd(c, 2), F_DUPFD_CLOEXEC, 0);
-	att->nr_regions = nr_regions;
-	for (unsigned i = 0; i < nr_regions; i++)
-		att->region_fds[i] = fcntl(region_fds[i], F_DUPFD_CLOEXEC, 0);
-	return 0;
 }
 
 /* Checks that every iov of req lies inside one of the service's regions. */

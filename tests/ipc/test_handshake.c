@@ -7,7 +7,7 @@
 #include <cmocka.h>
 
 #include "handshake.h"
-#include "ipc_test_util.h"
+#include "ipc_test_internal.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -17,7 +17,9 @@
 static const struct qcow2_ipc_geometry geom = {
 	.sq_entries = 16, .cq_entries = 32, .max_segs = 8, .data_size = 1 << 16,
 };
-static const struct qcow2_ipc_server_opts sopts = { .disk_size = 1 << 30, .block_size = 512 };
+static const struct qcow2_ipc_server_opts sopts = {
+	.size = sizeof(sopts), .disk_size = 1 << 30, .block_size = 512,
+};
 
 static unsigned count_fds(void)
 {
@@ -48,7 +50,9 @@ static void good_exchange(int type)
 	int sv[2];
 	struct qcow2_ipc_client *c;
 	int rfd = test_memfd(1 << 20, F_SEAL_SHRINK | F_SEAL_GROW);
-	struct qcow2_ipc_client_opts co = { .geometry = geom, .nr_regions = 1, .region_fds = &rfd };
+	struct qcow2_ipc_client_opts co = {
+		.size = sizeof(co), .geometry = geom, .nr_regions = 1, .region_fds = &rfd,
+	};
 	unsigned fds_before = count_fds();
 
 	assert_int_equal(socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv), 0);
@@ -125,8 +129,8 @@ struct bad_env {
 static void env_init(struct bad_env *e)
 {
 	e->region_fd = test_memfd(1 << 16, F_SEAL_SHRINK);
-	struct qcow2_ipc_client_opts co = { .geometry = geom, .nr_regions = 1,
-					    .region_fds = &e->region_fd };
+	struct qcow2_ipc_client_opts co = { .size = sizeof(co), .geometry = geom,
+					    .nr_regions = 1, .region_fds = &e->region_fd };
 	assert_int_equal(qcow2_ipc_client_new(&co, &e->c), 0);
 	struct qcow2_ipc_layout l;
 	assert_int_equal(qcow2_ipc_layout(&geom, &l), 0);
@@ -136,8 +140,9 @@ static void env_init(struct bad_env *e)
 		.max_segs = geom.max_segs, .nr_regions = 1, .data_size = geom.data_size,
 		.region_size = l.size,
 	};
-	for (int i = 0; i < 3; i++)
-		e->fds[i] = qcow2_ipc_client_fd(e->c, i);
+	e->fds[0] = qcow2_ipc_client_queue_fd(e->c);
+	e->fds[1] = qcow2_ipc_client_kick_fd(e->c);
+	e->fds[2] = qcow2_ipc_client_call_fd(e->c);
 	e->fds[3] = e->region_fd;
 }
 
@@ -304,6 +309,68 @@ static void test_limits(void **state)
 	env_fini(&e);
 }
 
+/* struct qcow2_ipc_attach is extensible: recv_hello and open check its size
+ * field, fill only what the library knows and zero a later version's rest. */
+static void test_attach_size(void **state)
+{
+	(void)state;
+	struct bad_env e;
+	env_init(&e);
+	unsigned before = count_fds();
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+	raw_send(sv[0], &e.hello, sizeof(e.hello), e.fds, 4);
+
+	/* No size, or out of range: refused before the socket is read. */
+	uint32_t bad_sizes[] = { 0, sizeof(struct qcow2_ipc_attach) - 4, 4097 };
+	for (unsigned i = 0; i < sizeof(bad_sizes) / sizeof(bad_sizes[0]); i++) {
+		struct qcow2_ipc_attach att;
+		memset(&att, 0x5a, sizeof(att));
+		att.size = bad_sizes[i];
+		assert_int_equal(qcow2_ipc_server_recv_hello(sv[1], &att), -EINVAL);
+		assert_int_equal(att.queue_fd, 0x5a5a5a5a);     /* untouched */
+	}
+
+	/* A later version's struct: what this library does not fill is 0. */
+	struct {
+		struct qcow2_ipc_attach att;
+		uint64_t later[2];
+	} v2;
+	memset(&v2, 0xa5, sizeof(v2));
+	v2.att.size = sizeof(v2);
+	assert_int_equal(qcow2_ipc_server_recv_hello(sv[1], &v2.att), 0);
+	assert_int_equal(v2.att.size, sizeof(v2));
+	assert_int_equal(v2.att.reserved0, 0);
+	assert_int_equal(v2.later[0], 0);
+	assert_int_equal(v2.later[1], 0);
+	assert_int_equal(v2.att.version, QCOW2_IPC_VERSION);
+	assert_int_equal(v2.att.nr_regions, 1);
+	assert_true(v2.att.queue_fd >= 0 && v2.att.region_fds[0] >= 0);
+
+	/* open: a bad size or reserved field is refused and leaves the fds
+	 * with the caller; a later field set is one this library cannot honour. */
+	struct qcow2_ipc_server *s = NULL;
+	v2.att.size = 0;
+	assert_int_equal(qcow2_ipc_server_open(&v2.att, &sopts, &s), -EINVAL);
+	v2.att.size = sizeof(v2.att);
+	v2.att.reserved0 = 1;
+	assert_int_equal(qcow2_ipc_server_open(&v2.att, &sopts, &s), -EINVAL);
+	v2.att.reserved0 = 0;
+	v2.att.size = sizeof(v2);
+	v2.later[1] = 1;
+	assert_int_equal(qcow2_ipc_server_open(&v2.att, &sopts, &s), -EOPNOTSUPP);
+	assert_true(v2.att.queue_fd >= 0 && v2.att.region_fds[0] >= 0);
+	v2.later[1] = 0;
+	assert_int_equal(qcow2_ipc_server_open(&v2.att, &sopts, &s), 0);
+	assert_int_equal(v2.att.queue_fd, -1);
+	qcow2_ipc_attach_close(&v2.att);
+	qcow2_ipc_server_close(s);
+	close(sv[0]);
+	close(sv[1]);
+	assert_int_equal(count_fds(), before);         /* nothing leaked */
+	env_fini(&e);
+}
+
 static void test_bad_fds(void **state)
 {
 	(void)state;
@@ -363,8 +430,8 @@ static void test_bad_fds(void **state)
 	assert_int_equal(try_accept(SOCK_STREAM, &e.hello, 64, fds, 4), -EINVAL);
 	/* The client library refuses an unsealed region up front. */
 	struct qcow2_ipc_client *c2;
-	struct qcow2_ipc_client_opts co = { .geometry = geom, .nr_regions = 1,
-					    .region_fds = &unsealed };
+	struct qcow2_ipc_client_opts co = { .size = sizeof(co), .geometry = geom,
+					    .nr_regions = 1, .region_fds = &unsealed };
 	assert_int_equal(qcow2_ipc_client_new(&co, &c2), -EPERM);
 
 	close(pp[0]);
@@ -473,6 +540,7 @@ int main(void)
 		cmocka_unit_test(test_bad_hello),
 		cmocka_unit_test(test_bad_fds),
 		cmocka_unit_test(test_limits),
+		cmocka_unit_test(test_attach_size),
 		cmocka_unit_test(test_garbage_hello),
 		cmocka_unit_test(test_bad_reply),
 	};

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "ipc_test_util.h"
+#include "ipc_test_internal.h"
 #include "ring.h"
 
 #include <poll.h>
@@ -41,11 +41,12 @@ static void pair_init(struct pair *p, const struct qcow2_ipc_geometry *g, uint32
 	p->region_fd = test_memfd(REGION_SIZE, F_SEAL_SHRINK);
 	assert_true(p->region_fd >= 0);
 	struct qcow2_ipc_client_opts co = {
-		.geometry = *g, .nr_regions = 1, .region_fds = &p->region_fd,
+		.size = sizeof(co), .geometry = *g, .nr_regions = 1, .region_fds = &p->region_fd,
 		.first_index = first_index,
 	};
 	assert_int_equal(qcow2_ipc_client_new(&co, &p->c), 0);
 	p->so = (struct qcow2_ipc_server_opts){
+		.size = sizeof(struct qcow2_ipc_server_opts),
 		.disk_size = DISK_SIZE, .block_size = 512, .buf_align = 512,
 	};
 	pair_open_server(p);
@@ -364,7 +365,7 @@ static void test_validate_fields(void **state)
 	assert_int_equal(qcow2_ipc_server_take(p.s, out, 4, &n), 0);
 	assert_int_equal(n, 1);
 	assert_int_equal(out[0].tag, 1);
-	struct qcow2_ipc_server_stats st;
+	struct qcow2_ipc_server_stats st = { .size = sizeof(st) };
 	qcow2_ipc_server_get_stats(p.s, &st);
 	assert_int_equal(st.invalid, 1);
 	assert_int_equal(qcow2_ipc_server_publish(p.s), 0);
@@ -431,7 +432,7 @@ static void test_tag_generation(void **state)
 	atomic_store(&ctrl->cq_prod.cq_tail, t + 3);
 	assert_int_equal(qcow2_ipc_client_reap(p.c, comp, 4, &n), 0);
 	assert_int_equal(n, 0);
-	struct qcow2_ipc_client_stats cs;
+	struct qcow2_ipc_client_stats cs = { .size = sizeof(cs) };
 	qcow2_ipc_client_get_stats(p.c, &cs);
 	assert_int_equal(cs.stale, 3);
 	assert_int_equal(qcow2_ipc_client_in_flight(p.c), 1);
@@ -540,7 +541,7 @@ static void test_inflight_reattach(void **state)
 
 	/* A new one attaches: 2, 3, 4 are owed and come first, then 5, 6. */
 	pair_open_server(&p);
-	struct qcow2_ipc_server_stats st;
+	struct qcow2_ipc_server_stats st = { .size = sizeof(st) };
 	qcow2_ipc_server_get_stats(p.s, &st);
 	assert_int_equal(st.recovered, 3);
 	assert_int_equal(qcow2_ipc_server_in_flight(p.s), 3);
@@ -565,7 +566,7 @@ static void test_inflight_reattach(void **state)
 	} while (n);
 	assert_int_equal(got, 0x7eull);                 /* 1..6, once each */
 	assert_int_equal(total, 6);
-	struct qcow2_ipc_client_stats cs;
+	struct qcow2_ipc_client_stats cs = { .size = sizeof(cs) };
 	qcow2_ipc_client_get_stats(p.c, &cs);
 	assert_int_equal(cs.stale, 0);
 	qcow2_ipc_server_close(p.s);
@@ -705,8 +706,8 @@ static void test_doorbells(void **state)
 {
 	(void)state;
 	struct pair p;
-	struct qcow2_ipc_client_stats cs;
-	struct qcow2_ipc_server_stats ss;
+	struct qcow2_ipc_client_stats cs = { .size = sizeof(cs) };
+	struct qcow2_ipc_server_stats ss = { .size = sizeof(ss) };
 	struct qcow2_ipc_server_req req[8];
 	struct qcow2_ipc_completion comp[8];
 	unsigned n;
@@ -755,7 +756,7 @@ static void test_doorbells(void **state)
 	qcow2_ipc_server_get_stats(p.s, &ss);
 	assert_int_equal(ss.calls, 1);
 	uint64_t calls;
-	assert_int_equal(read(qcow2_ipc_client_fd(p.c, 2), &calls, 8), 8);
+	assert_int_equal(read(qcow2_ipc_client_call_fd(p.c), &calls, 8), 8);
 	assert_int_equal(calls, 1);
 	atomic_store(&qcow2_ipc_client_ctrl(p.c)->cq_cons.cq_need_wakeup, 0);
 	assert_int_equal(qcow2_ipc_client_wait(p.c, 0, -1), 0);
@@ -770,14 +771,15 @@ static void test_doorbells(void **state)
 	struct qcow2_ipc_geometry g = default_geometry;
 	int rfd = test_memfd(4096, F_SEAL_SHRINK);
 	struct qcow2_ipc_client_opts co = {
-		.geometry = g, .flags = QCOW2_IPC_CLIENT_ALWAYS_KICK, .nr_regions = 1,
-		.region_fds = &rfd,
+		.size = sizeof(co), .geometry = g, .flags = QCOW2_IPC_CLIENT_ALWAYS_KICK,
+		.nr_regions = 1, .region_fds = &rfd,
 	};
 	memset(&p, 0, sizeof(p));
 	p.g = g;
 	p.region_fd = rfd;
 	assert_int_equal(qcow2_ipc_client_new(&co, &p.c), 0);
 	p.so = (struct qcow2_ipc_server_opts){
+		.size = sizeof(struct qcow2_ipc_server_opts),
 		.disk_size = DISK_SIZE, .block_size = 512, .flags = QCOW2_IPC_SERVER_ALWAYS_CALL,
 	};
 	pair_open_server(&p);
@@ -918,12 +920,14 @@ static void test_hugetlb_region(void **state)
 	munmap(probe, huge);
 	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
 	struct qcow2_ipc_client *c;
-	struct qcow2_ipc_client_opts co = { .geometry = default_geometry, .nr_regions = 1,
-					    .region_fds = &fd };
+	struct qcow2_ipc_client_opts co = { .size = sizeof(co), .geometry = default_geometry,
+					    .nr_regions = 1, .region_fds = &fd };
 	assert_int_equal(qcow2_ipc_client_new(&co, &c), 0);
 	struct qcow2_ipc_attach att;
 	struct qcow2_ipc_server *s;
-	struct qcow2_ipc_server_opts so = { .disk_size = DISK_SIZE, .block_size = 512 };
+	struct qcow2_ipc_server_opts so = {
+		.size = sizeof(so), .disk_size = DISK_SIZE, .block_size = 512,
+	};
 	assert_int_equal(test_attach_from_client(c, &default_geometry, &fd, 1, &att), 0);
 	assert_int_equal(qcow2_ipc_server_open(&att, &so, &s), 0);
 	void *base;
@@ -935,6 +939,95 @@ static void test_hugetlb_region(void **state)
 	qcow2_ipc_server_close(s);
 	qcow2_ipc_client_free(c);
 	close(fd);
+}
+
+/* ---- extensible structs ------------------------------------------------------------ */
+
+/* Options and stats carry their size: too small (unset) or too large is
+ * refused, a later version's struct works while its new fields are 0, and
+ * stats fill only what the library knows. */
+static void test_extensible_structs(void **state)
+{
+	(void)state;
+	struct qcow2_ipc_client *c = NULL;
+	struct {
+		struct qcow2_ipc_client_opts o;
+		uint64_t later;
+	} co2 = { .o = { .size = sizeof(co2), .geometry = default_geometry } };
+	struct qcow2_ipc_client_opts co = co2.o;
+	uint32_t bad_sizes[] = { 0, sizeof(co) - 4, 4097 };
+
+	for (unsigned i = 0; i < sizeof(bad_sizes) / sizeof(bad_sizes[0]); i++) {
+		co.size = bad_sizes[i];
+		assert_int_equal(qcow2_ipc_client_new(&co, &c), -EINVAL);
+	}
+	co2.later = 1;
+	assert_int_equal(qcow2_ipc_client_new(&co2.o, &c), -EOPNOTSUPP);
+	co2.later = 0;
+	assert_int_equal(qcow2_ipc_client_new(&co2.o, &c), 0);
+	qcow2_ipc_client_free(c);
+
+	struct pair p;
+	pair_init(&p, &default_geometry, 0);
+	qcow2_ipc_server_close(p.s);
+	p.s = NULL;
+	struct {
+		struct qcow2_ipc_server_opts o;
+		uint64_t later;
+	} so2 = { .o = p.so };
+	so2.o.size = sizeof(so2);
+	struct qcow2_ipc_server_opts so = p.so;
+	struct qcow2_ipc_attach att;
+	assert_int_equal(test_attach_from_client(p.c, &p.g, &p.region_fd, 1, &att), 0);
+	for (unsigned i = 0; i < sizeof(bad_sizes) / sizeof(bad_sizes[0]); i++) {
+		so.size = bad_sizes[i];
+		assert_int_equal(qcow2_ipc_server_open(&att, &so, &p.s), -EINVAL);
+	}
+	so.size = sizeof(so);
+	so.reserved0 = 1;
+	assert_int_equal(qcow2_ipc_server_open(&att, &so, &p.s), -EINVAL);
+	so2.later = 1;
+	assert_int_equal(qcow2_ipc_server_open(&att, &so2.o, &p.s), -EOPNOTSUPP);
+	so2.later = 0;
+	assert_int_equal(qcow2_ipc_server_open(&att, &so2.o, &p.s), 0);
+	qcow2_ipc_attach_close(&att);
+
+	/* One request through, then the stats of both sides. */
+	submit_reads(&p, 1, 1);
+	struct qcow2_ipc_server_req req[1];
+	unsigned n;
+	assert_int_equal(qcow2_ipc_server_take(p.s, req, 1, &n), 0);
+	assert_int_equal(n, 1);
+
+	struct qcow2_ipc_client_stats cs = { .size = 0 };
+	struct qcow2_ipc_server_stats ss = { .size = sizeof(ss) - 8 };
+	assert_int_equal(qcow2_ipc_client_get_stats(p.c, &cs), -EINVAL);
+	assert_int_equal(qcow2_ipc_server_get_stats(p.s, &ss), -EINVAL);
+	struct {
+		struct qcow2_ipc_client_stats s;
+		uint64_t later;
+	} cs2;
+	struct {
+		struct qcow2_ipc_server_stats s;
+		uint64_t later;
+	} ss2;
+	memset(&cs2, 0xa5, sizeof(cs2));
+	memset(&ss2, 0xa5, sizeof(ss2));
+	cs2.s.size = sizeof(cs2);
+	ss2.s.size = sizeof(ss2);
+	assert_int_equal(qcow2_ipc_client_get_stats(p.c, &cs2.s), 0);
+	assert_int_equal(qcow2_ipc_server_get_stats(p.s, &ss2.s), 0);
+	assert_int_equal(cs2.s.size, sizeof(cs2));      /* left as the caller set it */
+	assert_int_equal(cs2.s.reserved0, 0);
+	assert_int_equal(cs2.s.submitted, 1);
+	assert_int_equal(cs2.s.completed, 0);
+	assert_int_equal(cs2.later, 0);
+	assert_int_equal(ss2.s.size, sizeof(ss2));
+	assert_int_equal(ss2.s.reserved0, 0);
+	assert_int_equal(ss2.s.taken, 1);
+	assert_int_equal(ss2.s.invalid, 0);
+	assert_int_equal(ss2.later, 0);
+	pair_fini(&p);
 }
 
 int main(void)
@@ -951,6 +1044,7 @@ int main(void)
 		cmocka_unit_test(test_cq_backpressure),
 		cmocka_unit_test(test_client_submit_checks),
 		cmocka_unit_test(test_hugetlb_region),
+		cmocka_unit_test(test_extensible_structs),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
