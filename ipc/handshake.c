@@ -221,7 +221,7 @@ int qcow2_ipc_server_recv_hello(int sock, struct qcow2_ipc_attach *att)
 		.max_segs = h.max_segs,
 		.data_size = h.data_size,
 	};
-	if (err == 0 && (qcow2_ipc_layout(&g, &l) < 0 || l.size != h.region_size))
+	if (err == 0 && (qcow2_ipc_compute_layout(&g, &l) < 0 || l.size != h.region_size))
 		err = -EINVAL;
 	if (err < 0) {
 		close_fds(fds, nfds);

@@ -25,7 +25,7 @@
 #include "qcow2_ipc.h"
 
 /* The client's mapping of the region: its control page, from which the
- * rest is found with qcow2_ipc_layout(). Lets a test play a hostile or
+ * rest is found with qcow2_ipc_compute_layout(). Lets a test play a hostile or
  * confused client, or check what the library stored. Valid until
  * qcow2_ipc_client_free(). */
 struct qcow2_ipc_ctrl *qcow2_ipc_client_ctrl(struct qcow2_ipc_client *c);

@@ -80,7 +80,7 @@ int qcow2_ipc_client_new(const struct qcow2_ipc_client_opts *caller_opts,
 	c->queue_fd = c->kick_fd = c->call_fd = -1;
 	c->g = opts->geometry;
 	c->flags = opts->flags;
-	err = qcow2_ipc_layout(&c->g, &c->l);
+	err = qcow2_ipc_compute_layout(&c->g, &c->l);
 	if (err < 0)
 		goto fail;
 	c->slots = calloc(c->g.cq_entries, sizeof(*c->slots));

@@ -190,7 +190,7 @@ int qcow2_ipc_server_open(struct qcow2_ipc_attach *att,
 	if (s->opts.max_io_bytes == 0 || s->opts.max_io_bytes > UINT32_MAX)
 		s->opts.max_io_bytes = UINT32_MAX;
 	s->g = att->geometry;
-	err = qcow2_ipc_layout(&s->g, &s->l);
+	err = qcow2_ipc_compute_layout(&s->g, &s->l);
 	if (err < 0)
 		goto fail;
 	err = -EINVAL;

@@ -16,7 +16,7 @@ static uint64_t align_page(uint64_t x)
 	return (x + QCOW2_IPC_PAGE - 1) & ~(uint64_t)(QCOW2_IPC_PAGE - 1);
 }
 
-int qcow2_ipc_layout(const struct qcow2_ipc_geometry *g, struct qcow2_ipc_layout *out)
+int qcow2_ipc_compute_layout(const struct qcow2_ipc_geometry *g, struct qcow2_ipc_layout *out)
 {
 	if (!ring_is_pow2(g->sq_entries) || g->sq_entries > QCOW2_IPC_MAX_ENTRIES)
 		return -EINVAL;

@@ -284,7 +284,7 @@ int main(int argc, char **argv)
 		}
 	}
 	struct qcow2_ipc_layout l;
-	if (lat_count == 0 || count == 0 || geom.sq_entries < 1 || qcow2_ipc_layout(&geom, &l) < 0) {
+	if (lat_count == 0 || count == 0 || geom.sq_entries < 1 || qcow2_ipc_compute_layout(&geom, &l) < 0) {
 		fprintf(stderr, "ipc-bench: bad -n, -l or -q\n");
 		return 2;
 	}

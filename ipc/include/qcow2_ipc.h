@@ -245,7 +245,7 @@ struct qcow2_ipc_layout {
 };
 
 /* Checks g and computes where everything is. -EINVAL when g is out of limits. */
-int qcow2_ipc_layout(const struct qcow2_ipc_geometry *g, struct qcow2_ipc_layout *out);
+int qcow2_ipc_compute_layout(const struct qcow2_ipc_geometry *g, struct qcow2_ipc_layout *out);
 
 /* ---- handshake messages (over a connected AF_UNIX stream/seqpacket socket) ---- */
 

@@ -55,7 +55,7 @@ static void target_open(struct target *t)
 		.size = sizeof(co), .geometry = geom, .nr_regions = 1, .region_fds = &t->rfd,
 	};
 	TEST_CHECK(qcow2_ipc_client_new(&co, &t->c) == 0);
-	TEST_CHECK(qcow2_ipc_layout(&geom, &t->l) == 0);
+	TEST_CHECK(qcow2_ipc_compute_layout(&geom, &t->l) == 0);
 	/* A second mapping that outlives the client object. */
 	TEST_CHECK(ring_map(qcow2_ipc_client_queue_fd(t->c), t->l.size, &t->raw, &t->raw_align) == 0);
 	t->raw_size = t->l.size;

@@ -212,7 +212,7 @@ static void check_crash_state(struct producer *p)
 {
 	struct qcow2_ipc_layout l;
 	struct ring_view v;
-	TEST_CHECK(qcow2_ipc_layout(&geom, &l) == 0);
+	TEST_CHECK(qcow2_ipc_compute_layout(&geom, &l) == 0);
 	ring_view_init(&v, qcow2_ipc_client_ctrl(p->c), &geom, &l);
 	struct qcow2_ipc_ctrl *ctrl = v.ctrl;
 	uint32_t sq_head = atomic_load(&ctrl->sq_cons.sq_head);

@@ -14,7 +14,7 @@ static inline int test_attach_from_client(struct qcow2_ipc_client *c,
 					  struct qcow2_ipc_attach *att)
 {
 	struct qcow2_ipc_layout l;
-	int err = qcow2_ipc_layout(g, &l);
+	int err = qcow2_ipc_compute_layout(g, &l);
 	if (err < 0)
 		return err;
 	memset(att, 0, sizeof(*att));

@@ -133,7 +133,7 @@ static void env_init(struct bad_env *e)
 					    .nr_regions = 1, .region_fds = &e->region_fd };
 	assert_int_equal(qcow2_ipc_client_new(&co, &e->c), 0);
 	struct qcow2_ipc_layout l;
-	assert_int_equal(qcow2_ipc_layout(&geom, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&geom, &l), 0);
 	e->hello = (struct qcow2_ipc_hello){
 		.magic = QCOW2_IPC_HELLO_MAGIC, .version_min = 1, .version_max = 1,
 		.sq_entries = geom.sq_entries, .cq_entries = geom.cq_entries,
@@ -285,7 +285,7 @@ static void test_limits(void **state)
 	struct bad_env e;
 	env_init(&e);
 	struct qcow2_ipc_layout l;
-	assert_int_equal(qcow2_ipc_layout(&geom, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&geom, &l), 0);
 	uint64_t total = l.size + (1 << 16);     /* queue + the 64 KiB region */
 	struct {
 		uint64_t max_map;
@@ -393,7 +393,7 @@ static void test_bad_fds(void **state)
 	assert_int_equal(try_accept(SOCK_STREAM, &e.hello, 64, fds, 4), -EINVAL);
 	/* A memfd without F_SEAL_SHRINK (queue, then region). */
 	struct qcow2_ipc_layout l;
-	assert_int_equal(qcow2_ipc_layout(&geom, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&geom, &l), 0);
 	int unsealed = test_memfd(l.size, 0);
 	memcpy(fds, e.fds, sizeof(fds));
 	fds[0] = unsealed;

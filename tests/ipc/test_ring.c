@@ -75,7 +75,7 @@ static void test_layout(void **state)
 	struct qcow2_ipc_layout l;
 	struct qcow2_ipc_geometry g = { 64, 128, 16, 1 << 20 };
 
-	assert_int_equal(qcow2_ipc_layout(&g, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&g, &l), 0);
 	assert_int_equal(l.sq_off, 4096);
 	assert_int_equal(l.cq_off, 4096 + 4096);       /* 64 * 64 bytes */
 	assert_int_equal(l.seg_off, l.cq_off + 4096);  /* 128 * 24 rounded */
@@ -92,10 +92,10 @@ static void test_layout(void **state)
 		{ 4096, 4096, 128, 0 }, { 8, 8, 1, 100 }, { 8, 8, 1, (1ull << 40) + 4096 },
 	};
 	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		assert_int_equal(qcow2_ipc_layout(&bad[i], &l), -EINVAL);
+		assert_int_equal(qcow2_ipc_compute_layout(&bad[i], &l), -EINVAL);
 	/* Data area may be empty (zero copy only); the largest geometry fits. */
 	struct qcow2_ipc_geometry big = { 4096, 4096, 64, 1ull << 40 };
-	assert_int_equal(qcow2_ipc_layout(&big, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&big, &l), 0);
 }
 
 /* ---- round trip --------------------------------------------------------------------- */
@@ -325,7 +325,7 @@ static void test_validate_fields(void **state)
 	/* Reopen with a max_io_bytes so that limit is checked too. */
 	qcow2_ipc_server_close(p.s);
 	pair_open_server(&p);
-	assert_int_equal(qcow2_ipc_layout(&p.g, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&p.g, &l), 0);
 	ring_view_init(&v, qcow2_ipc_client_ctrl(p.c), &p.g, &l);
 
 	struct iovec iov[4];
@@ -387,7 +387,7 @@ static void test_tag_generation(void **state)
 	struct ring_view v;
 	struct qcow2_ipc_layout l;
 	pair_init(&p, &default_geometry, 0);
-	assert_int_equal(qcow2_ipc_layout(&p.g, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&p.g, &l), 0);
 	ring_view_init(&v, qcow2_ipc_client_ctrl(p.c), &p.g, &l);
 	struct qcow2_ipc_ctrl *ctrl = qcow2_ipc_client_ctrl(p.c);
 
@@ -523,7 +523,7 @@ static void test_inflight_reattach(void **state)
 	unsigned n;
 
 	pair_init(&p, &default_geometry, 0);
-	assert_int_equal(qcow2_ipc_layout(&p.g, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&p.g, &l), 0);
 	ring_view_init(&v, qcow2_ipc_client_ctrl(p.c), &p.g, &l);
 
 	/* Tags 1..6 submitted. The service takes 4 (1..4): completes and
@@ -830,7 +830,7 @@ static void test_cq_backpressure(void **state)
 	/* Raw entry: client slots are all busy from the library's view. */
 	struct ring_view v;
 	struct qcow2_ipc_layout l;
-	assert_int_equal(qcow2_ipc_layout(&g, &l), 0);
+	assert_int_equal(qcow2_ipc_compute_layout(&g, &l), 0);
 	ring_view_init(&v, ctrl, &g, &l);
 	v.sq[atomic_load(&ctrl->sq_prod.sq_tail) & v.sq_mask] =
 		(struct qcow2_ipc_sqe){ .opcode = QCOW2_IPC_OP_FLUSH, .tag = 99 };

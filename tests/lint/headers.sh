@@ -3,8 +3,9 @@
 #
 # Every public header of libqcow2 stands alone and can be included from C
 # (C11, -Wall -Wextra -Werror, nothing else before it) and from C++ (its
-# extern "C" guards). ipc/include/qcow2_ipc.h is C only for now: its ring
-# layout uses C11 _Atomic, which C++ cannot name.
+# extern "C" guards), and no name in them is both a function and a
+# struct. ipc/include/qcow2_ipc.h is C only for now: its ring layout uses
+# C11 _Atomic, which C++ cannot name.
 #
 #   headers.sh SOURCE_ROOT
 # Exit 0 pass, 1 fail, 77 a compiler is missing.
@@ -33,5 +34,14 @@ for h in qcow2/include/*.h ipc/include/*.h; do
 	fi
 	grep -q 'extern "C"' "$h" || { echo "FAIL: $h has no extern \"C\" guard"; rc=1; }
 	echo "ok   $h"
+done
+# No name is both a function and a struct tag (qcow2_ipc_layout was both):
+# in C they do not clash, but a reader and other languages' bindings trip.
+for h in qcow2/include/*.h ipc/include/*.h; do
+	both=$(comm -12 <(grep -oE 'struct [a-z0-9_]+' "$h" | awk '{print $2}' | sort -u) \
+		<(grep -oE '\b[a-z0-9_]+\(' "$h" | tr -d '(' | sort -u))
+	if [[ -n $both ]]; then
+		echo "FAIL: $h names both a function and a struct: $both"; rc=1
+	fi
 done
 exit "$rc"
