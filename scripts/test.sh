@@ -7,7 +7,9 @@
 #                               build-fuzz (clang, libFuzzer, ASan + UBSan)
 #                               runs the fuzz targets over their seeds and a
 #                               bounded number of mutations (suite fuzz only)
-#   ./scripts/test.sh --quick   build-test only
+#   ./scripts/test.sh --quick   the fast tier: build-test only, every
+#                               suite but the slow ones (crash: simulated
+#                               power loss; faults: IO error sweeps)
 #
 # The last line of output is always "N passed, N failed, N skipped" (all
 # builds summed; FAIL, TIMEOUT, ERROR and UNEXPECTEDPASS count as failed, and
@@ -16,7 +18,7 @@
 set -uo pipefail
 
 usage() {
-	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 quick=0
@@ -111,6 +113,9 @@ for b in "${ran_builds[@]}"; do
 		# Only the fuzz suite (tests/fuzz/run.sh --test: the seeds, then
 		# bounded mutations); built above, so no rebuild of the rest.
 		meson test -C "$b" --suite fuzz --no-rebuild --print-errorlogs --num-processes 2
+	elif ((quick)); then
+		meson test -C "$b" --no-suite crash --no-suite faults \
+			--print-errorlogs --num-processes 2
 	else
 		meson test -C "$b" --print-errorlogs --num-processes 2
 	fi

@@ -220,20 +220,18 @@ int cli_open_as_is(const struct cli_open *o, const char *path,
 
 int cli_close_image(struct qcow2_ctx *ctx, struct qcow2_image *img)
 {
+	struct qcow2_error err;
 	struct qcow2_info in;
-	char name[4096], why[512];
+	char name[4096];
 	int ret;
 
 	qcow2_get_info(img, &in);
 	snprintf(name, sizeof(name), "%s", in.filename);
-	ret = qcow2_close(img);
-	if (ret < 0) {
-		/* the image is gone: its message was the last error it set */
-		snprintf(why, sizeof(why), "%s", strerror(-ret));
+	ret = qcow2_close(img, &err);
+	if (ret < 0)
 		fprintf(stderr, "%s: %s: the final flush failed (%s): what was "
 			"written since the last successful flush may be lost; check "
-			"the image with qcow2-img check\n", cli_prog, name, why);
-	}
+			"the image with qcow2-img check\n", cli_prog, name, err.msg);
 	qcow2_ctx_free(ctx);
 	return ret;
 }

@@ -19,7 +19,7 @@ struct bench {
 	bool random, write;
 	uint64_t seed;
 	uint64_t *lat_ns;
-	int first_error;
+	char first_error[256];  /* the first failed request's message */
 };
 
 struct bench_req {
@@ -46,7 +46,7 @@ static uint64_t xorshift(uint64_t *s)
 
 static void bench_issue(struct bench_req *r);
 
-static void bench_done(void *opaque, int ret)
+static void bench_done(void *opaque, int ret, const char *error)
 {
 	struct bench_req *r = opaque;
 	struct bench *b = r->b;
@@ -54,7 +54,7 @@ static void bench_done(void *opaque, int ret)
 	b->lat_ns[b->done++] = now_ns() - r->start_ns;
 	if (ret < 0) {
 		if (!b->errors++)
-			b->first_error = ret;
+			snprintf(b->first_error, sizeof(b->first_error), "%s", error);
 	}
 	if (b->issued < b->count)
 		bench_issue(r);
@@ -80,8 +80,11 @@ static void bench_issue(struct bench_req *r)
 			 qcow2_read(b->img, off, r->buf, b->size, bench_done, r);
 	if (ret < 0) {
 		b->lat_ns[b->done++] = 0;
-		if (!b->errors++)
-			b->first_error = ret;
+		if (!b->errors++) {
+			const char *why = qcow2_last_error(b->img);
+			snprintf(b->first_error, sizeof(b->first_error), "%s",
+				 why[0] ? why : strerror(-ret));
+		}
 	}
 }
 
@@ -237,9 +240,8 @@ int cmd_bench(int argc, char **argv)
 	elapsed = now_ns() - t0;
 	qcow2_ctx_run(ctx);
 	if (b.errors) {
-		const char *why = qcow2_last_error(img);
-		fprintf(stderr, "%s: bench: %" PRIu64 " requests failed: %s\n", cli_prog,
-			b.errors, why[0] ? why : strerror(-b.first_error));
+		fprintf(stderr, "%s: bench: %" PRIu64 " requests failed; the first: %s\n",
+			cli_prog, b.errors, b.first_error);
 		status = 1;
 	}
 	qsort(b.lat_ns, b.done, sizeof(*b.lat_ns), cmp_u64);

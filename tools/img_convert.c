@@ -331,11 +331,11 @@ fail:
 	return ret;
 }
 
-static void report_read_error(struct qcow2_image *img, const char *src,
-			      uint64_t off, int ret)
+/* why: the failed request's message (or the image's last one for a
+ * request refused when it was made). */
+static void report_read_error(const char *why, const char *src, uint64_t off,
+			      int ret)
 {
-	const char *why = qcow2_last_error(img);
-
 	fprintf(stderr, "%s: %s: read error at offset %llu: %s\n", cli_prog, src,
 		(unsigned long long)off, why[0] ? why : strerror(-ret));
 }
@@ -480,14 +480,17 @@ struct rslot {
 	uint64_t off, len;
 	bool busy, done;
 	int ret;
+	char why[256];          /* the failed read's message */
 };
 
-static void rslot_done(void *opaque, int ret)
+static void rslot_done(void *opaque, int ret, const char *error)
 {
 	struct rslot *s = opaque;
 
 	s->done = true;
 	s->ret = ret;
+	if (error)
+		snprintf(s->why, sizeof(s->why), "%s", error);
 }
 
 struct raw_conv {
@@ -597,7 +600,8 @@ static void *raw_worker(void *arg)
 			s->done = false;
 			ret = qcow2_read(w->img, s->off, s->buf, s->len, rslot_done, s);
 			if (ret < 0) {
-				report_read_error(w->img, rc->plan.src_name, s->off, ret);
+				report_read_error(qcow2_last_error(w->img), rc->plan.src_name,
+						  s->off, ret);
 				s->busy = false;
 				w->status = 1;
 				plan_fail(&rc->plan);
@@ -622,7 +626,7 @@ static void *raw_worker(void *arg)
 			s->busy = false;
 			busy--;
 			if (s->ret < 0) {
-				report_read_error(w->img, rc->plan.src_name, s->off, s->ret);
+				report_read_error(s->why, rc->plan.src_name, s->off, s->ret);
 				w->status = 1;
 				plan_fail(&rc->plan);
 				more = false;
@@ -749,15 +753,18 @@ struct slot {
 	uint8_t *cbuf;          /* compressed clusters, one cluster apart */
 	size_t *clen;
 	int *cres;              /* 0 compressed, -ENOSPC store as is, 1 zeros */
+	char why[256];          /* the failed read's or write's message */
 	struct slot *next;      /* pool queues */
 };
 
-static void qslot_done(void *opaque, int ret)
+static void qslot_done(void *opaque, int ret, const char *error)
 {
 	struct slot *s = opaque;
 
 	s->done = true;
 	s->ret = ret;
+	if (error)
+		snprintf(s->why, sizeof(s->why), "%s", error);
 }
 
 /* Compression workers: slots in, slots out. */
@@ -817,12 +824,14 @@ struct qconv {
 	struct kicker kick;
 };
 
-static void write_done(void *opaque, int ret)
+static void write_done(void *opaque, int ret, const char *error)
 {
 	struct slot *s = opaque;
 
-	if (ret < 0 && !s->ret)
+	if (ret < 0 && !s->ret) {
 		s->ret = ret;
+		snprintf(s->why, sizeof(s->why), "%s", error);
+	}
 	s->writes--;
 }
 
@@ -980,7 +989,7 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 			s->done = false;
 			ret = qcow2_read(src, s->off, s->buf, s->len, qslot_done, s);
 			if (ret < 0) {
-				report_read_error(src, src_name, s->off, ret);
+				report_read_error(qcow2_last_error(src), src_name, s->off, ret);
 				s->state = SLOT_FREE;
 				c.status = 1;
 				break;
@@ -1042,7 +1051,7 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 			struct slot *s = &slots[i];
 			if (s->state == SLOT_READING && s->done) {
 				if (s->ret < 0) {
-					report_read_error(src, src_name, s->off, s->ret);
+					report_read_error(s->why, src_name, s->off, s->ret);
 					c.status = 1;
 					s->state = SLOT_FREE;
 					continue;
@@ -1061,10 +1070,9 @@ static int convert_qcow2(struct qcow2_ctx *ctx, struct qcow2_image *src,
 			}
 			if (s->state == SLOT_WRITING && s->writes == 0) {
 				if (s->ret < 0) {
-					const char *why = qcow2_last_error(c.dst);
 					fprintf(stderr, "%s: %s: write error near offset %llu: %s\n",
 						cli_prog, dst_name, (unsigned long long)s->off,
-						why[0] ? why : strerror(-s->ret));
+						s->why);
 					c.status = 1;
 				}
 				s->state = SLOT_FREE;
@@ -1101,10 +1109,10 @@ out:
 	for (unsigned i = 0; i < nstarted; i++)
 		pthread_join(threads[i], NULL);
 	qcow2_ctx_run(ctx);
-	ret = qcow2_close(c.dst);
+	ret = qcow2_close(c.dst, &err);
 	if (ret < 0 && !c.status) {
 		fprintf(stderr, "%s: %s: the final flush failed: %s\n", cli_prog,
-			dst_name, strerror(-ret));
+			dst_name, err.msg);
 		c.status = 1;
 	}
 	for (unsigned i = 0; i < nslots; i++) {

@@ -122,12 +122,63 @@ struct qcow2_image {
 
 	struct qcow2_stats stats;
 	char last_error[256];
+	uint64_t error_seq;          /* bumped by every image_set_error() */
 };
 
 #define ALLOC_HASH_BUCKETS 1024u
 
+/* Set the image's message of the failure being handled (bumps
+ * img->error_seq; see request_fail()). */
 void image_set_error(struct qcow2_image *img, const char *fmt, ...)
 	QCOW2_PRINTF(2, 3);
+
+/*
+ * What reads and writes share (request.c): the caller's iovec (copied),
+ * the completion, the first error with its own message, and the count of
+ * work in flight. The callback runs once, never inside the call that
+ * started the request (in_submit: it is deferred to the context).
+ */
+struct request {
+	struct qcow2_image *img;
+	uint64_t offset;
+	uint64_t len;
+	struct iovec *iov;
+	int iovcnt;
+	unsigned pending;       /* started work, + 1 while the cursor runs */
+	int error;              /* the first */
+	char *error_msg;        /* its message (malloc'd), or NULL */
+	uint64_t error_seq;     /* img->error_seq when the request began */
+	bool in_submit;
+	uint64_t *error_count;  /* stats counter of failed requests, or NULL */
+	qcow2_complete_fn cb;
+	void *opaque;
+	struct ctx_deferred deferred;
+	void (*destroy)(struct request *r); /* frees what contains r */
+	struct iovec iov_inline[2];
+};
+
+/* The checks every request's range passes: inside the disk, aligned to
+ * the block size (the end may be the unaligned end of the disk); -EINVAL
+ * with the image's message set. */
+int request_check_range(struct qcow2_image *img, uint64_t offset,
+			uint64_t len);
+/* Fill r (zeroed by the caller), copying iov; pending is 1 (the cursor),
+ * in_submit set. -ENOMEM. */
+int request_init(struct request *r, struct qcow2_image *img, uint64_t offset,
+		 const struct iovec *iov, int iovcnt, uint64_t len,
+		 qcow2_complete_fn cb, void *opaque);
+/*
+ * Record a failure (the first one counts). Its message: msg when the step
+ * that failed has one (a backing file's request); else the image's message
+ * when one was set since the request began (the failure being handled set
+ * it: single thread); else a generic one naming the file and the error.
+ */
+void request_fail(struct request *r, int err, const char *msg);
+/* One piece of work done: the last one completes the request. */
+void request_put(struct request *r);
+/* The call that started the request returns: later completions call back
+ * directly. */
+void request_submitted(struct request *r);
 /* slice_load_fn of the image's caches: read the slice from the image file. */
 int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s);
 
@@ -237,6 +288,18 @@ static inline uint64_t image_end(const struct qcow2_image *img)
 {
 	return img->wb ? img->alloc_end : img->file.size;
 }
+
+/* Waiting for one request (sync.c): pass sync_cb with a struct sync_wait
+ * as its opaque, then sync_finish() with what starting it returned: runs
+ * the context until it completes; its result. A failure's message becomes
+ * the image's last one. */
+struct sync_wait {
+	struct qcow2_image *img;
+	bool done;
+	int ret;
+};
+void sync_cb(void *opaque, int ret, const char *error);
+int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret);
 
 /* Refcounts (refcount.c): the refcount table in memory, refcount blocks
  * sliced, cached and written back with the rest of the metadata. */

@@ -31,6 +31,7 @@ void image_set_error(struct qcow2_image *img, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(img->last_error, sizeof(img->last_error), fmt, ap);
 	va_end(ap);
+	img->error_seq++;
 }
 
 const char *qcow2_last_error(const struct qcow2_image *img)
@@ -502,7 +503,7 @@ static int open_chain(struct qcow2_ctx *ctx, const char *path,
 	*out = img;
 	return 0;
 fail:
-	qcow2_close(img);
+	qcow2_close(img, NULL);
 	return ret;
 }
 
@@ -517,19 +518,6 @@ int qcow2_open(struct qcow2_ctx *ctx, const char *path,
 	if (!ctx || !path || !out || (opts && !RESERVED_ZERO(opts)))
 		return -EINVAL;
 	return open_chain(ctx, path, opts, out, err, ids, 0);
-}
-
-struct close_wait {
-	bool done;
-	int ret;
-};
-
-static void close_cb(void *opaque, int ret)
-{
-	struct close_wait *w = opaque;
-
-	w->done = true;
-	w->ret = ret;
 }
 
 /* Lazy refcounts, clean close: every refcount is on disk (the close flush
@@ -563,22 +551,16 @@ static int close_flush(struct qcow2_image *img)
 {
 	cluster_alloc_bytes_release(img);
 	for (int round = 0; round < 8; round++) {
-		struct close_wait w = { false, 0 };
+		struct sync_wait w = { .img = img };
 		int ret;
 
 		if (round > 0 && !qcow2_has_dirty_metadata(img) &&
 		    !img->data_unsynced && !frees_pending(img))
 			break;
-		ret = writeback_start(img, QCOW2_FLUSH_CLOSE, close_cb, &w);
+		ret = sync_finish(img, &w, writeback_start(img, QCOW2_FLUSH_CLOSE,
+							   sync_cb, &w));
 		if (ret < 0)
 			return ret;
-		while (!w.done && qcow2_ctx_inflight(img->ctx) > 0)
-			if ((ret = qcow2_ctx_process(img->ctx, true)) < 0)
-				return ret;
-		if (!w.done)
-			return -EIO;
-		if (w.ret < 0)
-			return w.ret;
 		/* Let the released decrements finish their slice loads. */
 		while (img->frees_ready_pos < img->frees_ready_len &&
 		       qcow2_ctx_inflight(img->ctx) > 0)
@@ -590,14 +572,22 @@ static int close_flush(struct qcow2_image *img)
 	return 0;
 }
 
-int qcow2_close(struct qcow2_image *img)
+int qcow2_close(struct qcow2_image *img, struct qcow2_error *err)
 {
 	int ret = 0;
 
+	if (err)
+		err->msg[0] = '\0';
 	if (!img)
 		return 0;
 	if (img->wb) {
+		img->error_seq++;
+		img->last_error[0] = '\0';
 		ret = close_flush(img);
+		if (ret < 0 && err)
+			snprintf(err->msg, sizeof(err->msg), "%s",
+				 img->last_error[0] ? img->last_error :
+				 strerror(-ret));
 		while (img->punches_inflight && qcow2_ctx_inflight(img->ctx) > 0)
 			if (qcow2_ctx_process(img->ctx, true) < 0)
 				break;
@@ -611,7 +601,7 @@ int qcow2_close(struct qcow2_image *img)
 	refcount_close(img);
 	cluster_alloc_close(img);
 	if (img->backing)
-		qcow2_close(img->backing);
+		qcow2_close(img->backing, NULL); /* read-only: nothing to flush */
 	slice_cache_free(img->l2_cache);
 	decompress_cleanup(&img->dec);
 	free(img->zbuf);

@@ -15,25 +15,11 @@
 
 #include "engine/engine.h"
 
-#define container_of(ptr, type, member) \
-	((type *)((char *)(ptr) - offsetof(type, member)))
-
 struct read_req {
-	struct qcow2_image *img;
-	uint64_t offset;
-	uint64_t len;
-	uint64_t pos;           /* cursor, relative to offset */
-	struct iovec *iov;
-	int iovcnt;
-	unsigned pending;       /* started work + 1 while the cursor runs */
-	int error;
+	struct request r;
+	uint64_t pos;           /* cursor, relative to r.offset */
 	bool top_level;
-	bool in_submit;         /* inside qcow2_readv(): defer the callback */
-	qcow2_complete_fn cb;
-	void *opaque;
 	struct slice_waiter waiter;
-	struct ctx_deferred deferred;
-	struct iovec iov_inline[2];
 };
 
 /* One piece of work: a data read, a backing read or a compressed cluster. */
@@ -52,46 +38,19 @@ struct read_sub {
 
 static void read_advance(struct read_req *req);
 
-static void req_free(struct read_req *req)
+static void req_destroy(struct request *r)
 {
-	if (req->iov != req->iov_inline)
-		free(req->iov);
-	free(req);
-}
-
-static void req_run_deferred(struct ctx_deferred *d)
-{
-	struct read_req *req = container_of(d, struct read_req, deferred);
-
-	req->cb(req->opaque, req->error);
-	req_free(req);
-}
-
-static void req_finish(struct read_req *req)
-{
-	struct qcow2_image *img = req->img;
-
-	if (req->top_level && req->error)
-		img->stats.read_errors++;
-	if (req->top_level && req->in_submit) {
-		req->deferred.run = req_run_deferred;
-		ctx_defer(img->ctx, &req->deferred);
-		return;
-	}
-	req->cb(req->opaque, req->error);
-	req_free(req);
+	free(container_of(r, struct read_req, r));
 }
 
 static void req_put(struct read_req *req)
 {
-	if (--req->pending == 0)
-		req_finish(req);
+	request_put(&req->r);
 }
 
-static void req_fail(struct read_req *req, int err)
+static void req_fail(struct read_req *req, int err, const char *msg)
 {
-	if (!req->error)
-		req->error = err;
+	request_fail(&req->r, err, msg);
 }
 
 static struct read_sub *sub_new(struct read_req *req, uint64_t len)
@@ -104,7 +63,7 @@ static struct read_sub *sub_new(struct read_req *req, uint64_t len)
 	sub->req = req;
 	sub->req_off = req->pos;
 	sub->len = len;
-	n = iov_count_range(req->iov, req->iovcnt, req->pos, len);
+	n = iov_count_range(req->r.iov, req->r.iovcnt, req->pos, len);
 	if (n <= 2) {
 		sub->iov = sub->iov_inline;
 	} else {
@@ -114,17 +73,17 @@ static struct read_sub *sub_new(struct read_req *req, uint64_t len)
 			return NULL;
 		}
 	}
-	sub->iovcnt = iov_slice(req->iov, req->iovcnt, req->pos, len, sub->iov);
-	req->pending++;
+	sub->iovcnt = iov_slice(req->r.iov, req->r.iovcnt, req->pos, len, sub->iov);
+	req->r.pending++;
 	return sub;
 }
 
-static void sub_end(struct read_sub *sub, int err)
+static void sub_end(struct read_sub *sub, int err, const char *msg)
 {
 	struct read_req *req = sub->req;
 
 	if (err)
-		req_fail(req, err);
+		req_fail(req, err, msg);
 	if (sub->iov != sub->iov_inline)
 		free(sub->iov);
 	free(sub);
@@ -136,20 +95,20 @@ static void data_done(struct file_read *fr, int err)
 	struct read_sub *sub = container_of(fr, struct read_sub, fr);
 
 	if (err)
-		image_set_error(sub->req->img, "read error on %s: %s",
-				sub->req->img->data->path, strerror(-err));
-	sub_end(sub, err);
+		image_set_error(sub->req->r.img, "read error on %s: %s",
+				sub->req->r.img->data->path, strerror(-err));
+	sub_end(sub, err, NULL);
 }
 
-static void backing_done(void *opaque, int err)
+static void backing_done(void *opaque, int err, const char *msg)
 {
-	sub_end(opaque, err);
+	sub_end(opaque, err, msg);
 }
 
 static void compressed_done(struct file_read *fr, int err)
 {
 	struct read_sub *sub = container_of(fr, struct read_sub, fr);
-	struct qcow2_image *img = sub->req->img;
+	struct qcow2_image *img = sub->req->r.img;
 	uint64_t host, clen;
 
 	if (!err) {
@@ -175,7 +134,7 @@ static void compressed_done(struct file_read *fr, int err)
 	}
 	free(fr->bounce);
 	fr->bounce = NULL;
-	sub_end(sub, err);
+	sub_end(sub, err, NULL);
 }
 
 void read_zbuf_drop(struct qcow2_image *img)
@@ -194,17 +153,17 @@ static int start_data(struct read_req *req, struct qfile *f, uint64_t host,
 		return -ENOMEM;
 	if (f->direct && (host % f->align || len % f->align ||
 			  !iov_aligned(sub->iov, sub->iovcnt, f->mem_align, f->align)))
-		req->img->stats.bounced_reads++;
-	ret = file_read_start(req->img->ctx, f, host, sub->iov, sub->iovcnt, len,
+		req->r.img->stats.bounced_reads++;
+	ret = file_read_start(req->r.img->ctx, f, host, sub->iov, sub->iovcnt, len,
 			      false, &sub->fr, data_done);
 	if (ret < 0)
-		sub_end(sub, ret);
+		sub_end(sub, ret, NULL);
 	return 0;
 }
 
 static int start_backing(struct read_req *req, uint64_t guest, uint64_t len)
 {
-	struct qcow2_image *b = req->img->backing;
+	struct qcow2_image *b = req->r.img->backing;
 	uint64_t n = 0;
 
 	if (b && guest < b->virtual_size) {
@@ -215,21 +174,21 @@ static int start_backing(struct read_req *req, uint64_t guest, uint64_t len)
 		sub = sub_new(req, n);
 		if (!sub)
 			return -ENOMEM;
-		req->img->stats.backing_reads++;
+		req->r.img->stats.backing_reads++;
 		ret = read_start(b, guest, sub->iov, sub->iovcnt, n, false,
 				 backing_done, sub);
 		if (ret < 0)
-			sub_end(sub, ret);
+			sub_end(sub, ret, NULL);
 	}
 	if (n < len)
-		iov_memset(req->iov, req->iovcnt, req->pos + n, 0, len - n);
+		iov_memset(req->r.iov, req->r.iovcnt, req->pos + n, 0, len - n);
 	return 0;
 }
 
 static int start_compressed(struct read_req *req, uint64_t guest,
 			    uint64_t desc, uint64_t len)
 {
-	struct qcow2_image *img = req->img;
+	struct qcow2_image *img = req->r.img;
 	uint64_t in_cluster = guest & (img->cluster_size - 1);
 	struct read_sub *sub;
 	uint64_t host, clen;
@@ -240,7 +199,7 @@ static int start_compressed(struct read_req *req, uint64_t guest,
 			return -ENOMEM;
 	}
 	if (img->zbuf_valid && img->zbuf_desc == desc) {
-		iov_from_buf(req->iov, req->iovcnt, req->pos,
+		iov_from_buf(req->r.iov, req->r.iovcnt, req->pos,
 			     img->zbuf + in_cluster, len);
 		return 0;
 	}
@@ -254,7 +213,7 @@ static int start_compressed(struct read_req *req, uint64_t guest,
 	ret = file_read_start(img->ctx, &img->file, host, NULL, 0, clen, true,
 			      &sub->fr, compressed_done);
 	if (ret < 0)
-		sub_end(sub, ret);
+		sub_end(sub, ret, NULL);
 	return 0;
 }
 
@@ -263,9 +222,9 @@ static void read_wake(struct slice_waiter *w, int err)
 	struct read_req *req = container_of(w, struct read_req, waiter);
 
 	if (err) {
-		image_set_error(req->img, "cannot read an L2 table of %s: %s",
-				req->img->filename, strerror(-err));
-		req_fail(req, err);
+		image_set_error(req->r.img, "cannot read an L2 table of %s: %s",
+				req->r.img->filename, strerror(-err));
+		req_fail(req, err, NULL);
 		req_put(req); /* the cursor stops */
 		return;
 	}
@@ -274,24 +233,24 @@ static void read_wake(struct slice_waiter *w, int err)
 
 static void read_advance(struct read_req *req)
 {
-	struct qcow2_image *img = req->img;
+	struct qcow2_image *img = req->r.img;
 
-	while (req->pos < req->len && !req->error) {
-		uint64_t guest = req->offset + req->pos;
+	while (req->pos < req->r.len && !req->r.error) {
+		uint64_t guest = req->r.offset + req->pos;
 		struct map_extent ext;
 		int ret;
 
 		if (img->raw) {
 			ext.type = QCOW2_EXTENT_DATA;
 			ext.host = guest;
-			ext.len = req->len - req->pos;
+			ext.len = req->r.len - req->pos;
 		} else {
-			ret = map_lookup(img, guest, req->len - req->pos, &ext,
+			ret = map_lookup(img, guest, req->r.len - req->pos, &ext,
 					 &req->waiter);
 			if (ret == -EAGAIN)
 				return; /* parked on a slice; read_wake resumes */
 			if (ret < 0) {
-				req_fail(req, ret);
+				req_fail(req, ret, NULL);
 				break;
 			}
 		}
@@ -300,7 +259,7 @@ static void read_advance(struct read_req *req)
 			ret = start_data(req, img->data, ext.host, ext.len);
 			break;
 		case QCOW2_EXTENT_ZERO:
-			iov_memset(req->iov, req->iovcnt, req->pos, 0, ext.len);
+			iov_memset(req->r.iov, req->r.iovcnt, req->pos, 0, ext.len);
 			ret = 0;
 			break;
 		case QCOW2_EXTENT_UNALLOCATED:
@@ -313,7 +272,7 @@ static void read_advance(struct read_req *req)
 			ret = -EIO;
 		}
 		if (ret < 0) {
-			req_fail(req, ret);
+			req_fail(req, ret, NULL);
 			break;
 		}
 		req->pos += ext.len;
@@ -329,31 +288,22 @@ int read_start(struct qcow2_image *img, uint64_t offset,
 
 	if (!req)
 		return -ENOMEM;
-	if (iovcnt <= 2) {
-		req->iov = req->iov_inline;
-	} else {
-		req->iov = malloc((size_t)iovcnt * sizeof(*iov));
-		if (!req->iov) {
-			free(req);
-			return -ENOMEM;
-		}
+	if (request_init(&req->r, img, offset, iov, iovcnt, len, cb, opaque) < 0) {
+		free(req);
+		return -ENOMEM;
 	}
-	memcpy(req->iov, iov, (size_t)iovcnt * sizeof(*iov));
-	req->iovcnt = iovcnt;
-	req->img = img;
-	req->offset = offset;
-	req->len = len;
-	req->cb = cb;
-	req->opaque = opaque;
-	req->pending = 1;
+	req->r.destroy = req_destroy;
+	/* Internal reads (backing files, copy-on-write) may call back
+	 * inside the call; their failures count as their parent's. */
+	req->r.in_submit = top_level;
+	req->r.error_count = top_level ? &img->stats.read_errors : NULL;
 	req->top_level = top_level;
-	req->in_submit = top_level;
 	req->waiter.wake = read_wake;
 	read_advance(req);
 	/* A top-level request is never freed inside read_advance: its
 	 * completion is deferred while in_submit is set. */
 	if (top_level)
-		req->in_submit = false;
+		request_submitted(&req->r);
 	return 0;
 }
 
@@ -366,86 +316,9 @@ int qcow2_readv(struct qcow2_image *img, uint64_t offset,
 	if (!img || !cb || iovcnt < 0 || iovcnt > IOV_MAX || (iovcnt && !iov))
 		return -EINVAL;
 	len = iov_total(iov, iovcnt);
-	if (offset > img->virtual_size || len > img->virtual_size - offset)
-		return -EINVAL;
-	if (offset % img->block_size ||
-	    (len % img->block_size && offset + len != img->virtual_size))
+	if (request_check_range(img, offset, len) < 0)
 		return -EINVAL;
 	img->stats.read_requests++;
 	img->stats.read_bytes += len;
 	return read_start(img, offset, iov, iovcnt, len, true, cb, opaque);
-}
-
-struct sync_wait {
-	bool done;
-	int ret;
-};
-
-static void sync_cb(void *opaque, int ret)
-{
-	struct sync_wait *w = opaque;
-
-	w->done = true;
-	w->ret = ret;
-}
-
-/* Run the context until the request with wait w completes. */
-static int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret)
-{
-	if (ret < 0)
-		return ret;
-	while (!w->done) {
-		if (qcow2_ctx_inflight(img->ctx) == 0)
-			return -EIO; /* cannot happen: nothing left to wait for */
-		ret = qcow2_ctx_process(img->ctx, true);
-		if (ret < 0)
-			return ret;
-	}
-	return w->ret;
-}
-
-int qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
-		uint64_t offset)
-{
-	struct sync_wait w = { false, 0 };
-
-	return sync_finish(img, &w, qcow2_read(img, offset, buf, len, sync_cb, &w));
-}
-
-int qcow2_pwrite(struct qcow2_image *img, const void *buf, size_t len,
-		 uint64_t offset)
-{
-	struct sync_wait w = { false, 0 };
-
-	return sync_finish(img, &w, qcow2_write(img, offset, buf, len, sync_cb, &w));
-}
-
-int qcow2_pwrite_zeroes(struct qcow2_image *img, uint64_t offset, uint64_t len,
-			unsigned flags)
-{
-	struct sync_wait w = { false, 0 };
-
-	return sync_finish(img, &w, qcow2_write_zeroes(img, offset, len, flags,
-						       sync_cb, &w));
-}
-
-int qcow2_pdiscard(struct qcow2_image *img, uint64_t offset, uint64_t len)
-{
-	struct sync_wait w = { false, 0 };
-
-	return sync_finish(img, &w, qcow2_discard(img, offset, len, sync_cb, &w));
-}
-
-int qcow2_fsync(struct qcow2_image *img)
-{
-	struct sync_wait w = { false, 0 };
-
-	return sync_finish(img, &w, qcow2_flush(img, sync_cb, &w));
-}
-
-int qcow2_ftruncate(struct qcow2_image *img, uint64_t size)
-{
-	struct sync_wait w = { false, 0 };
-
-	return sync_finish(img, &w, qcow2_truncate(img, size, sync_cb, &w));
 }

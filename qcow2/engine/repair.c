@@ -27,7 +27,7 @@ static int rebuild(const char *path, struct qcow2_error *err)
 		return ret;
 	ret = qcow2_open(ctx, path, &oo, &img, err);
 	if (ret == 0)
-		qcow2_close(img);
+		ret = qcow2_close(img, err);
 	qcow2_ctx_free(ctx);
 	return ret;
 }

@@ -20,14 +20,11 @@
 
 #include "engine/engine.h"
 
-#define container_of(ptr, type, member) \
-	((type *)((char *)(ptr) - offsetof(type, member)))
-
 enum resize_phase { RS_GROW_L1, RS_COUNT, RS_INSTALL, RS_ZERO_HEAD,
 		    RS_ZERO_REST, RS_DONE };
 
 struct resize_req {
-	struct qcow2_image *img;
+	struct request r;       /* no buffers; r.img, the completion */
 	enum resize_phase phase;
 	uint64_t old_size, new_size;
 	uint32_t new_l1_size;
@@ -36,34 +33,23 @@ struct resize_req {
 	uint64_t counted;
 	uint8_t *block;          /* the block holding the old end */
 	struct slice_waiter waiter;
-	struct ctx_deferred deferred;
-	bool in_submit;
-	int ret;
-	qcow2_complete_fn cb;
-	void *opaque;
 };
 
 static void resize_advance(struct resize_req *rr);
 
-static void resize_finish_deferred(struct ctx_deferred *d)
+static void resize_destroy(struct request *r)
 {
-	struct resize_req *rr = container_of(d, struct resize_req, deferred);
+	struct resize_req *rr = container_of(r, struct resize_req, r);
 
-	rr->cb(rr->opaque, rr->ret);
 	free(rr->block);
 	free(rr);
 }
 
 static void resize_end(struct resize_req *rr, int ret)
 {
-	rr->ret = ret;
 	rr->phase = RS_DONE;
-	if (rr->in_submit) {
-		rr->deferred.run = resize_finish_deferred;
-		ctx_defer(rr->img->ctx, &rr->deferred);
-		return;
-	}
-	resize_finish_deferred(&rr->deferred);
+	request_fail(&rr->r, ret, NULL);
+	request_put(&rr->r);
 }
 
 static void resize_wake(struct slice_waiter *w, int err)
@@ -77,11 +63,12 @@ static void resize_wake(struct slice_waiter *w, int err)
 	resize_advance(rr);
 }
 
-static void resize_io_done(void *opaque, int err)
+static void resize_io_done(void *opaque, int err, const char *msg)
 {
 	struct resize_req *rr = opaque;
 
 	if (err) {
+		request_fail(&rr->r, err, msg);
 		resize_end(rr, err);
 		return;
 	}
@@ -92,7 +79,7 @@ static void resize_io_done(void *opaque, int err)
  * the next flush writes). Cannot fail. */
 static void resize_install(struct resize_req *rr, uint64_t *l1)
 {
-	struct qcow2_image *img = rr->img;
+	struct qcow2_image *img = rr->r.img;
 
 	if (l1) {
 		uint64_t old_clusters =
@@ -122,7 +109,7 @@ static void resize_install(struct resize_req *rr, uint64_t *l1)
 /* Where the new area must be zeroed explicitly: [old, zero_end). */
 static uint64_t zero_end(const struct resize_req *rr)
 {
-	const struct qcow2_image *img = rr->img;
+	const struct qcow2_image *img = rr->r.img;
 	uint64_t end = align_up(rr->old_size, img->cluster_size);
 
 	if (img->backing && img->backing->virtual_size > end)
@@ -132,7 +119,7 @@ static uint64_t zero_end(const struct resize_req *rr)
 
 static void resize_advance(struct resize_req *rr)
 {
-	struct qcow2_image *img = rr->img;
+	struct qcow2_image *img = rr->r.img;
 	uint64_t bs = img->block_size;
 	int ret;
 
@@ -283,19 +270,20 @@ int qcow2_truncate(struct qcow2_image *img, uint64_t size,
 	rr = calloc(1, sizeof(*rr));
 	if (!rr)
 		return -ENOMEM;
-	rr->img = img;
+	if (request_init(&rr->r, img, 0, NULL, 0, 0, cb, opaque) < 0) {
+		free(rr);
+		return -ENOMEM;
+	}
+	rr->r.destroy = resize_destroy;
 	rr->old_size = img->virtual_size;
 	rr->new_size = size;
 	rr->new_l1_size = (uint32_t)l1_entries;
 	rr->l1_clusters = align_up(l1_entries * 8, img->cluster_size) >>
 			  img->cluster_bits;
-	rr->cb = cb;
-	rr->opaque = opaque;
 	rr->waiter.wake = resize_wake;
-	rr->in_submit = true;
 	resize_advance(rr);
 	/* Finished inside: its completion was deferred, rr is still ours
 	 * until the context runs it. */
-	rr->in_submit = false;
+	request_submitted(&rr->r);
 	return 0;
 }

@@ -24,31 +24,17 @@
 
 #include "engine/engine.h"
 
-#define container_of(ptr, type, member) \
-	((type *)((char *)(ptr) - offsetof(type, member)))
-
 enum write_kind { WRITE_DATA, WRITE_ZEROES, WRITE_DISCARD, WRITE_COMPRESSED };
 
 struct write_req {
-	struct qcow2_image *img;
+	struct request r;
 	enum write_kind kind;
 	unsigned flags;
-	uint64_t offset;
-	uint64_t len;
-	uint64_t pos;
-	struct iovec *iov;
-	int iovcnt;
-	unsigned pending;
-	int error;
-	bool in_submit;
-	qcow2_complete_fn cb;
-	void *opaque;
+	uint64_t pos;           /* cursor, relative to r.offset */
 	struct slice_waiter waiter;
-	struct ctx_deferred deferred;
-	struct iovec iov_inline[2];
 };
 
-/* A piece of a request's buffers: [off, off+len) of req->iov. */
+/* A piece of a request's buffers: [off, off+len) of req->r.iov. */
 struct req_slice {
 	struct iovec *iov;
 	int iovcnt;
@@ -64,7 +50,7 @@ static int req_slice_init(struct req_slice *rs, struct write_req *req,
 	rs->zeros = NULL;
 	if (req->kind == WRITE_ZEROES || req->kind == WRITE_DISCARD) {
 		/* Partial clusters of a zero request: write zeros. */
-		if (posix_memalign(&rs->zeros, req->img->file.mem_align, len))
+		if (posix_memalign(&rs->zeros, req->r.img->file.mem_align, len))
 			return -ENOMEM;
 		memset(rs->zeros, 0, len);
 		rs->inline_iov[0].iov_base = rs->zeros;
@@ -73,7 +59,7 @@ static int req_slice_init(struct req_slice *rs, struct write_req *req,
 		rs->iovcnt = 1;
 		return 0;
 	}
-	n = iov_count_range(req->iov, req->iovcnt, off, len);
+	n = iov_count_range(req->r.iov, req->r.iovcnt, off, len);
 
 	rs->iov = rs->inline_iov;
 	if (n > 2) {
@@ -81,7 +67,7 @@ static int req_slice_init(struct req_slice *rs, struct write_req *req,
 		if (!rs->iov)
 			return -ENOMEM;
 	}
-	rs->iovcnt = iov_slice(req->iov, req->iovcnt, off, len, rs->iov);
+	rs->iovcnt = iov_slice(req->r.iov, req->r.iovcnt, off, len, rs->iov);
 	return 0;
 }
 
@@ -160,36 +146,16 @@ static void write_advance(struct write_req *req);
 
 /* ---- request bookkeeping ----------------------------------------------- */
 
-static void wreq_free(struct write_req *req)
+static void wreq_destroy(struct request *r)
 {
-	if (req->iov != req->iov_inline)
-		free(req->iov);
-	free(req);
+	free(container_of(r, struct write_req, r));
 }
 
-static void wreq_run_deferred(struct ctx_deferred *d)
-{
-	struct write_req *req = container_of(d, struct write_req, deferred);
-
-	req->cb(req->opaque, req->error);
-	wreq_free(req);
-}
-
+/* A piece of work done, failed with err (0: it succeeded). */
 static void wreq_put(struct write_req *req, int err)
 {
-	if (err && !req->error)
-		req->error = err;
-	if (--req->pending)
-		return;
-	if (req->error)
-		req->img->stats.write_errors++;
-	if (req->in_submit) {
-		req->deferred.run = wreq_run_deferred;
-		ctx_defer(req->img->ctx, &req->deferred);
-		return;
-	}
-	req->cb(req->opaque, req->error);
-	wreq_free(req);
+	request_fail(&req->r, err, NULL);
+	request_put(&req->r);
 }
 
 /* ---- in-place writes --------------------------------------------------- */
@@ -237,15 +203,15 @@ static void inplace_done(struct file_read *fw, int err)
 	struct write_req *req = w->req;
 	bool oldest = !w->prev;
 
-	inplace_unlink(req->img, w);
+	inplace_unlink(req->r.img, w);
 	if (oldest)
-		cluster_frees_kick(req->img);
+		cluster_frees_kick(req->r.img);
 
 	if (err)
-		image_set_error(req->img, "write error on %s: %s",
-				req->img->filename, strerror(-err));
+		image_set_error(req->r.img, "write error on %s: %s",
+				req->r.img->filename, strerror(-err));
 	else
-		req->img->data_unsynced = true;
+		req->r.img->data_unsynced = true;
 	req_slice_free(&w->rs);
 	free(w);
 	wreq_put(req, err);
@@ -264,15 +230,15 @@ static int start_inplace(struct write_req *req, uint64_t host, uint64_t len)
 		free(w);
 		return ret;
 	}
-	req->pending++;
-	inplace_link(req->img, w);
-	ret = file_write_start(req->img->ctx, req->img->data, host, w->rs.iov,
+	req->r.pending++;
+	inplace_link(req->r.img, w);
+	ret = file_write_start(req->r.img->ctx, req->r.img->data, host, w->rs.iov,
 			       w->rs.iovcnt, len, &w->fw, inplace_done);
 	if (ret < 0) {
-		inplace_unlink(req->img, w);
+		inplace_unlink(req->r.img, w);
 		req_slice_free(&w->rs);
 		free(w);
-		req->pending--;
+		req->r.pending--;
 	}
 	return ret;
 }
@@ -664,13 +630,13 @@ static int cw_lookup(struct cluster_write *cw)
 /* The compressed data's bytes, padded with zeros to the block size. */
 static uint64_t compressed_reserve(const struct cluster_write *cw)
 {
-	return align_up(cw->req->iov[0].iov_len, cw->img->block_size);
+	return align_up(cw->req->r.iov[0].iov_len, cw->img->block_size);
 }
 
 static int cw_alloc_compressed(struct cluster_write *cw)
 {
 	struct qcow2_image *img = cw->img;
-	uint64_t clen = cw->req->iov[0].iov_len;
+	uint64_t clen = cw->req->r.iov[0].iov_len;
 	int ret;
 
 	if (!cw->have_host) {
@@ -743,12 +709,15 @@ static bool old_reads_zero(struct cluster_write *cw)
 	return !img->backing || cw->guest >= img->backing->virtual_size;
 }
 
-static void cow_read_done(void *opaque, int err)
+static void cow_read_done(void *opaque, int err, const char *msg)
 {
 	struct cluster_write *cw = opaque;
 
-	if (err && !cw->err)
+	if (err && !cw->err) {
 		cw->err = err;
+		/* the old data's message (it may name a backing file) */
+		request_fail(&cw->req->r, err, msg);
+	}
 	if (--cw->reads_pending == 0 && cw->state == CW_COW_WAIT) {
 		cw->state = cw->err ? CW_DONE : CW_WRITE;
 		cw_run(cw);
@@ -905,13 +874,13 @@ static int cw_write(struct cluster_write *cw)
 	int iovcnt, ret;
 
 	if (cw->kind == WRITE_COMPRESSED) {
-		uint64_t clen = cw->req->iov[0].iov_len;
+		uint64_t clen = cw->req->r.iov[0].iov_len;
 
 		cw->buf_len = compressed_reserve(cw);
 		if (posix_memalign((void **)&cw->buf, img->file.mem_align,
 				   cw->buf_len))
 			return -ENOMEM;
-		memcpy(cw->buf, cw->req->iov[0].iov_base, clen);
+		memcpy(cw->buf, cw->req->r.iov[0].iov_base, clen);
 		memset(cw->buf + clen, 0, cw->buf_len - clen);
 		cw->buf_iov.iov_base = cw->buf;
 		cw->buf_iov.iov_len = cw->buf_len;
@@ -925,7 +894,7 @@ static int cw_write(struct cluster_write *cw)
 		if (cw->req->kind == WRITE_ZEROES || cw->req->kind == WRITE_DISCARD)
 			memset(dst, 0, cw->b - cw->a);
 		else
-			iov_to_buf(cw->req->iov, cw->req->iovcnt, cw->req_off,
+			iov_to_buf(cw->req->r.iov, cw->req->r.iovcnt, cw->req_off,
 				   dst, cw->b - cw->a);
 		cw->buf_iov.iov_base = cw->buf;
 		cw->buf_iov.iov_len = cw->buf_len;
@@ -1004,7 +973,7 @@ static int cw_update(struct cluster_write *cw)
 					 (cw->old_bitmap & EXTL2_ZERO_ALL & ~(m << 32));
 		}
 	} else if (cw->kind == WRITE_COMPRESSED) {
-		uint64_t sectors = align_up(cw->req->iov[0].iov_len, 512) / 512;
+		uint64_t sectors = align_up(cw->req->r.iov[0].iov_len, 512) / 512;
 		unsigned x = 62 - (img->cluster_bits - 8);
 
 		e = QCOW_OFLAG_COMPRESSED | ((sectors - 1) << x) | cw->host;
@@ -1115,7 +1084,7 @@ static void cw_run(struct cluster_write *cw)
 static int start_cluster_write(struct write_req *req, enum write_kind kind,
 			       uint64_t guest, uint64_t a, uint64_t b)
 {
-	struct qcow2_image *img = req->img;
+	struct qcow2_image *img = req->r.img;
 	struct cluster_write *cw = calloc(1, sizeof(*cw));
 
 	if (!cw)
@@ -1132,7 +1101,7 @@ static int start_cluster_write(struct write_req *req, enum write_kind kind,
 	cw->l1_idx = guest >> (img->cluster_bits + img->l2_bits);
 	cw->waiter.wake = cw_wake;
 	cw->state = CW_START;
-	req->pending++;
+	req->r.pending++;
 	cw_run(cw);
 	return 0;
 }
@@ -1163,7 +1132,7 @@ static void write_wake(struct slice_waiter *w, int err)
  * are written with zeros (zero) or left alone (discard). */
 static void meta_advance(struct write_req *req)
 {
-	struct qcow2_image *img = req->img;
+	struct qcow2_image *img = req->r.img;
 	const uint64_t cs = img->cluster_size;
 	bool v2_backing = img->hdr.version < 3 && needs_zero_flag(img);
 	/* A raw data file must read as the disk: zeros are written into it,
@@ -1171,14 +1140,14 @@ static void meta_advance(struct write_req *req)
 	bool raw_data = img->has_data_file &&
 			(img->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW);
 
-	while (req->pos < req->len && !req->error) {
-		uint64_t guest = req->offset + req->pos;
+	while (req->pos < req->r.len && !req->r.error) {
+		uint64_t guest = req->r.offset + req->pos;
 		uint64_t cluster = align_down(guest, cs);
 		uint64_t a = guest - cluster;
 		uint64_t csize = img->virtual_size - cluster < cs ?
 					 img->virtual_size - cluster : cs;
-		uint64_t b = a + (req->len - req->pos) < csize ?
-				     a + (req->len - req->pos) : csize;
+		uint64_t b = a + (req->r.len - req->pos) < csize ?
+				     a + (req->r.len - req->pos) : csize;
 		bool whole = a == 0 && b == csize;
 		int ret = 0;
 
@@ -1196,7 +1165,7 @@ static void meta_advance(struct write_req *req)
 			ret = start_cluster_write(req, WRITE_DATA, cluster, a, b);
 		}
 		if (ret < 0) {
-			req->error = ret;
+			request_fail(&req->r, ret, NULL);
 			break;
 		}
 		req->pos += b - a;
@@ -1206,17 +1175,17 @@ static void meta_advance(struct write_req *req)
 
 static void write_advance(struct write_req *req)
 {
-	struct qcow2_image *img = req->img;
+	struct qcow2_image *img = req->r.img;
 	const uint64_t cs = img->cluster_size;
 
-	while (req->pos < req->len && !req->error) {
-		uint64_t guest = req->offset + req->pos;
+	while (req->pos < req->r.len && !req->r.error) {
+		uint64_t guest = req->r.offset + req->pos;
 		uint64_t cluster = align_down(guest, cs);
 		uint64_t a = guest - cluster;
 		uint64_t csize = img->virtual_size - cluster < cs ?
 					 img->virtual_size - cluster : cs;
-		uint64_t b = a + (req->len - req->pos) < csize ?
-				     a + (req->len - req->pos) : csize;
+		uint64_t b = a + (req->r.len - req->pos) < csize ?
+				     a + (req->r.len - req->pos) : csize;
 		struct slice *s;
 		uint64_t first, l2_off, e, bm = 0, idx = 0, host, run;
 		int ret = l2_slice_lookup(img, guest, &req->waiter, &s, &first,
@@ -1225,7 +1194,7 @@ static void write_advance(struct write_req *req)
 		if (ret == -EAGAIN)
 			return; /* write_wake resumes */
 		if (ret < 0) {
-			req->error = ret;
+			request_fail(&req->r, ret, NULL);
 			break;
 		}
 		if (ret == 0) {
@@ -1239,7 +1208,7 @@ static void write_advance(struct write_req *req)
 		    cluster_allocating(img, cluster)) {
 			ret = start_cluster_write(req, WRITE_DATA, cluster, a, b);
 			if (ret < 0) {
-				req->error = ret;
+				request_fail(&req->r, ret, NULL);
 				break;
 			}
 			req->pos += b - a;
@@ -1249,7 +1218,7 @@ static void write_advance(struct write_req *req)
 		 * are host-contiguous and ours. */
 		host = (e & L2E_OFFSET_MASK) + a;
 		run = b - a;
-		while (req->pos + run < req->len && b == cs) {
+		while (req->pos + run < req->r.len && b == cs) {
 			uint64_t next = cluster + cs, n, nbm;
 			uint64_t nidx = idx + 1;
 			if (nidx >= img->l2_slice_size / img->l2_entry_size ||
@@ -1267,15 +1236,15 @@ static void write_advance(struct write_req *req)
 			idx = nidx;
 			e = n;
 			b = img->virtual_size - next < cs ? img->virtual_size - next : cs;
-			if (req->len - req->pos - run < b)
-				b = req->len - req->pos - run;
+			if (req->r.len - req->pos - run < b)
+				b = req->r.len - req->pos - run;
 			run += b;
 			if (b < cs)
 				break;
 		}
 		ret = start_inplace(req, host, run);
 		if (ret < 0) {
-			req->error = ret;
+			request_fail(&req->r, ret, NULL);
 			break;
 		}
 		req->pos += run;
@@ -1293,26 +1262,14 @@ static struct write_req *wreq_new(struct qcow2_image *img, enum write_kind kind,
 
 	if (!req)
 		return NULL;
-	req->iov = req->iov_inline;
-	if (iovcnt > 2) {
-		req->iov = malloc((size_t)iovcnt * sizeof(*iov));
-		if (!req->iov) {
-			free(req);
-			return NULL;
-		}
+	if (request_init(&req->r, img, offset, iov, iovcnt, len, cb, opaque) < 0) {
+		free(req);
+		return NULL;
 	}
-	if (iovcnt)
-		memcpy(req->iov, iov, (size_t)iovcnt * sizeof(*iov));
-	req->iovcnt = iovcnt;
-	req->img = img;
+	req->r.destroy = wreq_destroy;
+	req->r.error_count = &img->stats.write_errors;
 	req->kind = kind;
 	req->flags = flags;
-	req->offset = offset;
-	req->len = len;
-	req->cb = cb;
-	req->opaque = opaque;
-	req->pending = 1;
-	req->in_submit = true;
 	req->waiter.wake = write_wake;
 	img->stats.write_requests++;
 	img->stats.write_bytes += len;
@@ -1328,12 +1285,11 @@ static int wreq_start(struct qcow2_image *img, enum write_kind kind,
 
 	if (!img || !cb)
 		return -EINVAL;
-	if (!(img->flags & QCOW2_OPEN_RDWR) || !img->wb)
+	if (!(img->flags & QCOW2_OPEN_RDWR) || !img->wb) {
+		image_set_error(img, "%s is open read-only", img->filename);
 		return -EROFS;
-	if (offset > img->virtual_size || len > img->virtual_size - offset)
-		return -EINVAL;
-	if (offset % img->block_size ||
-	    (len % img->block_size && offset + len != img->virtual_size))
+	}
+	if (request_check_range(img, offset, len) < 0)
 		return -EINVAL;
 	req = wreq_new(img, kind, flags, offset, iov, iovcnt, len, cb, opaque);
 	if (!req)
@@ -1342,7 +1298,7 @@ static int wreq_start(struct qcow2_image *img, enum write_kind kind,
 		write_advance(req);
 	else
 		meta_advance(req);
-	req->in_submit = false;
+	request_submitted(&req->r);
 	return 0;
 }
 
@@ -1401,8 +1357,8 @@ int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset,
 		return -ENOMEM;
 	ret = start_cluster_write(req, WRITE_COMPRESSED, offset, 0, csize);
 	if (ret < 0)
-		req->error = ret;
+		request_fail(&req->r, ret, NULL);
 	wreq_put(req, 0);
-	req->in_submit = false;
+	req->r.in_submit = false;
 	return 0;
 }

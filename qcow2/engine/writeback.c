@@ -31,6 +31,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -69,6 +70,8 @@ struct writeback {
 	enum qcow2_flush_cause cause;
 	unsigned pending;           /* IOs of the current stage */
 	int error;
+	char msg[256];              /* error's message: to the flush's waiters,
+				       and to mutators while it lasts */
 	bool wrote_since_sync;
 	uint64_t start_ns;
 	struct wb_waiter *current;  /* served by the running flush */
@@ -121,6 +124,9 @@ int writeback_gate(struct qcow2_image *img, struct slice_waiter *w)
 		wb->frozen = w;
 		return -EAGAIN;
 	}
+	if (wb->failed)
+		image_set_error(img, "metadata changes to %s are refused until a "
+				"flush succeeds: %s", img->filename, wb->msg);
 	return wb->failed;
 }
 
@@ -224,6 +230,8 @@ static void wb_io_failed(struct writeback *wb, const struct wb_io *io, int err)
 	else
 		image_set_error(img, "metadata write-back to %s failed: %s",
 				img->filename, strerror(-err));
+	if (wb->error == err)
+		snprintf(wb->msg, sizeof(wb->msg), "%s", img->last_error);
 }
 
 static void wb_io_done(struct io_op *op, int64_t res)
@@ -431,7 +439,7 @@ static void wb_finish(struct writeback *wb)
 		struct wb_waiter *d = done;
 		done = d->next;
 		if (d->cb)
-			d->cb(d->opaque, err);
+			d->cb(d->opaque, err, err ? wb->msg : NULL);
 		free(d);
 	}
 	if (wb->next_requested && wb->stage == WB_IDLE) {
@@ -456,8 +464,15 @@ static void wb_advance(struct writeback *wb)
 			 * dirty bit says the refcounts on disk may be stale. It
 			 * counts as on disk once its write has succeeded. */
 			wb->stage = WB_REFBLOCKS;
-			if (wb->sync_lost && !wb->error)
+			if (wb->sync_lost && !wb->error) {
 				wb->error = wb->sync_lost;
+				snprintf(wb->msg, sizeof(wb->msg), "an earlier "
+					 "fdatasync of %s failed (%s): writes the "
+					 "page cache held may be lost, and the image "
+					 "cannot be flushed again; close it and run "
+					 "qcow2-img check on it", img->filename,
+					 strerror(-wb->sync_lost));
+			}
 			if (wb->lazy && !img->dirty_on_disk && !wb->error &&
 			    (img->l1_dirty || slice_cache_dirty_count(img->l2_cache))) {
 				uint64_t v;
@@ -617,7 +632,7 @@ static void deferred_cb_run(struct ctx_deferred *d)
 {
 	struct deferred_cb *x = (struct deferred_cb *)d;
 
-	x->cb(x->opaque, 0);
+	x->cb(x->opaque, 0, NULL);
 	free(x);
 }
 

@@ -29,7 +29,8 @@
  * valid until its callback runs. Strings the library returns (in struct
  * qcow2_info, from qcow2_last_error(), qcow2_feature_name()) belong to the
  * image and live until qcow2_close(); qcow2_last_error()'s until the next
- * failing call on that image. struct qcow2_error is the caller's.
+ * failing call on that image. A failed request's message lives until its
+ * callback returns. struct qcow2_error is the caller's.
  *
  * Growth: option structs end in reserved words the caller leaves zero, and
  * structs the library fills (info, stats) in reserved words it zeroes, so
@@ -131,12 +132,15 @@ int qcow2_open(struct qcow2_ctx *ctx, const char *path,
 	       struct qcow2_error *err);
 /* No request may be in flight on the image (or on its backing chain).
  * A read-write image is flushed first: returns 0, or the error of that
- * final flush (what was written since the last successful flush may then
- * be lost; the image is consistent, with leaks at worst). The image is
- * freed either way. */
-int qcow2_close(struct qcow2_image *img);
+ * final flush with its message in err (may be NULL): what was written
+ * since the last successful flush may then be lost; the image is
+ * consistent, with leaks at worst. The image is freed either way. */
+int qcow2_close(struct qcow2_image *img, struct qcow2_error *err);
 
-/* Message describing the last failed request of this image ("" if none). */
+/* The message of the last synchronous call on this image that failed: an
+ * open-time error, a request refused when it was made, or a synchronous
+ * wrapper (qcow2_pread(), qcow2_fsync()...). "" if none. Asynchronous
+ * requests carry their own to their callback. */
 const char *qcow2_last_error(const struct qcow2_image *img);
 
 enum qcow2_format { QCOW2_FORMAT_QCOW2 = 0, QCOW2_FORMAT_RAW = 1 };
@@ -205,8 +209,13 @@ const char *qcow2_feature_name(const struct qcow2_image *img, int type,
 
 /* ---- Requests ---------------------------------------------------------- */
 
-/* result: 0 or a negative errno. */
-typedef void (*qcow2_complete_fn)(void *opaque, int result);
+/*
+ * A request's completion. result: 0 or a negative errno. error: NULL on
+ * success; on failure, this request's own message (what failed, in which
+ * file, at which offset, what to do when there is something to do), valid
+ * until the callback returns: copy it to keep it.
+ */
+typedef void (*qcow2_complete_fn)(void *opaque, int result, const char *error);
 
 /*
  * Read len = sum(iov) bytes at guest offset. offset and len must be

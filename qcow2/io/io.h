@@ -201,6 +201,10 @@ bool iov_aligned(const struct iovec *iov, int cnt, size_t mem_align,
 		 size_t len_align);
 uint64_t iov_total(const struct iovec *iov, int cnt);
 
+/* The struct that contains member ptr points at. */
+#define container_of(ptr, type, member) \
+	((type *)((char *)(ptr) - offsetof(type, member)))
+
 /* ---- Public structs' reserved words ---------------------------------------- */
 
 /* Are the n reserved words of a caller's option struct all zero? A nonzero

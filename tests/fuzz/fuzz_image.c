@@ -181,7 +181,7 @@ static void engine(const uint8_t *data, size_t size)
 		off = end;
 	}
 	ASSERT(qcow2_get_stats(img, &st) == 0);
-	qcow2_close(img);
+	qcow2_close(img, NULL);
 }
 
 /* ---- 2. the offline metadata reader --------------------------------------- */

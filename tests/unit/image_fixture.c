@@ -129,7 +129,7 @@ void fx_open(struct fx *h, unsigned flags, const struct qcow2_fault_opts *fo,
 void fx_close(struct fx *h)
 {
 	forget(h->img);
-	qcow2_close(h->img);
+	qcow2_close(h->img, NULL);
 	qcow2_ctx_free(h->ctx);
 	if (h->log_fd >= 0)
 		close(h->log_fd);
@@ -186,13 +186,19 @@ void fx_check(uint64_t leaks)
 	assert_int_equal(res.leaks, leaks);
 }
 
-void fx_on_done(void *opaque, int result)
+void fx_on_done(void *opaque, int result, const char *error)
 {
 	struct fx_done *d = opaque;
 
 	assert_false(d->done); /* exactly once */
 	d->done = true;
 	d->err = result;
+	/* a message exactly when the request failed */
+	assert_true((result < 0) == (error != NULL));
+	if (error) {
+		assert_true(error[0] != '\0');
+		snprintf(d->msg, sizeof(d->msg), "%s", error);
+	}
 }
 
 int fx_wait(struct fx *h, struct fx_done *d)

@@ -58,8 +58,9 @@ void fx_check(uint64_t leaks);
 struct fx_done {
 	bool done;
 	int err;
+	char msg[256]; /* the failed request's own message */
 };
-void fx_on_done(void *opaque, int result);
+void fx_on_done(void *opaque, int result, const char *error);
 /* Run the context until d is done; returns its result. */
 int fx_wait(struct fx *h, struct fx_done *d);
 

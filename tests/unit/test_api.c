@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT OR Apache-2.0 */
-/* The public API's growth rule: option structs end in reserved words the
- * caller leaves zero; a nonzero one (a field this version does not know)
- * fails the call with -EINVAL and does nothing. */
+/* The public API's rules: option structs end in reserved words the caller
+ * leaves zero (a nonzero one, a field this version does not know, fails
+ * the call with -EINVAL and does nothing); a failed request's message
+ * travels with it to its callback. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 
 #include "qcow2.h"
 #include "qcow2_check.h"
+#include "io/qcow2_fault.h"
 
 static char dir[] = "/tmp/qcow2-api-XXXXXX";
 static char path[64];
@@ -73,7 +75,7 @@ static void test_create_open_check_opts(void **state)
 	assert_null(img);
 	oo.reserved[1] = 0;
 	assert_int_equal(qcow2_open(ctx, path, &oo, &img, &err), 0);
-	assert_int_equal(qcow2_close(img), 0);
+	assert_int_equal(qcow2_close(img, NULL), 0);
 	qcow2_ctx_free(ctx);
 
 	ko.reserved[2] = 1;
@@ -85,11 +87,88 @@ static void test_create_open_check_opts(void **state)
 		assert_int_equal(res.reserved[i], 0);
 }
 
+struct done {
+	int calls, result;
+	char msg[512];
+};
+
+static void on_done(void *opaque, int result, const char *error)
+{
+	struct done *d = opaque;
+
+	d->calls++;
+	d->result = result;
+	snprintf(d->msg, sizeof(d->msg), "%s", error ? error : "(none)");
+}
+
+/* A read and a write fail in the same round of completions, each with its
+ * own reason: each callback gets its own message, not the last one the
+ * image saw. */
+static void test_request_messages(void **state)
+{
+	struct qcow2_create_opts co = { .size = 1 << 20 };
+	struct qcow2_ctx_opts xo = { .backend = QCOW2_BACKEND_SYNC };
+	struct qcow2_fault_opts fo = { .fail_at = 1, .fail_errno = EIO,
+				       .fail_persist = true, .log_fd = -1,
+				       .fail_ops = QCOW2_FAULT_READ | QCOW2_FAULT_FSYNC |
+						   QCOW2_FAULT_WRITE };
+	struct qcow2_open_opts oo = { .flags = QCOW2_OPEN_RDWR |
+					       QCOW2_OPEN_BUFFERED };
+	static uint8_t buf[2][65536];
+	struct done r = { 0 }, w = { 0 }, ok = { 0 };
+	struct qcow2_error err = { "" };
+	struct qcow2_image *img;
+	struct qcow2_ctx *ctx;
+
+	(void)state;
+	assert_int_equal(qcow2_create(path, &co, &err), 0);
+	/* cluster 0 holds data, so that reading it reads the file */
+	assert_int_equal(qcow2_ctx_new(&xo, &ctx), 0);
+	assert_int_equal(qcow2_open(ctx, path, &oo, &img, &err), 0);
+	assert_int_equal(qcow2_pwrite(img, buf[0], 65536, 0), 0);
+	assert_int_equal(qcow2_close(img, &err), 0);
+	qcow2_ctx_free(ctx);
+
+	/* The smallest fail_at that lets the open and a first read through
+	 * (the L2 slice is then cached): the next operation is the first to
+	 * fail, and everything after it fails too. */
+	for (;; fo.fail_at++) {
+		assert_true(fo.fail_at < 64);
+		assert_int_equal(qcow2_ctx_new_fault(&xo, &fo, &ctx), 0);
+		if (qcow2_open(ctx, path, &oo, &img, &err) == 0) {
+			if (qcow2_pread(img, buf[0], 65536, 0) == 0)
+				break;
+			qcow2_close(img, NULL);
+		}
+		qcow2_ctx_free(ctx);
+	}
+	assert_int_equal(qcow2_read(img, 0, buf[0], 65536, on_done, &r), 0);
+	assert_int_equal(qcow2_write(img, 0, buf[1], 65536, on_done, &w), 0);
+	assert_int_equal(qcow2_read(img, 65536, buf[1], 65536, on_done, &ok), 0);
+	assert_int_equal(qcow2_ctx_run(ctx), 0);
+	assert_int_equal(r.calls, 1);
+	assert_int_equal(w.calls, 1);
+	assert_int_equal(ok.calls, 1);
+	assert_int_equal(r.result, -EIO);
+	assert_int_equal(w.result, -EIO);
+	assert_int_equal(ok.result, 0); /* unallocated: no IO, no message */
+	assert_string_equal(ok.msg, "(none)");
+	assert_non_null(strstr(r.msg, "read error"));
+	assert_non_null(strstr(w.msg, "write error"));
+	assert_non_null(strstr(r.msg, "t.qcow2"));
+	/* the close's flush fails too (persistent EIO): its message comes
+	 * back through err */
+	assert_true(qcow2_close(img, &err) < 0);
+	assert_true(err.msg[0] != '\0');
+	qcow2_ctx_free(ctx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_ctx_opts),
 		cmocka_unit_test(test_create_open_check_opts),
+		cmocka_unit_test(test_request_messages),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -645,6 +645,8 @@ static void test_fail_sync_buffered(void **state)
 		assert_int_equal(qcow2_flush(h.img, fx_on_done, &d), 0);
 		assert_false(d.done);
 		assert_int_equal(fx_wait(&h, &d), -EIO);
+		/* the flush's own message says what failed */
+		assert_non_null(strstr(d.msg, "fdatasync"));
 		log_seq(&h, first, seq, NULL);
 		assert_string_equal(seq, "");
 		assert_int_equal(gate(h.img), -EIO);
@@ -768,20 +770,20 @@ struct order {
 	struct fx_done d[2];
 };
 
-static void on_flush_a(void *opaque, int result)
+static void on_flush_a(void *opaque, int result, const char *error)
 {
 	struct order *o = opaque;
 
 	o->seen[0] = ++o->n;
-	fx_on_done(&o->d[0], result);
+	fx_on_done(&o->d[0], result, error);
 }
 
-static void on_flush_b(void *opaque, int result)
+static void on_flush_b(void *opaque, int result, const char *error)
 {
 	struct order *o = opaque;
 
 	o->seen[1] = ++o->n;
-	fx_on_done(&o->d[1], result);
+	fx_on_done(&o->d[1], result, error);
 }
 
 static void test_flush_during_flush(void **state)

@@ -161,6 +161,7 @@ struct hist {
 struct slot {
 	bool busy, done;
 	int ret;
+	char msg[512];   /* the failed request's own message */
 	uint32_t id;
 	uint64_t lo, hi; /* bytes it may touch, for the overlap rule */
 	uint8_t *buf;    /* max_len + cluster, aligned */
@@ -612,12 +613,18 @@ static void trace_issue(uint32_t id)
 			r->flags ? " unmap" : "", r->issue_log);
 }
 
-static void on_done(void *opaque, int ret)
+static void on_done(void *opaque, int ret, const char *error)
 {
 	struct slot *sl = opaque;
 
 	sl->done = true;
 	sl->ret = ret;
+	sl->msg[0] = '\0';
+	if ((ret < 0) != (error != NULL))
+		fail("a request completed with %d and %s message", ret,
+		     error ? "a" : "no");
+	if (error)
+		snprintf(sl->msg, sizeof(sl->msg), "%s", error);
 }
 
 static bool errno_ok(int ret)
@@ -653,13 +660,18 @@ static void finish(struct slot *sl)
 			kind_name[r->kind], sl->ret ? strerror(-sl->ret) : "ok",
 			r->done_log);
 	if (sl->ret < 0) {
-		if (errno_ok(sl->ret)) {
+		if (!sl->msg[0]) {
+			char d[256];
+			rec_desc(sl->id, d, sizeof(d));
+			fail("%s failed with %s but an empty message", d,
+			     strerror(-sl->ret));
+		} else if (errno_ok(sl->ret)) {
 			g.surfaced++;
 		} else {
 			char d[256];
 			rec_desc(sl->id, d, sizeof(d));
 			fail("%s failed with %s (%s)%s", d, strerror(-sl->ret),
-			     g.img ? qcow2_last_error(g.img) : "",
+			     sl->msg,
 			     g.faulty ? "; only the injected error may surface" :
 					"; no fault was injected");
 		}
@@ -800,9 +812,11 @@ static uint32_t issue(struct slot *sl, enum kind kind, uint64_t off, uint64_t le
 		break;
 	}
 	if (ret < 0) {
-		/* Refused at once: no callback will run. */
+		/* Refused at once: no callback will run; the reason is
+		 * the image's last message. */
 		sl->done = true;
 		sl->ret = ret;
+		snprintf(sl->msg, sizeof(sl->msg), "%s", qcow2_last_error(g.img));
 		finish(sl);
 	}
 	return id;
@@ -1154,7 +1168,7 @@ static void prefill(void)
 		ret = qcow2_fsync(img);
 		if (ret < 0)
 			die("prefill: flush failed: %s", strerror(-ret));
-		ret = qcow2_close(img);
+		ret = qcow2_close(img, NULL);
 		if (ret < 0)
 			die("prefill: close failed: %s", strerror(-ret));
 		qcow2_ctx_free(g.ctx);
@@ -1429,7 +1443,7 @@ static void judge_state(uint64_t cut, const char *variant, uint64_t kept,
 	qcow2_get_info(img, &info);
 	dirty = info.dirty;
 	judge_image(img, &v, NULL, false);
-	qcow2_close(img);
+	qcow2_close(img, NULL);
 	qcow2_ctx_free(ctx);
 	if (g.cut_check) {
 		copy_file(g.path_state, g.path_check);
@@ -1441,7 +1455,7 @@ static void judge_state(uint64_t cut, const char *variant, uint64_t kept,
 				     "(refcount rebuild): %s", v.what, err.msg);
 				goto out;
 			}
-			ret = qcow2_close(img);
+			ret = qcow2_close(img, NULL);
 			qcow2_ctx_free(ctx);
 			if (ret < 0)
 				fail("%s: closing it after the refcount rebuild fails: %s",
@@ -1561,17 +1575,19 @@ static void crash_replay(void)
 static void close_image(void)
 {
 	struct slot sl = { 0 };
+	struct qcow2_error err;
 	uint32_t id;
 	int ret;
 
 	id = new_rec(K_FLUSH, 0, 0, 0);
 	g.recs[id].close = true;
 	trace_issue(id);
-	ret = qcow2_close(g.img);
+	ret = qcow2_close(g.img, &err);
 	g.img = NULL;
 	sl.busy = true;
 	sl.id = id;
 	sl.ret = ret;
+	snprintf(sl.msg, sizeof(sl.msg), "%s", ret < 0 ? err.msg : "");
 	finish(&sl);
 }
 
@@ -1909,7 +1925,7 @@ int main(int argc, char **argv)
 		if (open_plain(g.fresh, 0, &c, &i, &err) < 0)
 			die("%s: %s", g.fresh, err.msg);
 		qcow2_get_info(i, &g.info);
-		qcow2_close(i);
+		qcow2_close(i, NULL);
 		qcow2_ctx_free(c);
 		if (g.info.version < 3 || g.info.backing_file)
 			die("%s: a version 3 image without a backing file is needed",
@@ -1979,7 +1995,7 @@ int main(int argc, char **argv)
 			     strerror(-ret));
 		} else {
 			judge_image(img, &v, g.path_raw, false);
-			ret = qcow2_close(img);
+			ret = qcow2_close(img, NULL);
 			qcow2_ctx_free(ctx);
 			if (ret < 0)
 				fail("%s: closing it fails: %s", v.what, strerror(-ret));

@@ -31,10 +31,12 @@ struct done {
 	int pending, err;
 };
 
-static void complete(void *opaque, int result)
+static void complete(void *opaque, int result, const char *error)
 {
 	struct done *d = opaque;
 
+	if (error)
+		fprintf(stderr, "inflight_cow: a request failed: %s\n", error);
 	if (result < 0 && !d->err)
 		d->err = result;
 	d->pending--;
@@ -130,7 +132,7 @@ int main(int argc, char **argv)
 		    check(r + SC + bs, SC - bs, 0xbb, "the in-place write", i))
 			bad++;
 	}
-	qcow2_close(img);
+	qcow2_close(img, NULL);
 	qcow2_ctx_free(ctx);
 	free(a);
 	free(b);

@@ -85,12 +85,15 @@ struct done {
 	int err;
 };
 
-static void on_done(void *opaque, int result)
+static void on_done(void *opaque, int result, const char *error)
 {
 	struct done *d = opaque;
 
 	d->done = true;
 	d->err = result;
+	if ((result < 0) != (error != NULL) || (error && !error[0]))
+		FAIL("a request completed with %d and %s message", result,
+		     error ? "an empty or unexpected" : "no");
 }
 
 static int wait_done(struct handle *h, struct done *d)
@@ -156,7 +159,7 @@ static int hopen(struct handle *h, const char *name,
 
 static void hclose(struct handle *h)
 {
-	qcow2_close(h->img);
+	qcow2_close(h->img, NULL);
 	qcow2_ctx_free(h->ctx);
 	h->img = NULL;
 	h->ctx = NULL;
@@ -605,6 +608,7 @@ static void case_close_reports(void)
 					       .fail_errno = EIO, .fail_persist = true,
 					       .fail_ops = QCOW2_FAULT_WRITE |
 							   QCOW2_FAULT_FSYNC };
+		struct qcow2_error err;
 		struct written w[2];
 		struct handle h;
 		int nw = 0, ret;
@@ -614,8 +618,10 @@ static void case_close_reports(void)
 			return;
 		}
 		write_ack(&h, w, &nw, 0, 65536, 5);
-		ret = qcow2_close(h.img);
+		ret = qcow2_close(h.img, &err);
 		qcow2_ctx_free(h.ctx);
+		if (ret < 0 && !err.msg[0])
+			FAIL("close-reports: qcow2_close() failed without a message");
 		if (ret < 0)
 			reported++;
 		else if (nw && !holds("t.qcow2", 0, 65536, 5))
@@ -633,13 +639,13 @@ static void case_close_reports(void)
 
 static bool in_call;
 
-static void inline_cb(void *opaque, int result)
+static void inline_cb(void *opaque, int result, const char *error)
 {
 	struct done *d = opaque;
 
 	if (in_call)
 		FAIL("writeback-inline: the callback ran inside qcow2_writeback()");
-	on_done(opaque, result);
+	on_done(opaque, result, error);
 	(void)d;
 }
 

@@ -29,10 +29,12 @@ struct done {
 	int pending, err;
 };
 
-static void complete(void *opaque, int result)
+static void complete(void *opaque, int result, const char *error)
 {
 	struct done *d = opaque;
 
+	if (error)
+		fprintf(stderr, "late_write: a request failed: %s\n", error);
 	if (result < 0 && !d->err)
 		d->err = result;
 	d->pending--;
@@ -98,7 +100,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "late_write: setting up guest cluster 0 failed\n");
 		return 1;
 	}
-	qcow2_close(img);
+	qcow2_close(img, NULL);
 	qcow2_ctx_free(ctx);
 
 	fo.hold_offset = x.host_offset;
@@ -144,7 +146,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	qcow2_close(img);
+	qcow2_close(img, NULL);
 	qcow2_ctx_free(ctx);
 	printf("late_write: ok (the held write completed after %d flushes)\n",
 	       flushes);

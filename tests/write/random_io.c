@@ -75,6 +75,7 @@ static const char *const kind_name[] = {
 struct req {
 	bool busy, done;
 	int ret;
+	char msg[256];     /* the failed request's own message */
 	enum kind kind;
 	bool barrier;      /* flush issued alone: nothing else in flight */
 	unsigned flags;
@@ -333,12 +334,13 @@ static void mark(void)
 
 /* ---- requests ----------------------------------------------------------- */
 
-static void on_done(void *opaque, int ret)
+static void on_done(void *opaque, int ret, const char *error)
 {
 	struct req *r = opaque;
 
 	r->done = true;
 	r->ret = ret;
+	snprintf(r->msg, sizeof(r->msg), "%s", error ? error : "");
 }
 
 /* Set r->iov over r->buf: one buffer, several pieces, or misaligned. */
@@ -419,14 +421,14 @@ static void finish(struct req *r)
 				printf("random_io: expected %s surfaced: request #%" PRIu64
 				       " (%s %" PRIu64 "+%" PRIu64 ") failed: %s\n",
 				       strerror(g.fail_errno), r->id, kind_name[r->kind],
-				       r->off, r->len, qcow2_last_error(g.img));
+				       r->off, r->len, r->msg);
 			g.injected = true;
 			g.stop = true;
 			return;
 		}
 		fail("request #%" PRIu64 " (%s %" PRIu64 "+%" PRIu64 ") failed: %s (%s)",
 		     r->id, kind_name[r->kind], r->off, r->len, strerror(-r->ret),
-		     qcow2_last_error(g.img));
+		     r->msg);
 		return;
 	}
 	if (r->kind == K_READ) {
@@ -623,7 +625,7 @@ static struct {
 	uint64_t issued, ops, next;
 } seq;
 
-static void seq_done(void *opaque, int ret);
+static void seq_done(void *opaque, int ret, const char *error);
 
 static void seq_issue(struct req *r)
 {
@@ -643,10 +645,11 @@ static void seq_issue(struct req *r)
 	}
 }
 
-static void seq_done(void *opaque, int ret)
+static void seq_done(void *opaque, int ret, const char *error)
 {
 	struct req *r = opaque;
 
+	snprintf(r->msg, sizeof(r->msg), "%s", error ? error : "");
 	if (ret == 0 && seq.issued < seq.ops && !g.stop) {
 		seq_issue(r);
 		return;
@@ -840,7 +843,7 @@ int main(int argc, char **argv)
 
 	if (verify_only) {
 		int bad = verify_all(g.img, "verify");
-		qcow2_close(g.img);
+		qcow2_close(g.img, NULL);
 		qcow2_ctx_free(g.ctx);
 		if (!bad)
 			printf("random_io: %s reads equal %s\n", g.image, g.model_path);
@@ -954,7 +957,7 @@ int main(int argc, char **argv)
 		if (qcow2_has_dirty_metadata(g.img))
 			printf("random_io: closing with dirty metadata (written back by close)\n");
 	}
-	qcow2_close(g.img);
+	qcow2_close(g.img, NULL);
 	g.img = NULL;
 	if (!g.expect_failure && !g.fails && reopen) {
 		struct qcow2_image *ro;
@@ -969,7 +972,7 @@ int main(int argc, char **argv)
 			if (ri.dirty)
 				fail("the image is marked dirty after a clean close");
 			verify_all(ro, "read-back after reopen");
-			qcow2_close(ro);
+			qcow2_close(ro, NULL);
 		}
 	}
 	qcow2_ctx_free(g.ctx);
