@@ -8,8 +8,10 @@
 #ifndef QCOW2_ENGINE_H
 #define QCOW2_ENGINE_H
 
+#include <endian.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "qcow2.h"
 #include "cache/cache.h"
@@ -287,6 +289,122 @@ int read_start(struct qcow2_image *img, uint64_t offset,
 static inline uint64_t image_end(const struct qcow2_image *img)
 {
 	return img->wb ? img->alloc_end : img->file.size;
+}
+
+/* ---- The write path (write.c: the request cursor; inplace.c: writes to
+ * clusters already ours; cluster_write.c: the others) -------------------- */
+
+enum write_kind { WRITE_DATA, WRITE_ZEROES, WRITE_DISCARD, WRITE_COMPRESSED };
+
+struct write_req {
+	struct request r;
+	enum write_kind kind;
+	unsigned flags;
+	uint64_t pos;           /* cursor, relative to r.offset */
+	struct slice_waiter waiter;
+};
+
+/* A piece of a request's buffers: [off, off+len) of req->r.iov. */
+struct req_slice {
+	struct iovec *iov;
+	int iovcnt;
+	struct iovec inline_iov[2];
+	void *zeros; /* zero request: the buffer written */
+};
+
+/* [off, off+len) of a request's buffers, or zeros for a zero request
+ * (write.c). */
+int req_slice_init(struct req_slice *rs, struct write_req *req, uint64_t off,
+		   uint64_t len);
+void req_slice_free(struct req_slice *rs);
+/* A piece of a write request done, failed with err (0: it succeeded). */
+void wreq_put(struct write_req *req, int err);
+/* Write [req->pos, +len) of the request in place at host: one IO, counted
+ * as a piece of the request (inplace.c). */
+int start_inplace(struct write_req *req, uint64_t host, uint64_t len);
+/* A cluster write for [a, b) of the guest cluster at guest, the request's
+ * bytes from req->pos: counted as a piece of the request (cluster_write.c). */
+int start_cluster_write(struct write_req *req, enum write_kind kind,
+			uint64_t guest, uint64_t a, uint64_t b);
+/* Is a cluster write allocating the guest cluster at guest? */
+bool cluster_allocating(struct qcow2_image *img, uint64_t guest);
+
+/* L2 entries of this image in a cached slice. */
+/* The entry maps a host cluster. With an external data file, clusters are
+ * mapped one to one and guest cluster 0 lives at host offset 0: COPIED
+ * says it is mapped. */
+static inline bool l2e_mapped(const struct qcow2_image *img, uint64_t e)
+{
+	if (e & QCOW_OFLAG_COMPRESSED)
+		return false;
+	return (e & L2E_OFFSET_MASK) ||
+	       (img->has_data_file && (e & QCOW_OFLAG_COPIED));
+}
+
+static inline bool l2e_in_place(const struct qcow2_image *img, uint64_t e)
+{
+	return !(e & (QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO)) &&
+	       (e & QCOW_OFLAG_COPIED) && l2e_mapped(img, e);
+}
+
+#define EXTL2_ALLOC_ALL 0x00000000ffffffffull
+#define EXTL2_ZERO_ALL 0xffffffff00000000ull
+
+/* Entry idx of an L2 slice; bitmap 0 without extended L2. */
+static inline void l2e_get(const struct qcow2_image *img,
+			   const uint8_t *slice, uint64_t idx, uint64_t *e,
+			   uint64_t *bitmap)
+{
+	memcpy(e, slice + idx * img->l2_entry_size, 8);
+	*e = be64toh(*e);
+	*bitmap = 0;
+	if (img->extl2) {
+		memcpy(bitmap, slice + idx * 16 + 8, 8);
+		*bitmap = be64toh(*bitmap);
+	}
+}
+
+static inline void l2e_set(const struct qcow2_image *img, uint8_t *slice,
+			   uint64_t idx, uint64_t e, uint64_t bitmap)
+{
+	e = htobe64(e);
+	memcpy(slice + idx * img->l2_entry_size, &e, 8);
+	if (img->extl2) {
+		bitmap = htobe64(bitmap);
+		memcpy(slice + idx * 16 + 8, &bitmap, 8);
+	}
+}
+
+/* Allocation bits of the subclusters [a, b) of a cluster touches. */
+static inline uint64_t l2e_sc_mask(const struct qcow2_image *img, uint64_t a,
+				   uint64_t b)
+{
+	unsigned first = (unsigned)(a >> img->subcluster_bits);
+	unsigned last = (unsigned)((b - 1) >> img->subcluster_bits);
+
+	return ((2ull << last) - 1) & ~((1ull << first) - 1);
+}
+
+/* Written in place with no metadata change: mapped, ours, and (extended
+ * L2) every subcluster [a, b) touches already allocated. */
+static inline bool l2e_range_in_place(const struct qcow2_image *img,
+				      uint64_t e, uint64_t bitmap, uint64_t a,
+				      uint64_t b)
+{
+	uint64_t m;
+
+	if (!l2e_in_place(img, e))
+		return false;
+	if (!img->extl2)
+		return true;
+	m = l2e_sc_mask(img, a, b);
+	return (bitmap & m) == m;
+}
+
+/* Unmapped clusters would show the backing file: zeros need the flag. */
+static inline bool image_needs_zero_flag(const struct qcow2_image *img)
+{
+	return img->hdr.backing_file != NULL;
 }
 
 /* Waiting for one request (sync.c): pass sync_cb with a struct sync_wait
