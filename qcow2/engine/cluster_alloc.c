@@ -496,7 +496,7 @@ static void free_worker(struct qcow2_image *img)
 {
 	img->free_worker_waits_ip = false;
 	if (img->frees_ready_pos < img->frees_ready_len &&
-	    write_oldest_inplace(img) <= img->frees_ready_seq) {
+	    inplace_oldest_seq(img) <= img->frees_ready_seq) {
 		img->free_worker_waits_ip = true; /* cluster_frees_kick resumes */
 		return;
 	}
@@ -560,7 +560,7 @@ void cluster_frees_flush_done(struct qcow2_image *img, int err)
 void cluster_frees_kick(struct qcow2_image *img)
 {
 	if (img->free_worker_waits_ip &&
-	    write_oldest_inplace(img) > img->frees_ready_seq)
+	    inplace_oldest_seq(img) > img->frees_ready_seq)
 		free_worker(img);
 }
 

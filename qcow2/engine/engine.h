@@ -226,8 +226,10 @@ void cluster_frees_flush_done(struct qcow2_image *img, int err);
 void cluster_frees_kick(struct qcow2_image *img);
 void cluster_alloc_close(struct qcow2_image *img);
 /* Sequence number of the oldest in-place write still in flight
- * (write.c), or UINT64_MAX when none is. */
-uint64_t write_oldest_inplace(const struct qcow2_image *img);
+ * (inplace.c, which owns the ordering of in-place writes against
+ * deferred frees: it kicks the frees when its oldest write ends), or
+ * UINT64_MAX when none is. */
+uint64_t inplace_oldest_seq(const struct qcow2_image *img);
 /* Cut the file back to the end of its last cluster (clean close). */
 void cluster_alloc_trim(struct qcow2_image *img);
 

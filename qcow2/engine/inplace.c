@@ -4,7 +4,7 @@
  * (COPIED) is written where it is, with no metadata change. They are kept
  * in issue order: a cluster a discard dropped is decremented only once
  * every in-place write issued before the flush that wrote the discard is
- * done (write_oldest_inplace(), cluster_alloc.c), so that a late one never
+ * done (inplace_oldest_seq(), cluster_alloc.c), so that a late one never
  * lands in a reused cluster.
  */
 #include <errno.h>
@@ -21,7 +21,7 @@ struct inplace_write {
 	struct inplace_write *prev, *next; /* img->ip_head list */
 };
 
-uint64_t write_oldest_inplace(const struct qcow2_image *img)
+uint64_t inplace_oldest_seq(const struct qcow2_image *img)
 {
 	return img->ip_head ? img->ip_head->seq : UINT64_MAX;
 }
