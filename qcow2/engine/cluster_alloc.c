@@ -571,3 +571,10 @@ void cluster_alloc_close(struct qcow2_image *img)
 	free(img->frees_flushing);
 	free(img->frees_ready);
 }
+
+bool cluster_frees_pending(const struct qcow2_image *img, bool ready_only)
+{
+	if (img->frees_ready_pos < img->frees_ready_len)
+		return true;
+	return !ready_only && (img->frees_waiting_len || img->frees_flushing_len);
+}

@@ -222,6 +222,8 @@ int cluster_free_later(struct qcow2_image *img, uint64_t host);
 /* Called by the write-back machinery around a flush. */
 void cluster_frees_flush_started(struct qcow2_image *img);
 void cluster_frees_flush_done(struct qcow2_image *img, int err);
+/* Are decrements queued (ready_only: released by a flush, not yet made)? */
+bool cluster_frees_pending(const struct qcow2_image *img, bool ready_only);
 /* An in-place write finished: frees waiting for it may go on. */
 void cluster_frees_kick(struct qcow2_image *img);
 void cluster_alloc_close(struct qcow2_image *img);

@@ -536,12 +536,6 @@ static void clear_dirty_bit(struct qcow2_image *img)
 		img->dirty_on_disk = false;
 }
 
-static bool frees_pending(const struct qcow2_image *img)
-{
-	return img->frees_waiting_len || img->frees_flushing_len ||
-	       img->frees_ready_pos < img->frees_ready_len;
-}
-
 /*
  * Write everything back. Decrements released by a flush (rule 3) may need
  * refcount slices loaded, and they dirty refcount blocks again: run them to
@@ -555,14 +549,14 @@ static int close_flush(struct qcow2_image *img)
 		int ret;
 
 		if (round > 0 && !qcow2_has_dirty_metadata(img) &&
-		    !img->data_unsynced && !frees_pending(img))
+		    !img->data_unsynced && !cluster_frees_pending(img, false))
 			break;
 		ret = sync_finish(img, &w, writeback_start(img, QCOW2_FLUSH_CLOSE,
 							   sync_cb, &w));
 		if (ret < 0)
 			return ret;
 		/* Let the released decrements finish their slice loads. */
-		while (img->frees_ready_pos < img->frees_ready_len &&
+		while (cluster_frees_pending(img, true) &&
 		       qcow2_ctx_inflight(img->ctx) > 0)
 			if ((ret = qcow2_ctx_process(img->ctx, true)) < 0)
 				return ret;
