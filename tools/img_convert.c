@@ -14,7 +14,7 @@
  * Raw output: -j threads, each with its own IO context and its own handle
  * on the source (reads, decompression and the copy into the output run on
  * every core), write the output file with pwrite. qcow2 output: reader
- * threads (-j, one by default), each with its own context and handle on
+ * threads (-j, two by default), each with its own context and handle on
  * the source, fill buffers that the main thread writes into the new image
  * on its own context, in guest order, as qemu-img does without -W (the
  * engine may still allocate some clusters out of order when several writes
@@ -42,7 +42,11 @@
 #define CONVERT_INFLIGHT 8         /* requests in flight (-m), as qemu-img */
 #define CONVERT_MAX_INFLIGHT 64
 #define CONVERT_MAX_THREADS 64
-#define CONVERT_READERS 1         /* qcow2 output: reader threads (-j) */
+/* qcow2 output: reader threads (-j). Measured on 2 CPUs, cold source:
+ * 2 beat 1 (raw and qcow2 sources, 1.35 s against 1.67 s and 1.34 against
+ * 1.51; medians of 6): the page cache's work for the reads (and the
+ * host's faults for its pages on a VM) spreads over both. */
+#define CONVERT_READERS 2
 /* Ordered qcow2 output: slots whose writes are in flight at once. With
  * more, the engine lets a burst of writes that wait for the same metadata
  * go on in another order, and their clusters land out of order (raw ->
@@ -376,9 +380,9 @@ static const char *usage_text =
 	"  -j, --threads N               raw output: threads that read and write\n"
 	"                                (default: twice the CPUs, at most -m);\n"
 	"                                qcow2 output: threads that read the\n"
-	"                                source (default 1, at most -m), with -c:\n"
+	"                                source (default 2, at most -m), with -c:\n"
 	"                                compression threads (default: the CPUs;\n"
-	"                                one reader)\n"
+	"                                2 readers)\n"
 	"  -T, --target-cache unsafe|writeback|none\n"
 	"                                the output's cache: unsafe (default, as\n"
 	"                                qemu-img convert): page cache, output\n"
