@@ -16,15 +16,17 @@
 # default as root) the page cache is dropped too (echo 3 >
 # /proc/sys/vm/drop_caches), so both tools read their source from the disk;
 # with --cache warm the source is read once beforehand, so both find it in
-# the page cache.
+# the page cache. Then --settle seconds (default 3) pass, so that the
+# pages the previous run freed are given back to the host (free page
+# reporting) before every run alike.
 #
 # Usage: bench/convert-bench.sh [--size 1G] [--runs 4] [--cache cold|warm]
 #                               [--cases sparse,full,comp,r2q,q2q]
-#                               [--dir DIR] [--keep]
+#                               [--settle 3] [--dir DIR] [--keep]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-size=1G runs=4 dir="$here/bench-work/convert" keep=0 cache= only=sparse,full,comp,r2q,q2q
+size=1G runs=4 dir="$here/bench-work/convert" keep=0 cache= only=sparse,full,comp,r2q,q2q settle=3
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) size=$2; shift 2 ;;
@@ -32,8 +34,9 @@ while [ $# -gt 0 ]; do
 	--cache) cache=$2; shift 2 ;;
 	--cases) only=$2; shift 2 ;;
 	--dir) dir=$2; shift 2 ;;
+	--settle) settle=$2; shift 2 ;;
 	--keep) keep=1; shift ;;
-	-h|--help) sed -n '3,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '3,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "convert-bench.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -114,7 +117,15 @@ fi
 # output is written back, then deleted, and the file system is given a
 # second for the discards that follow (it is mounted with -o discard on the
 # development VM): whatever one output costs the disk after its run, every
-# output costs it alike, and before the next run starts.
+# output costs it alike, and before the next run starts. Then, after the
+# page cache is dropped (or the source read), $settle more seconds (default
+# 3): a VM with free page reporting (the development VM) hands the pages
+# just freed back to the host 2 s after they were freed, and a run that
+# gets those pages pays the host's faults to have them again. Without the
+# wait, a run paid them or not depending on what the run before it had
+# freed and when (the same qcow2-img, qcow2 -> qcow2: 0.95 s after one of
+# its own runs, 1.60 s right after a qemu-img run; and in the q2q case our
+# run always comes right after qemu-img's).
 prepare() {
 	sync
 	rm -f "$dir"/out-*
@@ -125,6 +136,7 @@ prepare() {
 	else
 		cat "$@" >/dev/null
 	fi
+	sleep "$settle"
 }
 
 # timed TOOL FMT SRC...: seconds of one conversion of the source chain
@@ -180,7 +192,7 @@ fmedian() {
 declare -A VALS=()
 machine_line "$dir"
 echo "== config: default options of both tools; median of $runs rounds (cases interleaved);" \
-	"page cache: $cache; $(qemu-img --version | head -n 1)"
+	"page cache: $cache; settle ${settle} s; $(qemu-img --version | head -n 1)"
 IFS=, read -r -a cases <<<"$only"
 for c in "${cases[@]}"; do
 	case $c in sparse|full|comp|r2q|q2q) ;;

@@ -5,7 +5,9 @@
 # (patterns, a run of zeros, incompressible random data, compressible text,
 # holes; raw, or qcow2 on a backing file, or a sparse chain: a qcow2 image
 # over a qcow2 image over a shorter raw file, with zero clusters, zeros
-# written as data, compressed clusters and holes) is converted; then
+# written as data, compressed clusters and holes; or, long, the raw file
+# grown to 100 MiB with more data, so that several reader threads (-j) each
+# read their own 32 MiB segments) is converted; then
 #   1. qemu-img check: clean; with -c, compressed clusters exist (and the
 #      random data was stored as is);
 #   2. qemu-img compare with the source: identical (qemu reads what we
@@ -16,6 +18,10 @@
 # -O raw: the output must equal qemu-img convert -O raw's byte for byte,
 # and be at least as sparse: no 4 KiB block allocated where qemu-img's
 # output has a hole (with -S 0, every block allocated, as qemu-img's).
+# truncated: the long source as a qcow2 image cut short, so that reading
+# its last clusters fails (-S 0: no block status, which would fail first):
+# convert must exit 1 with a read error that names the source and the
+# offset, and not hang.
 #
 #   convert.sh CASE | --list
 # Environment: QCOW2_IMG and RANDOM_IO (required), QCOW2_TEST_WORKDIR.
@@ -44,6 +50,10 @@ sparse-raw-S0  | sparse | -O raw -S 0 -m 3 -j 1 -T writeback
 sparse-raw-S64k| sparse | -O raw -S 64k -m 2 -j 3 -T none
 sparse-qcow2   | sparse | -O qcow2 -m 16 -W -T none
 sparse-qcow2-S0| sparse | -O qcow2 -S 0 -o cluster_size=4k
+readers-3      | long  | -O qcow2 -j 3 -m 5
+readers-W-sync | long  | -O qcow2 -j 2 -m 3 -W -S 0 -i sync
+readers-zstd   | long  | -O qcow2 -c -o compression_type=zstd -m 16
+read-error     | truncated | -O qcow2 -S 0 -j 2
 EOF
 }
 if [[ ${1:-} == --list ]]; then cases | cut -d'|' -f1 | tr -d ' '; exit 0; fi
@@ -75,6 +85,28 @@ with open("src.raw", "r+b") as f:
 PY
 src=src.raw
 sfmt=(-f raw)
+if [[ $source_kind == long || $source_kind == truncated ]]; then
+	qemu-img resize -q -f raw src.raw 100M
+	qemu-io -f raw -c 'write -P 0x71 33M 5M' -c 'write -P 0x00 40M 2M' \
+		-c 'write -P 0x72 63M 2M' -c 'write -P 0x73 70M 20M' -c 'write -P 0x74 99M 1M' \
+		src.raw >/dev/null
+fi
+if [[ $source_kind == truncated ]]; then
+	qemu-img convert -q -f raw -O qcow2 src.raw trunc.qcow2
+	truncate -s -8M trunc.qcow2   # its last 8 MiB of clusters
+	set +e
+	"$QCOW2_IMG" convert -f qcow2 "${cargs[@]}" trunc.qcow2 out.qcow2 2>err.txt
+	rc=$?
+	set -e
+	cat err.txt
+	((rc == 1)) || fail "convert of a truncated source: exit $rc, expected 1"
+	grep -qE '^qcow2-img: trunc\.qcow2: read error at offset [0-9]+: ' err.txt ||
+		fail "no read error naming the source and the offset"
+	cd /
+	rm -rf "$work"
+	echo "ok convert-$case_name"
+	exit 0
+fi
 if [[ $source_kind == chain ]]; then
 	qemu-img convert -q -f raw -O qcow2 src.raw base.qcow2
 	qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 32M
