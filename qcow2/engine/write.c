@@ -23,6 +23,22 @@
 
 static void write_advance(struct write_req *req);
 
+/* The cursor's cluster: its guest offset, the part [a, b) of it the
+ * request covers from req->pos on, and its bytes inside the disk. */
+static void cursor_cluster(const struct write_req *req, uint64_t *cluster,
+			   uint64_t *a, uint64_t *b, uint64_t *csize)
+{
+	const struct qcow2_image *img = req->r.img;
+	uint64_t guest = req->r.offset + req->pos;
+	uint64_t left = req->r.len - req->pos;
+
+	*cluster = align_down(guest, img->cluster_size);
+	*a = guest - *cluster;
+	*csize = img->virtual_size - *cluster < img->cluster_size ?
+			 img->virtual_size - *cluster : img->cluster_size;
+	*b = *a + left < *csize ? *a + left : *csize;
+}
+
 int req_slice_init(struct req_slice *rs, struct write_req *req, uint64_t off,
 		   uint64_t len)
 {
@@ -93,7 +109,6 @@ static void write_wake(struct slice_waiter *w, int err)
 static void meta_advance(struct write_req *req)
 {
 	struct qcow2_image *img = req->r.img;
-	const uint64_t cs = img->cluster_size;
 	bool v2_backing = img->hdr.version < 3 && image_needs_zero_flag(img);
 	/* A raw data file must read as the disk: zeros are written into it,
 	 * for discards too (their clusters read zeros afterwards). */
@@ -101,15 +116,12 @@ static void meta_advance(struct write_req *req)
 			(img->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW);
 
 	while (req->pos < req->r.len && !req->r.error) {
-		uint64_t guest = req->r.offset + req->pos;
-		uint64_t cluster = align_down(guest, cs);
-		uint64_t a = guest - cluster;
-		uint64_t csize = img->virtual_size - cluster < cs ?
-					 img->virtual_size - cluster : cs;
-		uint64_t b = a + (req->r.len - req->pos) < csize ?
-				     a + (req->r.len - req->pos) : csize;
-		bool whole = a == 0 && b == csize;
+		uint64_t cluster, a, b, csize;
+		bool whole;
 		int ret = 0;
+
+		cursor_cluster(req, &cluster, &a, &b, &csize);
+		whole = a == 0 && b == csize;
 
 		if (req->kind == WRITE_DISCARD) {
 			/* A version 2 image has no zero flag: dropping the
@@ -140,16 +152,13 @@ static void write_advance(struct write_req *req)
 
 	while (req->pos < req->r.len && !req->r.error) {
 		uint64_t guest = req->r.offset + req->pos;
-		uint64_t cluster = align_down(guest, cs);
-		uint64_t a = guest - cluster;
-		uint64_t csize = img->virtual_size - cluster < cs ?
-					 img->virtual_size - cluster : cs;
-		uint64_t b = a + (req->r.len - req->pos) < csize ?
-				     a + (req->r.len - req->pos) : csize;
+		uint64_t cluster, a, b, csize;
 		struct slice *s;
 		uint64_t first, l2_off, e, bm = 0, idx = 0, host, run;
 		int ret = l2_slice_lookup(img, guest, &req->waiter, &s, &first,
 					  &l2_off);
+
+		cursor_cluster(req, &cluster, &a, &b, &csize);
 
 		if (ret == -EAGAIN)
 			return; /* write_wake resumes */
