@@ -575,8 +575,7 @@ int qcow2_close(struct qcow2_image *img, struct qcow2_error *err)
 	if (!img)
 		return 0;
 	if (img->wb) {
-		img->error_seq++;
-		img->last_error[0] = '\0';
+		img->last_error[0] = '\0'; /* set by the final flush's failure */
 		ret = close_flush(img);
 		if (ret < 0 && err)
 			snprintf(err->msg, sizeof(err->msg), "%s",

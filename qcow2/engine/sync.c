@@ -2,7 +2,6 @@
 /* Synchronous wrappers of the requests, for tools: each runs the context
  * until its request completes. */
 #include <errno.h>
-#include <stdio.h>
 
 #include "engine/engine.h"
 
@@ -15,8 +14,7 @@ void sync_cb(void *opaque, int ret, const char *error)
 	w->done = true;
 	w->ret = ret;
 	if (ret < 0 && error)
-		snprintf(w->img->last_error, sizeof(w->img->last_error), "%s",
-			 error);
+		image_set_error(w->img, "%s", error);
 }
 
 int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret)

@@ -170,7 +170,7 @@ static int plan(const struct qcow2_create_opts *o, uint32_t cs, uint32_t rb,
  * at least one, at most its clusters (cap). */
 static size_t table_bytes(uint64_t n, uint64_t cap)
 {
-	uint64_t len = (n * 8 + 4095) & ~(uint64_t)4095;
+	uint64_t len = align_up(n * 8, 4096);
 
 	if (!len)
 		len = 4096;
