@@ -19,6 +19,23 @@ struct slice_waiter {
 	void (*wake)(struct slice_waiter *w, int err);
 };
 
+/* A waiter list (pushed at its head) turned oldest first: waiters resume in
+ * the order they began to wait, so clusters asked for in order are
+ * allocated in order. */
+static inline struct slice_waiter *slice_waiters_oldest_first(
+	struct slice_waiter *w)
+{
+	struct slice_waiter *out = NULL;
+
+	while (w) {
+		struct slice_waiter *next = w->next;
+		w->next = out;
+		out = w;
+		w = next;
+	}
+	return out;
+}
+
 enum slice_state { SLICE_EMPTY, SLICE_LOADING, SLICE_READY };
 
 struct slice {

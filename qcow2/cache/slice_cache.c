@@ -219,6 +219,7 @@ int slice_cache_get_slice(struct slice_cache *c, uint64_t key,
 
 static void wake_all(struct slice_waiter *w, int err)
 {
+	w = slice_waiters_oldest_first(w);
 	while (w) {
 		struct slice_waiter *next = w->next;
 		w->next = NULL;

@@ -214,12 +214,15 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 	img->grow_off = 0;
 	img->grow_phase = 0;
 	img->grower = NULL;
+	img->grow_waiters = slice_waiters_oldest_first(img->grow_waiters);
+	write_gather_begin(img);
 	while (img->grow_waiters) {
 		struct slice_waiter *x = img->grow_waiters;
 		img->grow_waiters = x->next;
 		x->next = NULL;
 		x->wake(x, 0);
 	}
+	write_gather_end(img);
 	return 0;
 }
 

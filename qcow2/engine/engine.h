@@ -84,6 +84,9 @@ struct qcow2_image {
 	 * allocating an L2 table. */
 	struct cluster_write **alloc_hash;
 	struct cluster_write *l2_allocators;
+	/* Data writes being gathered (write_gather_begin()). */
+	unsigned gather_depth;
+	struct write_batch *batch;
 	/* Reusable clusters: their dropping entries and decrements are done. */
 	uint64_t *free_pool;
 	size_t free_pool_len, free_pool_cap;
@@ -330,6 +333,13 @@ int start_inplace(struct write_req *req, uint64_t host, uint64_t len);
  * bytes from req->pos: counted as a piece of the request (cluster_write.c). */
 int start_cluster_write(struct write_req *req, enum write_kind kind,
 			uint64_t guest, uint64_t a, uint64_t b);
+/* Between these (nested: the outermost end counts), the data writes of
+ * cluster writes are gathered, those back to back in the file into one
+ * IO, and submitted at the end (cluster_write.c). Wrapped around whatever
+ * starts or resumes many cluster writes at once: a request's cursor, the
+ * wake-up of waiters. */
+void write_gather_begin(struct qcow2_image *img);
+void write_gather_end(struct qcow2_image *img);
 /* Is a cluster write allocating the guest cluster at guest? */
 bool cluster_allocating(struct qcow2_image *img, uint64_t guest);
 

@@ -73,6 +73,7 @@ static void prefix_err(struct qcow2_error *err, const char *what,
 struct slice_load_io {
 	struct file_read fr;
 	struct iovec iov;
+	struct qcow2_image *img;
 	struct slice_cache *cache;
 	struct slice *slice;
 };
@@ -82,9 +83,12 @@ static void slice_load_done(struct file_read *fr, int err)
 	struct slice_load_io *io = (struct slice_load_io *)fr;
 	struct slice_cache *c = io->cache;
 	struct slice *s = io->slice;
+	struct qcow2_image *img = io->img;
 
 	free(io);
+	write_gather_begin(img); /* (wakes the requests that wait for it) */
 	slice_cache_load_done(c, s, err);
+	write_gather_end(img);
 }
 
 int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s)
@@ -96,6 +100,7 @@ int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s)
 
 	if (!io)
 		return -ENOMEM;
+	io->img = img;
 	io->cache = c;
 	io->slice = s;
 	io->iov.iov_base = s->data;

@@ -115,6 +115,7 @@ static void meta_advance(struct write_req *req)
 	bool raw_data = img->has_data_file &&
 			(img->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW);
 
+	write_gather_begin(img);
 	while (req->pos < req->r.len && !req->r.error) {
 		uint64_t cluster, a, b, csize;
 		bool whole;
@@ -142,6 +143,7 @@ static void meta_advance(struct write_req *req)
 		}
 		req->pos += b - a;
 	}
+	write_gather_end(img);
 	wreq_put(req, 0);
 }
 
@@ -150,6 +152,7 @@ static void write_advance(struct write_req *req)
 	struct qcow2_image *img = req->r.img;
 	const uint64_t cs = img->cluster_size;
 
+	write_gather_begin(img);
 	while (req->pos < req->r.len && !req->r.error) {
 		uint64_t guest = req->r.offset + req->pos;
 		uint64_t cluster, a, b, csize;
@@ -160,8 +163,10 @@ static void write_advance(struct write_req *req)
 
 		cursor_cluster(req, &cluster, &a, &b, &csize);
 
-		if (ret == -EAGAIN)
+		if (ret == -EAGAIN) {
+			write_gather_end(img);
 			return; /* write_wake resumes */
+		}
 		if (ret < 0) {
 			request_fail(&req->r, ret, NULL);
 			break;
@@ -218,6 +223,7 @@ static void write_advance(struct write_req *req)
 		}
 		req->pos += run;
 	}
+	write_gather_end(img);
 	wreq_put(req, 0); /* the cursor is done */
 }
 

@@ -242,7 +242,10 @@ static void wb_io_done(struct io_op *op, int64_t res)
 	if (res < 0) {
 		wb_io_failed(wb, io, (int)res);
 	} else if (io->what == WB_W_SLICE) {
+		/* (wakes writes waiting for a free slot) */
+		write_gather_begin(wb->img);
 		slice_cache_clean(io->cache, io->slice, false);
+		write_gather_end(wb->img);
 	} else if (io->what == WB_W_DIRTY_BIT) {
 		wb->img->dirty_on_disk = true;
 	}
@@ -429,12 +432,15 @@ static void wb_finish(struct writeback *wb)
 			slice_cache_fail_waiters(img->rc_cache, err);
 	}
 	/* Mutators resume; then the flush's waiters learn the outcome. */
+	frozen = slice_waiters_oldest_first(frozen);
+	write_gather_begin(img);
 	while (frozen) {
 		struct slice_waiter *w = frozen;
 		frozen = w->next;
 		w->next = NULL;
 		w->wake(w, 0);
 	}
+	write_gather_end(img);
 	while (done) {
 		struct wb_waiter *d = done;
 		done = d->next;
