@@ -315,6 +315,16 @@ static int open_backing(struct qcow2_image *img,
 	bopts.flags |= opts ? (opts->flags & QCOW2_OPEN_BUFFERED) : 0;
 	bopts.l2_slice_size = opts ? opts->l2_slice_size : 0;
 	path = img->backing_path;
+	if (opts && opts->allow_file) {
+		bopts.allow_file = opts->allow_file;
+		bopts.allow_file_opaque = opts->allow_file_opaque;
+		ret = opts->allow_file(opts->allow_file_opaque, path, "backing file");
+		if (ret < 0) {
+			set_err(err, "%s names backing file '%s', which the caller "
+				"does not allow here", img->filename, path);
+			return ret;
+		}
+	}
 	ret = open_chain(img->ctx, path, &bopts, &img->backing, err, ids,
 			 depth + 1);
 	if (ret < 0)
@@ -340,6 +350,15 @@ static int open_data_file(struct qcow2_image *img,
 	}
 	if (!path)
 		return -ENOMEM;
+	if (!(opts && opts->data_file) && opts && opts->allow_file) {
+		ret = opts->allow_file(opts->allow_file_opaque, path, "data file");
+		if (ret < 0) {
+			set_err(err, "%s names external data file '%s', which the "
+				"caller does not allow here", img->filename, path);
+			free(path);
+			return ret;
+		}
+	}
 	ret = qfile_open(&img->data_store, path, img->flags & QCOW2_OPEN_RDWR,
 			 !(img->flags & QCOW2_OPEN_BUFFERED),
 			 !(img->flags & QCOW2_OPEN_FORCE_SHARE), err ? err->msg : NULL,

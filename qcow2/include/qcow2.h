@@ -117,9 +117,21 @@ struct qcow2_open_opts {
 	uint32_t l2_slice_size; /* bytes; 0 = 4096; clamped to [block, cluster] */
 	uint64_t l2_cache_size; /* bytes; 0 = cover the disk, at most 32 MiB */
 	const char *data_file;  /* override the external data file's path */
+	/*
+	 * Asked before the engine opens a file the image names itself: a
+	 * backing file (at any depth of the chain; role "backing file") or
+	 * the external data file (role "data file"; not when data_file
+	 * above names it). path is the name resolved beside the image, as it
+	 * will be opened. Return 0 to follow it, or a negative errno to fail
+	 * the open with it (the engine's message names the file and the
+	 * image). NULL: every name is followed. Runs on the opening thread,
+	 * inside qcow2_open().
+	 */
+	int (*allow_file)(void *opaque, const char *path, const char *role);
+	void *allow_file_opaque;
 	/* Zero (a designated initializer does it): room for later options;
 	 * a nonzero word fails the call with -EINVAL. */
-	uint64_t reserved[4];
+	uint64_t reserved[2];
 };
 
 /* Human-readable reason for a failure, filled by functions that take it. */

@@ -1,0 +1,421 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The worker's side of an image: open and close on the engine, the lazy
+ * write-back timer, info, stats and flushes. Runs on the image's home
+ * worker only; results go back to the main thread as the request's reply
+ * message (image_req_finish()).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "service.h"
+
+struct worker_image {
+	struct worker_image *next;
+	struct worker *w;
+	struct qcow2_image *img;
+	char *name;
+	uv_timer_t timer;
+	uint32_t flush_interval_ms;
+	unsigned busy;              /* flushes and write-backs in flight */
+	struct image_req *close_req; /* waiting for busy to reach 0 */
+	bool writeback_running;
+	bool read_only;
+	struct qcow2_stats base;    /* counters at the last reset */
+	uint64_t base_ns;           /* when that was */
+	uint64_t timer_writebacks, timer_writeback_errors;
+	uint64_t base_timer_writebacks, base_timer_writeback_errors;
+};
+
+static void reply_to_main(struct msg *m)
+{
+	struct image_req *r = (struct image_req *)m;
+
+	r->done(r);
+}
+
+void image_req_finish(struct image_req *r)
+{
+	r->m.fn = reply_to_main;
+	mailbox_post(&r->svc->mb, &r->m);
+}
+
+static void set_msg(struct image_req *r, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void set_msg(struct image_req *r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(r->msg, sizeof(r->msg), fmt, ap);
+	va_end(ap);
+}
+
+/* ---- the path policy ----------------------------------------------------- */
+
+static bool inside(const char *real, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	if (n == 1 && dir[0] == '/')
+		return true;
+	return !strncmp(real, dir, n) && real[n] == '/';
+}
+
+static bool same_file(const char *real, const char *named)
+{
+	char buf[PATH_MAX];
+
+	return named && realpath(named, buf) && !strcmp(buf, real);
+}
+
+/* qcow2_open_opts.allow_file: a file the image names is followed inside
+ * the allowed directories, or when the caller named exactly that file. */
+static int allow_file(void *opaque, const char *path, const char *role)
+{
+	struct image_req *r = opaque;
+	const struct image_open_args *a = &r->open;
+	char real[PATH_MAX];
+
+	if (!realpath(path, real))
+		return 0; /* does not exist: the open fails and says so */
+	for (unsigned i = 0; i < a->n_allow_dirs; i++)
+		if (inside(real, a->allow_dirs[i]))
+			return 0;
+	if (same_file(real, !strcmp(role, "data file") ? a->data_file : a->backing))
+		return 0;
+	r->path_refused = true;
+	log_msg(LOG_WARN, "image %s names %s '%s' (%s), outside the allowed "
+		"directories: refused", a->path, role, path, real);
+	return -EACCES;
+}
+
+/* ---- open and close ------------------------------------------------------ */
+
+static void on_writeback_done(void *opaque, int result, const char *error);
+
+static void maybe_finish_close(struct worker_image *wi);
+
+static void on_tick(uv_timer_t *t)
+{
+	struct worker_image *wi = t->data;
+	int ret;
+
+	if (wi->writeback_running || wi->close_req ||
+	    !qcow2_has_dirty_metadata(wi->img))
+		return;
+	ret = qcow2_writeback(wi->img, on_writeback_done, wi);
+	if (ret < 0) {
+		log_msg(LOG_WARN, "image %s: the timer's write-back could not "
+			"start: %s", wi->name, qcow2_last_error(wi->img));
+		return;
+	}
+	wi->writeback_running = true;
+	wi->busy++;
+	wi->timer_writebacks++;
+	atomic_fetch_add_explicit(&wi->w->stats.writebacks, 1,
+				  memory_order_relaxed);
+}
+
+static void on_writeback_done(void *opaque, int result, const char *error)
+{
+	struct worker_image *wi = opaque;
+
+	wi->writeback_running = false;
+	wi->busy--;
+	if (result < 0) {
+		wi->timer_writeback_errors++;
+		log_msg(LOG_ERROR, "image %s: metadata write-back failed: %s "
+			"(retried at the next tick; writes that allocate fail until "
+			"one succeeds)", wi->name, error);
+	}
+	maybe_finish_close(wi);
+}
+
+void worker_open_image(struct msg *m)
+{
+	struct image_req *r = (struct image_req *)m;
+	const struct image_open_args *a = &r->open;
+	struct worker *w = r->worker;
+	struct qcow2_open_opts oo = { 0 };
+	struct qcow2_error err = { "" };
+	struct worker_image *wi = calloc(1, sizeof(*wi));
+	int ret;
+
+	if (!wi || !(wi->name = strdup(r->name))) {
+		free(wi);
+		r->result = -ENOMEM;
+		set_msg(r, "out of memory");
+		image_req_finish(r);
+		return;
+	}
+	oo.flags = (a->read_only ? 0 : QCOW2_OPEN_RDWR) |
+		   (a->buffered ? QCOW2_OPEN_BUFFERED : 0);
+	oo.l2_cache_size = a->l2_cache_size;
+	oo.l2_slice_size = a->l2_slice_size;
+	oo.data_file = a->data_file;
+	oo.allow_file = allow_file;
+	oo.allow_file_opaque = r;
+	ret = qcow2_open(w->ctx, a->path, &oo, &wi->img, &err);
+	if (ret < 0) {
+		r->result = ret;
+		set_msg(r, "%s", err.msg[0] ? err.msg : strerror(-ret));
+		free(wi->name);
+		free(wi);
+		image_req_finish(r);
+		return;
+	}
+	wi->w = w;
+	wi->read_only = a->read_only;
+	wi->flush_interval_ms = a->flush_interval_ms;
+	wi->base_ns = now_ns();
+	uv_timer_init(&w->loop, &wi->timer);
+	wi->timer.data = wi;
+	if (!a->read_only && wi->flush_interval_ms)
+		uv_timer_start(&wi->timer, on_tick, wi->flush_interval_ms,
+			       wi->flush_interval_ms);
+	wi->next = w->images;
+	w->images = wi;
+	atomic_fetch_add_explicit(&w->stats.images, 1, memory_order_relaxed);
+	r->wi = wi;
+	r->result = 0;
+	image_req_finish(r);
+}
+
+static void free_wi(uv_handle_t *h)
+{
+	struct worker_image *wi = h->data;
+
+	free(wi->name);
+	free(wi);
+}
+
+static void finish_close(struct worker_image *wi, struct image_req *r)
+{
+	struct worker *w = wi->w;
+	struct qcow2_error err = { "" };
+	struct worker_image **pp = &w->images;
+	int ret;
+
+	uv_timer_stop(&wi->timer);
+	ret = qcow2_close(wi->img, &err);
+	wi->img = NULL;
+	r->result = ret;
+	if (ret < 0)
+		set_msg(r, "%s", err.msg[0] ? err.msg : strerror(-ret));
+	while (*pp && *pp != wi)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = wi->next;
+	atomic_fetch_sub_explicit(&w->stats.images, 1, memory_order_relaxed);
+	uv_close((uv_handle_t *)&wi->timer, free_wi);
+	image_req_finish(r);
+}
+
+static void maybe_finish_close(struct worker_image *wi)
+{
+	struct image_req *r = wi->close_req;
+
+	if (r && wi->busy == 0) {
+		wi->close_req = NULL;
+		finish_close(wi, r);
+	}
+}
+
+void worker_close_image(struct msg *m)
+{
+	struct image_req *r = (struct image_req *)m;
+	struct worker_image *wi = r->wi;
+
+	/* A flush or write-back in flight finishes first: its callback
+	 * must find the image open. */
+	wi->close_req = r;
+	maybe_finish_close(wi);
+}
+
+/* ---- info ---------------------------------------------------------------- */
+
+static json_t *str_or_null(const char *s)
+{
+	return s ? json_string(s) : json_null();
+}
+
+void worker_image_info(struct msg *m)
+{
+	struct image_req *r = (struct image_req *)m;
+	struct worker_image *wi = r->wi;
+	struct qcow2_info in;
+	json_t *o;
+
+	qcow2_get_info(wi->img, &in);
+	o = json_pack("{s:s, s:I, s:I, s:i, s:i, s:b, s:b, s:I}",
+		      "format", in.format == QCOW2_FORMAT_RAW ? "raw" : "qcow2",
+		      "virtual_size", (json_int_t)in.virtual_size,
+		      "file_size", (json_int_t)in.file_size,
+		      "block_size", (int)in.block_size,
+		      "mem_align", (int)in.mem_align,
+		      "read_only", in.read_only,
+		      "direct", in.direct,
+		      "flush_interval_ms", (json_int_t)wi->flush_interval_ms);
+	if (o && in.format == QCOW2_FORMAT_QCOW2) {
+		json_t *q = json_pack(
+			"{s:i, s:I, s:i, s:s, s:b, s:b, s:b, s:b, s:i, s:o, s:o, "
+			"s:o, s:o, s:I, s:I}",
+			"version", (int)in.version,
+			"cluster_size", (json_int_t)in.cluster_size,
+			"refcount_bits", (int)in.refcount_bits,
+			"compression_type",
+			in.compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib",
+			"extended_l2", in.extended_l2,
+			"lazy_refcounts", in.lazy_refcounts,
+			"dirty", in.dirty,
+			"corrupt", in.corrupt,
+			"snapshots", (int)in.nb_snapshots,
+			"backing_file", str_or_null(in.backing_file),
+			"backing_path", str_or_null(in.backing_path),
+			"backing_format", str_or_null(in.backing_format),
+			"data_file", str_or_null(in.data_file),
+			"l2_cache_size", (json_int_t)in.l2_cache_size,
+			"l2_slice_size", (json_int_t)in.l2_slice_size);
+		if (!q || json_object_update(o, q) < 0) {
+			json_decref(o);
+			o = NULL;
+		}
+		json_decref(q);
+	}
+	r->reply = o;
+	r->result = o ? 0 : -ENOMEM;
+	if (!o)
+		set_msg(r, "out of memory");
+	image_req_finish(r);
+}
+
+/* ---- stats --------------------------------------------------------------- */
+
+#define D(f) ((json_int_t)(cur->f - base->f))
+
+static json_t *cache_json(const struct qcow2_cache_stats *cur,
+			  const struct qcow2_cache_stats *base)
+{
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+			 "hits", D(hits), "misses", D(misses),
+			 "evictions", D(evictions), "loads", D(loads),
+			 "load_bytes", D(load_bytes),
+			 "slices", (json_int_t)cur->slices,
+			 "slice_size", (json_int_t)cur->slice_size);
+}
+
+static json_t *flush_json(const struct qcow2_flush_stats *cur,
+			  const struct qcow2_flush_stats *base, bool dirty)
+{
+	json_t *bounds = json_array(), *counts = json_array(), *o;
+
+	for (unsigned i = 0; i < QCOW2_FLUSH_HIST_BUCKETS; i++) {
+		if (i + 1 < QCOW2_FLUSH_HIST_BUCKETS)
+			json_array_append_new(bounds,
+					      json_real((double)(16ull << i) / 1e6));
+		json_array_append_new(counts, json_integer(D(latency_hist[i])));
+	}
+	o = json_pack(
+		"{s:{s:I, s:I, s:I, s:I}, s:I, s:{s:I, s:I}, s:{s:I, s:I}, "
+		"s:{s:I, s:I}, s:{s:I, s:I}, s:I, s:I, s:f, s:f, "
+		"s:{s:o, s:o}, s:b}",
+		"by_cause",
+		"client", D(flushes[QCOW2_FLUSH_CLIENT]),
+		"timer", D(flushes[QCOW2_FLUSH_TIMER]),
+		"eviction", D(flushes[QCOW2_FLUSH_EVICTION]),
+		"close", D(flushes[QCOW2_FLUSH_CLOSE]),
+		"errors", D(errors),
+		"l2", "slices", D(l2_slices), "bytes", D(l2_bytes),
+		"refcount_blocks", "slices", D(refblock_slices), "bytes",
+		D(refblock_bytes),
+		"l1", "writes", D(l1_writes), "bytes", D(l1_bytes),
+		"refcount_table", "writes", D(reftable_writes), "bytes",
+		D(reftable_bytes),
+		"header_writes", D(header_writes),
+		"fdatasyncs", D(fdatasyncs),
+		"total_seconds", (double)(cur->total_ns - base->total_ns) / 1e9,
+		"max_seconds", (double)cur->max_ns / 1e9,
+		"latency_histogram", "bounds_seconds", bounds, "counts", counts,
+		"dirty", dirty);
+	return o;
+}
+
+void worker_image_stats(struct msg *m)
+{
+	struct image_req *r = (struct image_req *)m;
+	struct worker_image *wi = r->wi;
+	struct qcow2_stats now, *cur = &now, *base = &wi->base;
+	uint64_t t = now_ns();
+	json_t *o;
+
+	qcow2_get_stats(wi->img, &now);
+	o = json_pack(
+		"{s:{s:I, s:I, s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, "
+		"s:{s:I, s:I, s:I, s:I}, s:I, s:o, s:{s:o, s:o}, "
+		"s:{s:I, s:I}, s:f}",
+		"read", "requests", D(read_requests), "bytes", D(read_bytes),
+		"errors", D(read_errors), "bounced", D(bounced_reads),
+		"compressed_clusters", D(compressed_reads),
+		"backing", D(backing_reads),
+		"write", "requests", D(write_requests), "bytes", D(write_bytes),
+		"errors", D(write_errors),
+		"clusters", "allocated", D(allocated_clusters),
+		"cow", D(cow_clusters), "freed", D(freed_clusters),
+		"punched", D(punched_clusters),
+		"refcount_rebuilds", D(refcount_rebuilds),
+		"flush", flush_json(&cur->flush, &base->flush,
+				    qcow2_has_dirty_metadata(wi->img)),
+		"caches", "l2", cache_json(&cur->l2_cache, &base->l2_cache),
+		"refcount", cache_json(&cur->refcount_cache, &base->refcount_cache),
+		"timer_writebacks",
+		"started", (json_int_t)(wi->timer_writebacks - wi->base_timer_writebacks),
+		"errors", (json_int_t)(wi->timer_writeback_errors -
+				      wi->base_timer_writeback_errors),
+		"seconds", (double)(t - wi->base_ns) / 1e9);
+	if (r->reset) {
+		wi->base = now;
+		wi->base_ns = t;
+		wi->base_timer_writebacks = wi->timer_writebacks;
+		wi->base_timer_writeback_errors = wi->timer_writeback_errors;
+	}
+	r->reply = o;
+	r->result = o ? 0 : -ENOMEM;
+	if (!o)
+		set_msg(r, "out of memory");
+	image_req_finish(r);
+}
+
+#undef D
+
+/* ---- flush --------------------------------------------------------------- */
+
+static void on_flush_done(void *opaque, int result, const char *error)
+{
+	struct image_req *r = opaque;
+	struct worker_image *wi = r->wi;
+
+	wi->busy--;
+	r->result = result;
+	if (result < 0)
+		set_msg(r, "%s", error);
+	image_req_finish(r);
+	maybe_finish_close(wi);
+}
+
+void worker_flush_image(struct msg *m)
+{
+	struct image_req *r = (struct image_req *)m;
+	struct worker_image *wi = r->wi;
+	int ret = qcow2_flush(wi->img, on_flush_done, r);
+
+	if (ret < 0) {
+		r->result = ret;
+		set_msg(r, "%s", qcow2_last_error(wi->img));
+		image_req_finish(r);
+		return;
+	}
+	wi->busy++;
+}
