@@ -73,7 +73,7 @@ setup_args() {
 # suite is service): the service and the tools its tests drive.
 build_targets() {
 	[[ $1 == build-fuzz ]] && tests/fuzz/run.sh --list | sed 's|^|tests/fuzz/fuzz-|'
-	[[ $1 == build-tsan ]] && echo service/qcow2d
+	[[ $1 == build-tsan ]] && echo service/qcow2d tests/queue/queue_io
 	return 0
 }
 

@@ -19,7 +19,8 @@ struct worker_image {
 	char *name;
 	uv_timer_t timer;
 	uint32_t flush_interval_ms;
-	unsigned busy;              /* flushes and write-backs in flight */
+	unsigned busy;              /* engine requests in flight */
+	unsigned queues;            /* clients' queues attached */
 	struct image_req *close_req; /* waiting for busy to reach 0 */
 	bool writeback_running;
 	bool read_only;
@@ -179,6 +180,15 @@ void worker_open_image(struct msg *m)
 	wi->next = w->images;
 	w->images = wi;
 	atomic_fetch_add_explicit(&w->stats.images, 1, memory_order_relaxed);
+	{
+		struct qcow2_info in;
+		qcow2_get_info(wi->img, &in);
+		/* what queue.attach tells clients, kept by the main thread */
+		r->reply = json_pack("{s:I, s:I, s:I}", "virtual_size",
+				     (json_int_t)in.virtual_size, "block_size",
+				     (json_int_t)in.block_size, "mem_align",
+				     (json_int_t)in.mem_align);
+	}
 	r->wi = wi;
 	r->result = 0;
 	image_req_finish(r);
@@ -218,7 +228,7 @@ static void maybe_finish_close(struct worker_image *wi)
 {
 	struct image_req *r = wi->close_req;
 
-	if (r && wi->busy == 0) {
+	if (r && wi->busy == 0 && wi->queues == 0) {
 		wi->close_req = NULL;
 		finish_close(wi, r);
 	}
@@ -229,9 +239,47 @@ void worker_close_image(struct msg *m)
 	struct image_req *r = (struct image_req *)m;
 	struct worker_image *wi = r->wi;
 
-	/* A flush or write-back in flight finishes first: its callback
-	 * must find the image open. */
+	/* Queues detach and requests in flight finish first: their
+	 * callbacks must find the image open. */
 	wi->close_req = r;
+	worker_detach_queues(wi->w, wi, "the image is being closed");
+	maybe_finish_close(wi);
+}
+
+const char *worker_image_name(const struct worker_image *wi)
+{
+	return wi->name;
+}
+
+struct qcow2_image *worker_image_engine(const struct worker_image *wi)
+{
+	return wi->img;
+}
+
+bool worker_image_open(const struct worker_image *wi)
+{
+	return !wi->close_req;
+}
+
+void worker_image_io_started(struct worker_image *wi)
+{
+	wi->busy++;
+}
+
+void worker_image_io_done(struct worker_image *wi)
+{
+	wi->busy--;
+	maybe_finish_close(wi);
+}
+
+void worker_image_queue_added(struct worker_image *wi)
+{
+	wi->queues++;
+}
+
+void worker_image_queue_gone(struct worker_image *wi)
+{
+	wi->queues--;
 	maybe_finish_close(wi);
 }
 
