@@ -67,8 +67,8 @@ static void reply_engine_error(struct image_req *r, const char *what)
 
 	if (r->result == -EBUSY && !r->path_refused)
 		rpc_reply_error(r->call, cls, r->result,
-				"%s: %s (another process, QEMU or qcow2d, has the "
-				"image open; close it there first)", what, r->msg);
+				"%s: %s; close it there first (retried for %d ms)",
+				what, r->msg, 250);
 	else
 		rpc_reply_error(r->call, cls, r->result, "%s: %s", what, r->msg);
 }

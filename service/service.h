@@ -342,6 +342,7 @@ struct image_req {
 	struct rpc_call *call;      /* NULL: no reply */
 	const char *name;           /* the image's name (main's, unchanging) */
 	bool path_refused;          /* the path policy refused a file */
+	unsigned attempts;          /* opens retried while the image was locked */
 	void (*done)(struct image_req *r); /* on the main thread */
 	int result;
 	char msg[512];

@@ -135,6 +135,22 @@ static void on_writeback_done(void *opaque, int result, const char *error)
 	maybe_finish_close(wi);
 }
 
+#define OPEN_LOCK_RETRIES 10
+#define OPEN_LOCK_RETRY_MS 25
+
+static void free_timer(uv_handle_t *h)
+{
+	free(h);
+}
+
+static void open_retry(uv_timer_t *t)
+{
+	struct image_req *r = t->data;
+
+	uv_close((uv_handle_t *)t, free_timer);
+	worker_open_image(&r->m);
+}
+
 void worker_open_image(struct msg *m)
 {
 	struct image_req *r = (struct image_req *)m;
@@ -160,6 +176,25 @@ void worker_open_image(struct msg *m)
 	oo.allow_file = allow_file;
 	oo.allow_file_opaque = r;
 	ret = qcow2_open(w->ctx, a->path, &oo, &wi->img, &err);
+	if (ret == -EBUSY && r->attempts < OPEN_LOCK_RETRIES) {
+		/* Locked. A process killed with IO in flight keeps its files,
+		 * and so its locks, while its io_uring drains: a restarted
+		 * service retries for a short, bounded time. */
+		uv_timer_t *t = malloc(sizeof(*t));
+		free(wi->name);
+		free(wi);
+		if (t) {
+			r->attempts++;
+			uv_timer_init(&w->loop, t);
+			t->data = r;
+			uv_timer_start(t, open_retry, OPEN_LOCK_RETRY_MS, 0);
+			return;
+		}
+		r->result = ret;
+		set_msg(r, "%s", err.msg[0] ? err.msg : strerror(-ret));
+		image_req_finish(r);
+		return;
+	}
 	if (ret < 0) {
 		r->result = ret;
 		set_msg(r, "%s", err.msg[0] ? err.msg : strerror(-ret));
