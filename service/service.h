@@ -361,8 +361,22 @@ void worker_flush_image(struct msg *m);
 const char *worker_image_name(const struct worker_image *wi);
 struct qcow2_image *worker_image_engine(const struct worker_image *wi);
 bool worker_image_open(const struct worker_image *wi); /* not closing */
+/* The operations counted per image, whatever path brought them (the
+ * queues now, exports later). */
+enum image_op { OP_READ, OP_WRITE, OP_FLUSH, OP_WRITE_ZEROES, OP_DISCARD,
+		OP_NOPS };
+#define OP_HIST_BUCKETS 22 /* bucket i < 21: latency < 2^i us; 21: more */
+
+struct op_stats {
+	uint64_t requests, bytes, errors;
+	uint64_t total_ns;
+	uint64_t hist[OP_HIST_BUCKETS];
+};
+
 void worker_image_io_started(struct worker_image *wi);
-void worker_image_io_done(struct worker_image *wi);
+/* A request of the image finished: count it (result < 0: an error). */
+void worker_image_io_done(struct worker_image *wi, enum image_op op,
+			  uint64_t bytes, int result, uint64_t ns);
 void worker_image_queue_added(struct worker_image *wi);
 void worker_image_queue_gone(struct worker_image *wi);
 

@@ -28,6 +28,11 @@ struct worker_image {
 	uint64_t base_ns;           /* when that was */
 	uint64_t timer_writebacks, timer_writeback_errors;
 	uint64_t base_timer_writebacks, base_timer_writeback_errors;
+	struct op_stats ops[OP_NOPS], base_ops[OP_NOPS];
+};
+
+static const char *const op_names[OP_NOPS] = {
+	"read", "write", "flush", "write_zeroes", "discard",
 };
 
 static void reply_to_main(struct msg *m)
@@ -301,8 +306,21 @@ void worker_image_io_started(struct worker_image *wi)
 	wi->busy++;
 }
 
-void worker_image_io_done(struct worker_image *wi)
+void worker_image_io_done(struct worker_image *wi, enum image_op op,
+			  uint64_t bytes, int result, uint64_t ns)
 {
+	struct op_stats *st = &wi->ops[op];
+	unsigned b = 0;
+
+	st->requests++;
+	if (result < 0)
+		st->errors++;
+	else
+		st->bytes += bytes;
+	st->total_ns += ns;
+	while (b + 1 < OP_HIST_BUCKETS && ns >= (1000ull << b))
+		b++;
+	st->hist[b]++;
 	wi->busy--;
 	maybe_finish_close(wi);
 }
@@ -426,6 +444,33 @@ static json_t *flush_json(const struct qcow2_flush_stats *cur,
 	return o;
 }
 
+static json_t *ops_json(const struct worker_image *wi)
+{
+	json_t *o = json_object();
+
+	for (unsigned i = 0; i < OP_NOPS && o; i++) {
+		const struct op_stats *cur = &wi->ops[i], *base = &wi->base_ops[i];
+		json_t *bounds = json_array(), *counts = json_array();
+
+		for (unsigned k = 0; k < OP_HIST_BUCKETS; k++) {
+			if (k + 1 < OP_HIST_BUCKETS)
+				json_array_append_new(bounds,
+						      json_real((double)(1ull << k) / 1e6));
+			json_array_append_new(counts,
+					      json_integer((json_int_t)(cur->hist[k] -
+									base->hist[k])));
+		}
+		json_object_set_new(o, op_names[i], json_pack(
+			"{s:I, s:I, s:I, s:f, s:{s:o, s:o}}",
+			"requests", (json_int_t)(cur->requests - base->requests),
+			"bytes", (json_int_t)(cur->bytes - base->bytes),
+			"errors", (json_int_t)(cur->errors - base->errors),
+			"total_seconds", (double)(cur->total_ns - base->total_ns) / 1e9,
+			"latency_histogram", "bounds_seconds", bounds, "counts", counts));
+	}
+	return o;
+}
+
 void worker_image_stats(struct msg *m)
 {
 	struct image_req *r = (struct image_req *)m;
@@ -458,7 +503,12 @@ void worker_image_stats(struct msg *m)
 		"errors", (json_int_t)(wi->timer_writeback_errors -
 				      wi->base_timer_writeback_errors),
 		"seconds", (double)(t - wi->base_ns) / 1e9);
+	if (o && json_object_set_new(o, "ops", ops_json(wi)) < 0) {
+		json_decref(o);
+		o = NULL;
+	}
 	if (r->reset) {
+		memcpy(wi->base_ops, wi->ops, sizeof(wi->ops));
 		wi->base = now;
 		wi->base_ns = t;
 		wi->base_timer_writebacks = wi->timer_writebacks;

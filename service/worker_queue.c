@@ -48,7 +48,21 @@ struct wqueue {
 struct qop {
 	struct wqueue *q;
 	uint32_t id;
+	enum image_op op;
+	uint64_t bytes;
+	uint64_t start_ns;
 };
+
+static enum image_op image_op_of(uint8_t opcode)
+{
+	switch (opcode) {
+	case QCOW2_IPC_OP_READ: return OP_READ;
+	case QCOW2_IPC_OP_WRITE: return OP_WRITE;
+	case QCOW2_IPC_OP_FLUSH: return OP_FLUSH;
+	case QCOW2_IPC_OP_WRITE_ZEROES: return OP_WRITE_ZEROES;
+	default: return OP_DISCARD;
+	}
+}
 
 static void queue_detach(struct wqueue *q, const char *why);
 
@@ -123,9 +137,10 @@ static void op_done(void *opaque, int result, const char *error)
 
 	(void)error;
 	qcow2_ipc_server_complete(q->srv, op->id, result);
-	free(op);
 	q->inflight--;
-	worker_image_io_done(q->wi);
+	worker_image_io_done(q->wi, op->op, op->bytes, result,
+			     now_ns() - op->start_ns);
+	free(op);
 	if (result < 0)
 		q->errors++;
 	if (q->closing && q->inflight == 0)
@@ -145,6 +160,9 @@ static void start_op(struct wqueue *q, const struct qcow2_ipc_server_req *r)
 	}
 	op->q = q;
 	op->id = r->id;
+	op->op = image_op_of(r->opcode);
+	op->bytes = r->opcode == QCOW2_IPC_OP_FLUSH ? 0 : r->len;
+	op->start_ns = now_ns();
 	switch (r->opcode) {
 	case QCOW2_IPC_OP_READ:
 		ret = qcow2_readv(q->img, r->offset, r->iov, r->nr_iov, op_done, op);

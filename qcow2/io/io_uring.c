@@ -177,15 +177,20 @@ static int ur_reap(struct io_backend *be, bool wait)
 					return ret;
 			}
 		}
-		if (n > 0 || be->inflight == 0)
+		if (be->inflight == 0)
 			return n;
-		if (!wait) {
+		if (u->defer_taskrun && !polled) {
 			/* With deferred task running, completions are posted
-			 * only when the issuer enters the kernel to get them. */
-			if (!u->defer_taskrun || polled)
-				return n;
+			 * only when the issuer enters the kernel to get them,
+			 * and the event fd read above may have announced such
+			 * work: enter once per reap, even when completions
+			 * (posted inline at submission) were already there,
+			 * or that work waits, unannounced, for the next
+			 * unrelated entry. */
 			polled = true;
 			ret = ur_flush(u, true);
+		} else if (n > 0 || !wait) {
+			return n;
 		} else {
 			/* Submit what is prepared and wait, in one syscall. */
 			ret = io_uring_submit_and_wait(&u->ring, 1);

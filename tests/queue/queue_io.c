@@ -34,6 +34,9 @@
 #define CHUNK (256u * 1024)
 
 static const char *workdir;
+/* requests issued per operation (read, write, flush, write_zeroes,
+ * discard) and bytes written, to compare with image.stats */
+static uint64_t n_ops[5], n_write_bytes;
 static char sock_path[100], img_path[256];
 static pid_t svc_pid = -1;
 static int failures;
@@ -196,6 +199,9 @@ static int32_t do_io(struct queue *q, uint8_t op, uint8_t flags, uint64_t off,
 		req.nr_segs = 1;
 		req.segs = &seg;
 	}
+	n_ops[op - 1]++;
+	if (op == QCOW2_IPC_OP_WRITE)
+		n_write_bytes += len;
 	if (qcow2_ipc_client_submit(q->c, &req) < 0 ||
 	    qcow2_ipc_client_commit(q->c) < 0)
 		return -EPROTO;
@@ -298,6 +304,33 @@ static int run(const char *qemu_img)
 		CHECK(random_io(&q2, model, 2000 + round, 40) == 0);
 	}
 
+	/* every request counted per operation, with its latency */
+	r = call(ctl, "image.stats", "{\"name\":\"disk\"}");
+	CHECK(ok(r));
+	{
+		static const char *const names[5] = { "read", "write", "flush",
+						      "write_zeroes", "discard" };
+		json_t *ops = json_object_get(json_object_get(r, "result"), "ops");
+		for (int i = 0; i < 5; i++) {
+			json_t *o = json_object_get(ops, names[i]), *c;
+			json_int_t sum = 0;
+			size_t k;
+			CHECK(json_integer_value(json_object_get(o, "requests")) ==
+			      (json_int_t)n_ops[i]);
+			CHECK(json_integer_value(json_object_get(o, "errors")) == 0);
+			json_array_foreach(json_object_get(json_object_get(
+				o, "latency_histogram"), "counts"), k, c)
+				sum += json_integer_value(c);
+			CHECK(sum == (json_int_t)n_ops[i]);
+		}
+		CHECK(json_integer_value(json_object_get(json_object_get(ops, "write"),
+							 "bytes")) ==
+		      (json_int_t)n_write_bytes);
+		CHECK(n_ops[0] > 0 && n_ops[1] > 0 && n_ops[2] > 0);
+	}
+	json_decref(r);
+	r = NULL;
+
 	/* invalid entries complete with -EINVAL; the queue goes on */
 	{
 		int32_t res = do_io(&q1, QCOW2_IPC_OP_READ, 0, 100, BLK, 0);
@@ -386,6 +419,7 @@ int main(int argc, char **argv)
 		die("fork");
 	if (svc_pid == 0) {
 		execl(argv[1], argv[1], "--socket", sock_path, "--workers", "2",
+		      "--log-level", getenv("QI_LOG") ? getenv("QI_LOG") : "info",
 		      "--flush-interval", getenv("QI_FLUSH") ? getenv("QI_FLUSH") : "50", (char *)NULL);
 		_exit(127);
 	}

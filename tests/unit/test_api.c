@@ -243,6 +243,82 @@ static void test_event_fd_deferred(void **state)
 	free(c.buf);
 }
 
+/* The same loop, when a completion posted at submission (a read served
+ * from the page cache completes inline) and one the kernel left as
+ * deferred task work (an O_DIRECT read done meanwhile) are both pending:
+ * one round of processing must finish both (regression: the round read
+ * the event fd, found the inline one, and returned; the other waited for
+ * an unrelated later entry into the kernel, and the fd stayed quiet). */
+static void count_done(void *opaque, int result, const char *error)
+{
+	(void)error;
+	assert_int_equal(result, 0);
+	(*(int *)opaque)++;
+}
+
+static void test_event_fd_inline_and_deferred(void **state)
+{
+	struct qcow2_create_opts co = { .size = 1 << 20 };
+	struct qcow2_open_opts ob = { .flags = QCOW2_OPEN_BUFFERED | QCOW2_OPEN_RDWR };
+	struct qcow2_open_opts od = { .flags = QCOW2_OPEN_RDWR };
+	struct qcow2_error err = { "" };
+	struct qcow2_image *imb, *imd;
+	struct qcow2_ctx *ctx;
+	char other[80];
+	struct pollfd pfd;
+	uint8_t *buf;
+	int done = 0, ret;
+
+	(void)state;
+	snprintf(other, sizeof(other), "%s/direct.qcow2", dir);
+	assert_int_equal(qcow2_create(path, &co, &err), 0);
+	assert_int_equal(qcow2_create(other, &co, &err), 0);
+	ret = qcow2_ctx_new(NULL, &ctx);
+	if (ret == -ENOSYS || ret == -EPERM) {
+		skip();
+		return;
+	}
+	assert_int_equal(ret, 0);
+	pfd.fd = qcow2_ctx_event_fd(ctx);
+	pfd.events = POLLIN;
+	assert_int_equal(qcow2_open(ctx, path, &ob, &imb, &err), 0);
+	ret = qcow2_open(ctx, other, &od, &imd, &err);
+	if (ret == -EINVAL) { /* no O_DIRECT on this file system */
+		qcow2_close(imb, NULL);
+		qcow2_ctx_free(ctx);
+		unlink(other);
+		skip();
+		return;
+	}
+	assert_int_equal(ret, 0);
+	assert_int_equal(posix_memalign((void **)&buf, 4096, 2 * 65536), 0);
+	memset(buf, 0x5a, 2 * 65536);
+	/* allocated data in both, the buffered one in the page cache */
+	assert_int_equal(qcow2_pwrite(imb, buf, 65536, 0), 0);
+	assert_int_equal(qcow2_pwrite(imd, buf, 65536, 0), 0);
+	assert_int_equal(qcow2_fsync(imb), 0);
+	assert_int_equal(qcow2_fsync(imd), 0);
+	assert_int_equal(qcow2_pread(imb, buf, 65536, 0), 0);
+
+	/* the O_DIRECT read completes in the kernel while we do nothing */
+	assert_int_equal(qcow2_read(imd, 0, buf, 65536, count_done, &done), 0);
+	assert_true(qcow2_ctx_submit(ctx) >= 0);
+	usleep(200 * 1000);
+	/* the cached read completes inline at submission */
+	assert_int_equal(qcow2_read(imb, 0, buf + 65536, 65536, count_done, &done), 0);
+	assert_true(qcow2_ctx_submit(ctx) >= 0);
+	while (qcow2_ctx_inflight(ctx) > 0) {
+		assert_int_equal(poll(&pfd, 1, 2000), 1); /* 0: never woken */
+		assert_true(qcow2_ctx_process(ctx, false) >= 0);
+	}
+	assert_int_equal(done, 2);
+	assert_int_equal(qcow2_close(imb, NULL), 0);
+	assert_int_equal(qcow2_close(imd, NULL), 0);
+	qcow2_ctx_free(ctx);
+	free(buf);
+	unlink(other);
+}
+
 struct done {
 	int calls, result;
 	char msg[512];
@@ -327,6 +403,7 @@ int main(void)
 		cmocka_unit_test(test_request_messages),
 		cmocka_unit_test(test_allow_file),
 		cmocka_unit_test(test_event_fd_deferred),
+		cmocka_unit_test(test_event_fd_inline_and_deferred),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
