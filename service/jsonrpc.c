@@ -16,6 +16,7 @@ static const struct rpc_method methods[] = {
 	{ "rpc.discover", rpc_discover },
 	{ "service.version", rpc_service_version },
 	{ "service.stats", rpc_service_stats },
+	{ "service.metrics", rpc_service_metrics },
 	{ "image.open", rpc_image_open },
 	{ "image.close", rpc_image_close },
 	{ "image.list", rpc_image_list },

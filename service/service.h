@@ -297,6 +297,8 @@ bool conn_is_open(const struct conn *conn);
 void rpc_service_version(struct rpc_call *call, json_t *params);
 void rpc_service_stats(struct rpc_call *call, json_t *params);
 void rpc_discover(struct rpc_call *call, json_t *params);
+/* rpc_metrics.c */
+void rpc_service_metrics(struct rpc_call *call, json_t *params);
 /* rpc_queue.c */
 void rpc_queue_attach(struct rpc_call *call, json_t *params);
 /* The image named, open; or an error reply and NULL (rpc_image.c). */
@@ -348,6 +350,8 @@ struct image_req {
 	char msg[512];
 	json_t *reply;
 	bool reset;                 /* stats: reset after reading */
+	bool since_open;            /* stats: ignore resets (metrics) */
+	void *reply_opaque;         /* for done() */
 	bool force;
 	struct image_open_args open;
 };

@@ -12,6 +12,15 @@
 
 #include "service.h"
 
+/* What image.stats subtracts: the counters at the last reset (zero, and
+ * the open time, for figures since open). */
+struct stats_base {
+	struct qcow2_stats engine;
+	struct op_stats ops[OP_NOPS];
+	uint64_t ns;
+	uint64_t timer_writebacks, timer_writeback_errors;
+};
+
 struct worker_image {
 	struct worker_image *next;
 	struct worker *w;
@@ -24,11 +33,10 @@ struct worker_image {
 	struct image_req *close_req; /* waiting for busy to reach 0 */
 	bool writeback_running;
 	bool read_only;
-	struct qcow2_stats base;    /* counters at the last reset */
-	uint64_t base_ns;           /* when that was */
 	uint64_t timer_writebacks, timer_writeback_errors;
-	uint64_t base_timer_writebacks, base_timer_writeback_errors;
-	struct op_stats ops[OP_NOPS], base_ops[OP_NOPS];
+	struct op_stats ops[OP_NOPS];
+	uint64_t opened_ns;
+	struct stats_base base;     /* counters at the last reset */
 };
 
 static const char *const op_names[OP_NOPS] = {
@@ -211,7 +219,7 @@ void worker_open_image(struct msg *m)
 	wi->w = w;
 	wi->read_only = a->read_only;
 	wi->flush_interval_ms = a->flush_interval_ms;
-	wi->base_ns = now_ns();
+	wi->opened_ns = wi->base.ns = now_ns();
 	uv_timer_init(&w->loop, &wi->timer);
 	wi->timer.data = wi;
 	if (!a->read_only && wi->flush_interval_ms)
@@ -444,12 +452,13 @@ static json_t *flush_json(const struct qcow2_flush_stats *cur,
 	return o;
 }
 
-static json_t *ops_json(const struct worker_image *wi)
+static json_t *ops_json(const struct worker_image *wi,
+		       const struct stats_base *b)
 {
 	json_t *o = json_object();
 
 	for (unsigned i = 0; i < OP_NOPS && o; i++) {
-		const struct op_stats *cur = &wi->ops[i], *base = &wi->base_ops[i];
+		const struct op_stats *cur = &wi->ops[i], *base = &b->ops[i];
 		json_t *bounds = json_array(), *counts = json_array();
 
 		for (unsigned k = 0; k < OP_HIST_BUCKETS; k++) {
@@ -475,7 +484,10 @@ void worker_image_stats(struct msg *m)
 {
 	struct image_req *r = (struct image_req *)m;
 	struct worker_image *wi = r->wi;
-	struct qcow2_stats now, *cur = &now, *base = &wi->base;
+	struct stats_base zero = { .ns = wi->opened_ns };
+	const struct stats_base *b = r->since_open ? &zero : &wi->base;
+	struct qcow2_stats now, *cur = &now;
+	const struct qcow2_stats *base = &b->engine;
 	uint64_t t = now_ns();
 	json_t *o;
 
@@ -499,20 +511,20 @@ void worker_image_stats(struct msg *m)
 		"caches", "l2", cache_json(&cur->l2_cache, &base->l2_cache),
 		"refcount", cache_json(&cur->refcount_cache, &base->refcount_cache),
 		"timer_writebacks",
-		"started", (json_int_t)(wi->timer_writebacks - wi->base_timer_writebacks),
+		"started", (json_int_t)(wi->timer_writebacks - b->timer_writebacks),
 		"errors", (json_int_t)(wi->timer_writeback_errors -
-				      wi->base_timer_writeback_errors),
-		"seconds", (double)(t - wi->base_ns) / 1e9);
-	if (o && json_object_set_new(o, "ops", ops_json(wi)) < 0) {
+				      b->timer_writeback_errors),
+		"seconds", (double)(t - b->ns) / 1e9);
+	if (o && json_object_set_new(o, "ops", ops_json(wi, b)) < 0) {
 		json_decref(o);
 		o = NULL;
 	}
 	if (r->reset) {
-		memcpy(wi->base_ops, wi->ops, sizeof(wi->ops));
-		wi->base = now;
-		wi->base_ns = t;
-		wi->base_timer_writebacks = wi->timer_writebacks;
-		wi->base_timer_writeback_errors = wi->timer_writeback_errors;
+		wi->base.engine = now;
+		memcpy(wi->base.ops, wi->ops, sizeof(wi->ops));
+		wi->base.ns = t;
+		wi->base.timer_writebacks = wi->timer_writebacks;
+		wi->base.timer_writeback_errors = wi->timer_writeback_errors;
 	}
 	r->reply = o;
 	r->result = o ? 0 : -ENOMEM;

@@ -10,7 +10,11 @@
  * with a queue attached exits 0; qemu-img check finds the image clean and
  * qemu-img convert reads back exactly the model.
  *
- * queue_io QCOW2D QEMU_IMG WORKDIR
+ * Along the way, service.metrics must be OpenMetrics text that the strict
+ * parser of python3-prometheus-client accepts and whose figures agree
+ * (check_metrics.py).
+ *
+ * queue_io QCOW2D QEMU_IMG WORKDIR CHECK_METRICS
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,7 +37,7 @@
 #define BLK 4096u
 #define CHUNK (256u * 1024)
 
-static const char *workdir;
+static const char *workdir, *metrics_checker;
 /* requests issued per operation (read, write, flush, write_zeroes,
  * discard) and bytes written, to compare with image.stats */
 static uint64_t n_ops[5], n_write_bytes;
@@ -331,6 +335,27 @@ static int run(const char *qemu_img)
 	json_decref(r);
 	r = NULL;
 
+	/* the same figures as OpenMetrics text, judged by a strict parser */
+	r = call(ctl, "service.metrics", "{}");
+	CHECK(ok(r));
+	{
+		char mpath[300], cmd2[700];
+		const char *text = json_string_value(json_object_get(
+			json_object_get(r, "result"), "text"));
+		FILE *mf;
+
+		snprintf(mpath, sizeof(mpath), "%s/metrics.txt", workdir);
+		mf = fopen(mpath, "w");
+		CHECK(text && mf);
+		fputs(text, mf);
+		fclose(mf);
+		snprintf(cmd2, sizeof(cmd2), "/usr/bin/python3 %s %s disk",
+			 metrics_checker, mpath);
+		CHECK(system(cmd2) == 0);
+	}
+	json_decref(r);
+	r = NULL;
+
 	/* invalid entries complete with -EINVAL; the queue goes on */
 	{
 		int32_t res = do_io(&q1, QCOW2_IPC_OP_READ, 0, 100, BLK, 0);
@@ -400,11 +425,12 @@ int main(int argc, char **argv)
 	char cmd[1024];
 	int ret;
 
-	if (argc != 4) {
-		fprintf(stderr, "usage: queue_io QCOW2D QEMU_IMG WORKDIR\n");
+	if (argc != 5) {
+		fprintf(stderr, "usage: queue_io QCOW2D QEMU_IMG WORKDIR CHECK_METRICS\n");
 		return 2;
 	}
 	workdir = argv[3];
+	metrics_checker = argv[4];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s", workdir, workdir);
 	if (system(cmd) != 0)
 		die("workdir");

@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * service.metrics (main thread): the service's counters and every open
+ * image's statistics in the OpenMetrics text format, for a Prometheus
+ * scraper. Each image's figures come from its home worker (the same round
+ * trip as image.stats, counted since open so that counters never go back
+ * when someone resets image.stats); once all have answered, the text is
+ * written family by family (OpenMetrics keeps a family's samples together).
+ * Names have the qcow2d_ prefix, base units (seconds, bytes) and counters
+ * end in _total.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "service.h"
+
+struct gather {
+	struct rpc_call *call;
+	struct svc *svc;
+	unsigned pending;
+	json_t *images;             /* name -> {"stats", "clients"} */
+};
+
+static json_int_t ival(json_t *o, const char *path)
+{
+	char key[64];
+	const char *dot;
+
+	while ((dot = strchr(path, '.'))) {
+		size_t n = (size_t)(dot - path) < sizeof(key) - 1 ?
+				   (size_t)(dot - path) : sizeof(key) - 1;
+		memcpy(key, path, n);
+		key[n] = '\0';
+		o = json_object_get(o, key);
+		path = dot + 1;
+	}
+	return json_integer_value(json_object_get(o, path));
+}
+
+static double rval(json_t *o, const char *path)
+{
+	char key[64];
+	const char *dot;
+
+	while ((dot = strchr(path, '.'))) {
+		size_t n = (size_t)(dot - path) < sizeof(key) - 1 ?
+				   (size_t)(dot - path) : sizeof(key) - 1;
+		memcpy(key, path, n);
+		key[n] = '\0';
+		o = json_object_get(o, key);
+		path = dot + 1;
+	}
+	return json_number_value(json_object_get(o, path));
+}
+
+static void family(FILE *f, const char *name, const char *type,
+		   const char *unit, const char *help)
+{
+	fprintf(f, "# TYPE qcow2d_%s %s\n", name, type);
+	if (unit)
+		fprintf(f, "# UNIT qcow2d_%s %s\n", name, unit);
+	fprintf(f, "# HELP qcow2d_%s %s\n", name, help);
+}
+
+/* A counter per image from a path in its stats, with one extra label. */
+static void per_image(FILE *f, json_t *images, const char *name,
+		      const char *suffix, const char *label,
+		      const char *const *values, const char *const *paths,
+		      unsigned n)
+{
+	const char *img;
+	json_t *v;
+
+	json_object_foreach(images, img, v) {
+		json_t *st = json_object_get(v, "stats");
+		for (unsigned i = 0; i < n; i++) {
+			if (label)
+				fprintf(f, "qcow2d_%s%s{image=\"%s\",%s=\"%s\"} %lld\n",
+					name, suffix, img, label, values[i],
+					(long long)ival(st, paths[i]));
+			else
+				fprintf(f, "qcow2d_%s%s{image=\"%s\"} %lld\n", name,
+					suffix, img, (long long)ival(st, paths[i]));
+		}
+	}
+}
+
+/* A histogram from a {"bounds_seconds", "counts"} object (counts per
+ * bucket, the last one past every bound) and its sum. */
+static void histogram(FILE *f, const char *name, const char *labels,
+		      json_t *h, double sum)
+{
+	json_t *bounds = json_object_get(h, "bounds_seconds");
+	json_t *counts = json_object_get(h, "counts");
+	long long cum = 0;
+	size_t i;
+	json_t *c;
+
+	json_array_foreach(counts, i, c) {
+		cum += (long long)json_integer_value(c);
+		if (i < json_array_size(bounds))
+			fprintf(f, "qcow2d_%s_bucket{%s,le=\"%.9g\"} %lld\n", name,
+				labels, json_number_value(json_array_get(bounds, i)),
+				cum);
+	}
+	fprintf(f, "qcow2d_%s_bucket{%s,le=\"+Inf\"} %lld\n", name, labels, cum);
+	fprintf(f, "qcow2d_%s_sum{%s} %.9g\n", name, labels, sum);
+	fprintf(f, "qcow2d_%s_count{%s} %lld\n", name, labels, cum);
+}
+
+static const char *const ops[] = { "read", "write", "flush", "write_zeroes",
+				   "discard" };
+
+static void write_images(FILE *f, json_t *images)
+{
+	static const char *const causes[] = { "client", "timer", "eviction", "close" };
+	static const char *const cause_paths[] = {
+		"flush.by_cause.client", "flush.by_cause.timer",
+		"flush.by_cause.eviction", "flush.by_cause.close" };
+	static const char *const tables[] = { "l2", "refcount_block", "l1",
+					      "refcount_table" };
+	static const char *const table_paths[] = {
+		"flush.l2.bytes", "flush.refcount_blocks.bytes", "flush.l1.bytes",
+		"flush.refcount_table.bytes" };
+	static const char *const caches[] = { "l2", "refcount" };
+	static const char *const clusters[] = { "allocated", "cow", "freed", "punched" };
+	const char *paths[8];
+	char buf[8][64], labels[160];
+	const char *img;
+	json_t *v;
+
+	family(f, "image_requests", "counter", NULL,
+	       "Requests to the image, by operation (every path into it).");
+	for (unsigned i = 0; i < 5; i++) {
+		snprintf(buf[i], sizeof(buf[i]), "ops.%s.requests", ops[i]);
+		paths[i] = buf[i];
+	}
+	per_image(f, images, "image_requests", "_total", "op", ops, paths, 5);
+	family(f, "image_request_errors", "counter", NULL,
+	       "Requests that failed, by operation.");
+	for (unsigned i = 0; i < 5; i++)
+		snprintf(buf[i], sizeof(buf[i]), "ops.%s.errors", ops[i]);
+	per_image(f, images, "image_request_errors", "_total", "op", ops, paths, 5);
+	family(f, "image_request_bytes", "counter", "bytes",
+	       "Bytes read and written by requests that succeeded.");
+	for (unsigned i = 0; i < 5; i++)
+		snprintf(buf[i], sizeof(buf[i]), "ops.%s.bytes", ops[i]);
+	per_image(f, images, "image_request_bytes", "_total", "op", ops, paths, 5);
+
+	family(f, "image_request_duration_seconds", "histogram", "seconds",
+	       "Time from a request's arrival to its completion.");
+	json_object_foreach(images, img, v) {
+		json_t *st = json_object_get(v, "stats");
+		for (unsigned i = 0; i < 5; i++) {
+			json_t *o = json_object_get(json_object_get(st, "ops"), ops[i]);
+			snprintf(labels, sizeof(labels), "image=\"%s\",op=\"%s\"", img,
+				 ops[i]);
+			histogram(f, "image_request_duration_seconds", labels,
+				  json_object_get(o, "latency_histogram"),
+				  json_number_value(json_object_get(o, "total_seconds")));
+		}
+	}
+
+	family(f, "image_writebacks", "counter", NULL,
+	       "Metadata write-backs, by cause.");
+	per_image(f, images, "image_writebacks", "_total", "cause", causes,
+		  cause_paths, 4);
+	family(f, "image_writeback_errors", "counter", NULL,
+	       "Metadata write-backs that failed.");
+	paths[0] = "flush.errors";
+	per_image(f, images, "image_writeback_errors", "_total", NULL, NULL, paths, 1);
+	family(f, "image_writeback_duration_seconds", "histogram", "seconds",
+	       "Time a metadata write-back took.");
+	json_object_foreach(images, img, v) {
+		json_t *st = json_object_get(v, "stats");
+		snprintf(labels, sizeof(labels), "image=\"%s\"", img);
+		histogram(f, "image_writeback_duration_seconds", labels,
+			  json_object_get(json_object_get(st, "flush"),
+					  "latency_histogram"),
+			  rval(st, "flush.total_seconds"));
+	}
+	family(f, "image_metadata_written_bytes", "counter", "bytes",
+	       "Metadata bytes written back, by table.");
+	per_image(f, images, "image_metadata_written_bytes", "_total", "table",
+		  tables, table_paths, 4);
+	family(f, "image_fdatasyncs", "counter", NULL,
+	       "fdatasync calls made for the image.");
+	paths[0] = "flush.fdatasyncs";
+	per_image(f, images, "image_fdatasyncs", "_total", NULL, NULL, paths, 1);
+	family(f, "image_metadata_dirty", "gauge", NULL,
+	       "1 while the image has metadata not yet written back.");
+	json_object_foreach(images, img, v)
+		fprintf(f, "qcow2d_image_metadata_dirty{image=\"%s\"} %d\n", img,
+			json_is_true(json_object_get(json_object_get(
+				json_object_get(v, "stats"), "flush"), "dirty")));
+
+	for (unsigned k = 0; k < 3; k++) {
+		static const char *const what[] = { "hits", "misses", "evictions" };
+		char name[64], help[96];
+		snprintf(name, sizeof(name), "image_cache_%s", what[k]);
+		snprintf(help, sizeof(help), "Metadata cache %s, by cache.", what[k]);
+		family(f, name, "counter", NULL, help);
+		for (unsigned i = 0; i < 2; i++)
+			snprintf(buf[i], sizeof(buf[i]), "caches.%s.%s", caches[i],
+				 what[k]);
+		paths[0] = buf[0];
+		paths[1] = buf[1];
+		per_image(f, images, name, "_total", "cache", caches, paths, 2);
+	}
+	family(f, "image_clusters", "counter", NULL,
+	       "Clusters allocated (of which copied on write), freed, punched.");
+	for (unsigned i = 0; i < 4; i++) {
+		snprintf(buf[i], sizeof(buf[i]), "clusters.%s", clusters[i]);
+		paths[i] = buf[i];
+	}
+	per_image(f, images, "image_clusters", "_total", "event", clusters, paths, 4);
+	family(f, "image_clients", "gauge", NULL, "Queues attached to the image.");
+	json_object_foreach(images, img, v)
+		fprintf(f, "qcow2d_image_clients{image=\"%s\"} %lld\n", img,
+			(long long)json_integer_value(json_object_get(v, "clients")));
+}
+
+static void write_service(FILE *f, struct svc *svc)
+{
+	const char *method, *cls;
+	json_t *m, *n;
+
+	family(f, "uptime_seconds", "gauge", "seconds", "Time since qcow2d started.");
+	fprintf(f, "qcow2d_uptime_seconds %.3f\n",
+		(double)(now_ns() - svc->start_ns) / 1e9);
+	family(f, "images", "gauge", NULL, "Images open.");
+	fprintf(f, "qcow2d_images %u\n", svc->nimages);
+	family(f, "connections", "gauge", NULL, "Control connections open.");
+	fprintf(f, "qcow2d_connections %u\n", svc->nconns);
+	family(f, "connections_accepted", "counter", NULL,
+	       "Control connections accepted since start.");
+	fprintf(f, "qcow2d_connections_accepted_total %llu\n",
+		(unsigned long long)svc->counters.connections_total);
+	family(f, "control_requests", "counter", NULL,
+	       "Control requests, by method.");
+	json_object_foreach(svc->method_counts, method, m)
+		fprintf(f, "qcow2d_control_requests_total{method=\"%s\"} %lld\n",
+			method, (long long)json_integer_value(json_object_get(m, "calls")));
+	family(f, "control_errors", "counter", NULL,
+	       "Control requests answered with an error, by method and class.");
+	json_object_foreach(svc->method_counts, method, m)
+		json_object_foreach(json_object_get(m, "errors"), cls, n)
+			fprintf(f, "qcow2d_control_errors_total{method=\"%s\",class=\"%s\"} "
+				"%lld\n", method, cls, (long long)json_integer_value(n));
+	family(f, "worker_loop_iterations", "counter", NULL,
+	       "Turns of each worker's event loop.");
+	for (unsigned i = 0; i < svc->nworkers; i++)
+		fprintf(f, "qcow2d_worker_loop_iterations_total{worker=\"%u\"} %llu\n", i,
+			(unsigned long long)atomic_load_explicit(
+				&svc->workers[i].stats.loop_iterations,
+				memory_order_relaxed));
+	family(f, "worker_images", "gauge", NULL, "Images whose home is the worker.");
+	for (unsigned i = 0; i < svc->nworkers; i++)
+		fprintf(f, "qcow2d_worker_images{worker=\"%u\"} %llu\n", i,
+			(unsigned long long)atomic_load_explicit(
+				&svc->workers[i].stats.images, memory_order_relaxed));
+}
+
+static void finish_gather(struct gather *g)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f) {
+		rpc_reply_protocol_error(g->call, RPC_INTERNAL_ERROR, "out of memory");
+	} else {
+		write_service(f, g->svc);
+		write_images(f, g->images);
+		fputs("# EOF\n", f);
+		fclose(f);
+		rpc_reply_result(g->call, json_pack("{s:s, s:s}", "content_type",
+						    "application/openmetrics-text; "
+						    "version=1.0.0; charset=utf-8",
+						    "text", text));
+		free(text);
+	}
+	json_decref(g->images);
+	free(g);
+}
+
+static void image_done(struct image_req *r)
+{
+	struct gather *g = r->reply_opaque;
+
+	if (r->result == 0 && r->reply)
+		json_object_set_new(g->images, r->si->name,
+				    json_pack("{s:o, s:i}", "stats", r->reply,
+					      "clients", (int)r->si->clients));
+	else
+		json_decref(r->reply);
+	free(r);
+	if (--g->pending == 0)
+		finish_gather(g);
+}
+
+void rpc_service_metrics(struct rpc_call *call, json_t *params)
+{
+	struct svc *svc = call->svc;
+	struct gather *g;
+
+	if (rpc_decode(call, params, NULL, 0, NULL) < 0)
+		return;
+	g = calloc(1, sizeof(*g));
+	if (!g || !(g->images = json_object())) {
+		free(g);
+		rpc_reply_protocol_error(call, RPC_INTERNAL_ERROR, "out of memory");
+		return;
+	}
+	g->call = call;
+	g->svc = svc;
+	g->pending = 1;
+	for (struct svc_image *si = svc->images; si; si = si->next) {
+		struct image_req *r;
+
+		if (si->state != IMG_OPEN)
+			continue;
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			continue;
+		r->m.fn = worker_image_stats;
+		r->svc = svc;
+		r->si = si;
+		r->worker = si->home;
+		r->wi = si->wi;
+		r->name = si->name;
+		r->since_open = true;
+		r->done = image_done;
+		r->reply_opaque = g;
+		g->pending++;
+		mailbox_post(&si->home->mb, &r->m);
+	}
+	if (--g->pending == 0)
+		finish_gather(g);
+}
