@@ -30,6 +30,7 @@ struct conn {
 	unsigned inflight;          /* calls not yet answered */
 	unsigned refs;              /* calls + 1 while the handle is open */
 	bool reading, in_process;
+	unsigned events;            /* events subscribed to (1 << enum svc_event) */
 	bool closing;               /* no more reads or replies */
 	bool handle_closing;        /* uv_close() called */
 	/* conn_hand_over(): called once, with the socket or an error */
@@ -140,9 +141,19 @@ static void conn_close_after_writes(struct conn *c)
 	c->closing = true; /* no more reads or replies; on_shutdown closes */
 }
 
-bool conn_is_open(const struct conn *c)
+void conn_subscribe(struct conn *c, unsigned mask)
 {
-	return !c->closing;
+	c->events = mask;
+}
+
+unsigned conn_subscription(const struct conn *c)
+{
+	return c->closing ? 0 : c->events;
+}
+
+struct conn *conn_next(struct svc *svc, struct conn *prev)
+{
+	return prev ? prev->next : svc->conns;
 }
 
 void conn_peer(const struct conn *c, int *pid, int *uid)

@@ -24,6 +24,7 @@ static const struct rpc_method methods[] = {
 	{ "image.stats", rpc_image_stats },
 	{ "image.flush", rpc_image_flush },
 	{ "queue.attach", rpc_queue_attach },
+	{ "events.subscribe", rpc_events_subscribe },
 };
 
 /* ---- errors -------------------------------------------------------------- */

@@ -168,6 +168,10 @@ static void open_done(struct image_req *r)
 	r->reply = NULL;
 	log_msg(LOG_INFO, "image %s opened (%s%s) on worker %u", si->name,
 		si->path, si->read_only ? ", read-only" : "", si->home->id);
+	svc_emit(svc, EV_IMAGE_OPENED,
+		 json_pack("{s:s, s:s, s:i, s:b}", "name", si->name, "path",
+			   si->path, "worker", (int)si->home->id, "read_only",
+			   si->read_only));
 	if (r->call)
 		rpc_reply_result(r->call,
 				 json_pack("{s:s, s:s, s:i, s:b}", "name", si->name,
@@ -364,6 +368,10 @@ static void close_done(struct image_req *r)
 		if (r->call)
 			rpc_reply_result(r->call, json_object());
 	}
+	svc_emit(svc, EV_IMAGE_CLOSED,
+		 r->result < 0 ? json_pack("{s:s, s:s}", "name", si->name,
+					   "error", r->msg) :
+				 json_pack("{s:s}", "name", si->name));
 	registry_remove(svc, si);
 	free(r);
 	if (svc->stopping && !svc->images && svc->all_closed)

@@ -37,6 +37,13 @@ void queue_event_on_main(struct msg *m)
 			(unsigned long long)qm->id, si->name, qm->msg);
 	} else if (qm->detached) {
 		si->clients--;
+		svc_emit(qm->svc, EV_QUEUE_DETACHED,
+			 json_pack("{s:s, s:I}", "name", si->name, "queue",
+				   (json_int_t)qm->id));
+	} else {
+		svc_emit(qm->svc, EV_QUEUE_ATTACHED,
+			 json_pack("{s:s, s:I}", "name", si->name, "queue",
+				   (json_int_t)qm->id));
 	}
 	free(qm);
 }

@@ -288,8 +288,20 @@ void conn_hand_over(struct conn *conn, void (*fn)(void *opaque, int fd),
 		    void *opaque);
 /* Who is on the other end (SO_PEERCRED), for the log. */
 void conn_peer(const struct conn *conn, int *pid, int *uid);
-/* An event subscription's connection, or closed (for notifications). */
-bool conn_is_open(const struct conn *conn);
+/* Events (events.c): a subscribed connection gets a JSON-RPC notification
+ * {"method": "event", "params": {"event", "timestamp", "data"}} for each
+ * event it asked for. */
+enum svc_event {
+	EV_IMAGE_OPENED, EV_IMAGE_CLOSED, EV_QUEUE_ATTACHED, EV_QUEUE_DETACHED,
+	EV_IO_ERROR, EV_NEVENTS,
+};
+void conn_subscribe(struct conn *conn, unsigned mask);
+unsigned conn_subscription(const struct conn *conn);
+struct conn *conn_next(struct svc *svc, struct conn *prev); /* NULL: first */
+/* Send an event to its subscribers (data taken). */
+void svc_emit(struct svc *svc, enum svc_event ev, json_t *data);
+const char *svc_event_name(enum svc_event ev);
+void rpc_events_subscribe(struct rpc_call *call, json_t *params);
 
 /* ---- method handlers ---------------------------------------------------- */
 
@@ -380,7 +392,8 @@ struct op_stats {
 void worker_image_io_started(struct worker_image *wi);
 /* A request of the image finished: count it (result < 0: an error). */
 void worker_image_io_done(struct worker_image *wi, enum image_op op,
-			  uint64_t bytes, int result, uint64_t ns);
+			  uint64_t bytes, int result, uint64_t ns,
+			  const char *error);
 void worker_image_queue_added(struct worker_image *wi);
 void worker_image_queue_gone(struct worker_image *wi);
 
@@ -402,6 +415,21 @@ struct queue_msg {
 	bool detached;
 	char msg[256];
 };
+
+/* Worker -> main: a request on an image failed (for the io.error event). */
+struct io_error_msg {
+	struct msg m;
+	struct svc *svc;
+	struct svc_image *si;
+	enum image_op op;
+	int err;
+	uint64_t dropped;            /* events not sent since the last one */
+	char msg[256];
+};
+
+/* On the main thread: emit the io.error event. */
+void io_error_on_main(struct msg *m);
+const char *image_op_name(enum image_op op);
 
 void worker_attach_queue(struct msg *m);
 void queue_event_on_main(struct msg *m);

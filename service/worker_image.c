@@ -37,6 +37,9 @@ struct worker_image {
 	struct op_stats ops[OP_NOPS];
 	uint64_t opened_ns;
 	struct stats_base base;     /* counters at the last reset */
+	struct svc_image *si;       /* main's record: passed back, never read */
+	uint64_t err_window_ns, err_dropped;
+	unsigned err_in_window;
 };
 
 static const char *const op_names[OP_NOPS] = {
@@ -217,6 +220,7 @@ void worker_open_image(struct msg *m)
 		return;
 	}
 	wi->w = w;
+	wi->si = r->si;
 	wi->read_only = a->read_only;
 	wi->flush_interval_ms = a->flush_interval_ms;
 	wi->opened_ns = wi->base.ns = now_ns();
@@ -314,17 +318,55 @@ void worker_image_io_started(struct worker_image *wi)
 	wi->busy++;
 }
 
+const char *image_op_name(enum image_op op)
+{
+	return op_names[op];
+}
+
+/* An io.error event for the main thread: at most IO_ERROR_EVENTS a second
+ * per image (a failing disk fails every request), the rest counted. */
+#define IO_ERROR_EVENTS 10
+
+static void report_io_error(struct worker_image *wi, enum image_op op,
+			    int result, const char *error)
+{
+	uint64_t t = now_ns();
+	struct io_error_msg *m;
+
+	if (t - wi->err_window_ns >= 1000000000ull) {
+		wi->err_window_ns = t;
+		wi->err_in_window = 0;
+	}
+	if (wi->err_in_window >= IO_ERROR_EVENTS || !(m = calloc(1, sizeof(*m)))) {
+		wi->err_dropped++;
+		return;
+	}
+	wi->err_in_window++;
+	m->m.fn = io_error_on_main;
+	m->svc = wi->w->svc;
+	m->si = wi->si;
+	m->op = op;
+	m->err = result;
+	m->dropped = wi->err_dropped;
+	wi->err_dropped = 0;
+	snprintf(m->msg, sizeof(m->msg), "%s", error ? error : strerror(-result));
+	mailbox_post(&m->svc->mb, &m->m);
+}
+
 void worker_image_io_done(struct worker_image *wi, enum image_op op,
-			  uint64_t bytes, int result, uint64_t ns)
+			  uint64_t bytes, int result, uint64_t ns,
+			  const char *error)
 {
 	struct op_stats *st = &wi->ops[op];
 	unsigned b = 0;
 
 	st->requests++;
-	if (result < 0)
+	if (result < 0) {
 		st->errors++;
-	else
+		report_io_error(wi, op, result, error);
+	} else {
 		st->bytes += bytes;
+	}
 	st->total_ns += ns;
 	while (b + 1 < OP_HIST_BUCKETS && ns >= (1000ull << b))
 		b++;

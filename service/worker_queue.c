@@ -135,11 +135,10 @@ static void op_done(void *opaque, int result, const char *error)
 	struct qop *op = opaque;
 	struct wqueue *q = op->q;
 
-	(void)error;
 	qcow2_ipc_server_complete(q->srv, op->id, result);
 	q->inflight--;
 	worker_image_io_done(q->wi, op->op, op->bytes, result,
-			     now_ns() - op->start_ns);
+			     now_ns() - op->start_ns, error);
 	free(op);
 	if (result < 0)
 		q->errors++;

@@ -78,25 +78,13 @@ static int connect_ctl(void)
 	return fd;
 }
 
-/* One request; the reply line read byte by byte (nothing past it: the ipc
- * handshake may follow on the same socket). Returns the parsed reply. */
-static json_t *call(int fd, const char *method, const char *params_fmt, ...)
+/* One line from fd, read byte by byte (nothing past it), parsed. */
+static json_t *read_reply(int fd)
 {
-	static int id;
-	char line[1 << 16], params[4096];
+	char line[1 << 16];
 	size_t n = 0;
-	va_list ap;
 	json_error_t jerr;
 
-	va_start(ap, params_fmt);
-	vsnprintf(params, sizeof(params), params_fmt, ap);
-	va_end(ap);
-	n = (size_t)snprintf(line, sizeof(line),
-			     "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"%s\","
-			     "\"params\":%s}\n", ++id, method, params);
-	if (write(fd, line, n) != (ssize_t)n)
-		die("write");
-	n = 0;
 	for (;;) {
 		ssize_t r = read(fd, line + n, 1);
 		if (r <= 0)
@@ -108,6 +96,26 @@ static json_t *call(int fd, const char *method, const char *params_fmt, ...)
 	}
 	line[n] = '\0';
 	return json_loads(line, 0, &jerr);
+}
+
+/* One request; the reply line read byte by byte (nothing past it: the ipc
+ * handshake may follow on the same socket). Returns the parsed reply. */
+static json_t *call(int fd, const char *method, const char *params_fmt, ...)
+{
+	static int id;
+	char line[8192], params[4096];
+	size_t n = 0;
+	va_list ap;
+
+	va_start(ap, params_fmt);
+	vsnprintf(params, sizeof(params), params_fmt, ap);
+	va_end(ap);
+	n = (size_t)snprintf(line, sizeof(line),
+			     "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"%s\","
+			     "\"params\":%s}\n", ++id, method, params);
+	if (write(fd, line, n) != (ssize_t)n)
+		die("write");
+	return read_reply(fd);
 }
 
 static bool ok(json_t *reply)
@@ -285,13 +293,21 @@ static int run(const char *qemu_img)
 	struct queue q1 = { .sock = -1 }, q2 = { .sock = -1 };
 	char cmd[1024], raw[300];
 	json_t *r = NULL;
-	int ctl = -1, status, fd;
+	int ctl = -1, ev = -1, status, fd;
 
 	if (!model)
 		die("calloc");
 	ctl = connect_ctl();
 	CHECK(ctl >= 0);
 	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"disk\"}", img_path);
+	CHECK(ok(r));
+	json_decref(r);
+
+	/* a subscriber to the queues' events */
+	ev = connect_ctl();
+	CHECK(ev >= 0);
+	r = call(ev, "events.subscribe",
+		 "{\"events\":[\"queue.attached\",\"queue.detached\"]}");
 	CHECK(ok(r));
 	json_decref(r);
 
@@ -388,6 +404,24 @@ static int run(const char *qemu_img)
 		json_object_get(r, "result"), "images"), 0), "clients")) == 1);
 	json_decref(r);
 	r = NULL;
+	/* the subscriber saw both attaches, then the detach */
+	{
+		static const char *const want[3] = { "queue.attached", "queue.attached",
+						     "queue.detached" };
+		for (int i = 0; i < 3; i++) {
+			json_t *note = read_reply(ev);
+			json_t *p = json_object_get(note, "params");
+			const char *name = json_string_value(json_object_get(p, "event"));
+			int match = note && name && !strcmp(name, want[i]) &&
+				    !strcmp(json_string_value(json_object_get(note, "method")),
+					    "event") &&
+				    json_is_number(json_object_get(p, "timestamp")) &&
+				    !strcmp(json_string_value(json_object_get(
+						    json_object_get(p, "data"), "name")), "disk");
+			json_decref(note);
+			CHECK(match);
+		}
+	}
 
 	/* acknowledged and flushed, then SIGTERM with a queue attached */
 	CHECK(random_io(&q1, model, 3000, 30) == 0);
@@ -415,6 +449,8 @@ out:
 	queue_free(&q2);
 	if (ctl >= 0)
 		close(ctl);
+	if (ev >= 0)
+		close(ev);
 	free(model);
 	free(disk);
 	return failures;
