@@ -237,11 +237,6 @@ void worker_close_image(struct msg *m)
 
 /* ---- info ---------------------------------------------------------------- */
 
-static json_t *str_or_null(const char *s)
-{
-	return s ? json_string(s) : json_null();
-}
-
 void worker_image_info(struct msg *m)
 {
 	struct image_req *r = (struct image_req *)m;
@@ -273,10 +268,10 @@ void worker_image_info(struct msg *m)
 			"dirty", in.dirty,
 			"corrupt", in.corrupt,
 			"snapshots", (int)in.nb_snapshots,
-			"backing_file", str_or_null(in.backing_file),
-			"backing_path", str_or_null(in.backing_path),
-			"backing_format", str_or_null(in.backing_format),
-			"data_file", str_or_null(in.data_file),
+			"backing_file", json_string_lossy(in.backing_file),
+			"backing_path", json_string_lossy(in.backing_path),
+			"backing_format", json_string_lossy(in.backing_format),
+			"data_file", json_string_lossy(in.data_file),
 			"l2_cache_size", (json_int_t)in.l2_cache_size,
 			"l2_slice_size", (json_int_t)in.l2_slice_size);
 		if (!q || json_object_update(o, q) < 0) {
