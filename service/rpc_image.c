@@ -210,6 +210,13 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 	if (p->path[0] != '/')
 		BAD_PARAM("param 'path': expected an absolute path, got '%s'",
 			  p->path);
+	/* the service's working directory means nothing to a client */
+	if (p->backing && p->backing[0] != '/')
+		BAD_PARAM("param 'backing': expected an absolute path, got '%s'",
+			  p->backing);
+	if (p->data_file && p->data_file[0] != '/')
+		BAD_PARAM("param 'data_file': expected an absolute path, got '%s'",
+			  p->data_file);
 	if (p->has_worker && p->worker >= svc->nworkers)
 		BAD_PARAM("param 'worker': expected a worker from 0 to %u, got %u",
 			  svc->nworkers - 1, p->worker);
@@ -223,7 +230,8 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 		base = strrchr(p->path, '/') + 1;
 		snprintf(namebuf, sizeof(namebuf), "%s", base);
 		name = namebuf;
-		if (!valid_name(name))
+		/* too long: refused, not cut to NAME_MAX_LEN */
+		if (strlen(base) > NAME_MAX_LEN || !valid_name(name))
 			BAD_PARAM("the file name '%s' cannot be an image name; pass "
 				  "'name' (1 to %d of A-Z a-z 0-9 . _ -)", base,
 				  NAME_MAX_LEN);
