@@ -363,7 +363,8 @@ static void close_done(struct image_req *r)
 	} else {
 		log_msg(LOG_INFO, "image %s closed", si->name);
 		if (r->call)
-			rpc_reply_result(r->call, json_object());
+			rpc_reply_result(r->call,
+					 json_pack("{s:s}", "name", si->name));
 	}
 	registry_remove(svc, si);
 	free(r);
