@@ -169,11 +169,12 @@ void worker_open_image(struct msg *m)
 	}
 	wi->w = w;
 	wi->read_only = a->read_only;
-	wi->flush_interval_ms = a->flush_interval_ms;
+	/* read-only: nothing to write back, no timer (info says 0) */
+	wi->flush_interval_ms = a->read_only ? 0 : a->flush_interval_ms;
 	wi->base_ns = now_ns();
 	uv_timer_init(&w->loop, &wi->timer);
 	wi->timer.data = wi;
-	if (!a->read_only && wi->flush_interval_ms)
+	if (wi->flush_interval_ms)
 		uv_timer_start(&wi->timer, on_tick, wi->flush_interval_ms,
 			       wi->flush_interval_ms);
 	wi->next = w->images;
@@ -332,7 +333,9 @@ static json_t *flush_json(const struct qcow2_flush_stats *cur,
 		"header_writes", D(header_writes),
 		"fdatasyncs", D(fdatasyncs),
 		"total_seconds", (double)(cur->total_ns - base->total_ns) / 1e9,
-		"max_seconds", (double)cur->max_ns / 1e9,
+		/* the engine keeps the maximum since open: a reset cannot
+		 * clear it, and the name says so */
+		"max_seconds_since_open", (double)cur->max_ns / 1e9,
 		"latency_histogram", "bounds_seconds", bounds, "counts", counts,
 		"dirty", dirty);
 	return o;
