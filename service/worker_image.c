@@ -410,8 +410,11 @@ void worker_flush_image(struct msg *m)
 	int ret = qcow2_flush(wi->img, on_flush_done, r);
 
 	if (ret < 0) {
+		const char *why = qcow2_last_error(wi->img);
+
+		/* e.g. -EROFS on a read-only image leaves no message */
 		r->result = ret;
-		set_msg(r, "%s", qcow2_last_error(wi->img));
+		set_msg(r, "%s", why[0] ? why : strerror(-ret));
 		image_req_finish(r);
 		return;
 	}
