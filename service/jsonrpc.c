@@ -470,7 +470,10 @@ void rpc_handle_line(struct svc *svc, struct conn *conn, const char *line,
 		     size_t len)
 {
 	json_error_t jerr;
-	json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+	/* Any JSON value parses: one that is not a request or a batch is an
+	 * invalid request (-32600), not a parse error. */
+	json_t *req = json_loadb(line, len,
+				 JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 
 	if (!req) {
 		struct rpc_call *call = call_new(svc, conn, NULL);
