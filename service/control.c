@@ -221,7 +221,9 @@ static void conn_process(struct conn *c)
 		return; /* a reply inside a handler: the outer loop goes on */
 	c->in_process = true;
 	while (!c->closing && c->inflight < CONTROL_MAX_INFLIGHT) {
-		char *nl = memchr(c->buf + start, '\n', c->len - start);
+		/* nothing buffered: buf may still be NULL, not for memchr() */
+		char *nl = start < c->len ?
+			   memchr(c->buf + start, '\n', c->len - start) : NULL;
 		size_t n;
 
 		if (!nl) {
