@@ -220,6 +220,10 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 	if (p->has_worker && p->worker >= svc->nworkers)
 		BAD_PARAM("param 'worker': expected a worker from 0 to %u, got %u",
 			  svc->nworkers - 1, p->worker);
+	if (p->l2_cache_size > QCOW2D_MAX_L2_CACHE)
+		BAD_PARAM("param 'l2_cache_size': expected at most %llu bytes "
+			  "(1 GiB), got %llu", (unsigned long long)QCOW2D_MAX_L2_CACHE,
+			  (unsigned long long)p->l2_cache_size);
 	if (p->l2_slice_size && (p->l2_slice_size & (p->l2_slice_size - 1)))
 		BAD_PARAM("param 'l2_slice_size': expected a power of two, got %u",
 			  p->l2_slice_size);
