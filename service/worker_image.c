@@ -21,6 +21,7 @@ struct worker_image {
 	uint32_t flush_interval_ms;
 	unsigned busy;              /* flushes and write-backs in flight */
 	struct image_req *close_req; /* waiting for busy to reach 0 */
+	bool close_posted;          /* close_req is queued to run again */
 	bool writeback_running;
 	bool read_only;
 	struct qcow2_stats base;    /* counters at the last reset */
@@ -96,7 +97,7 @@ static int allow_file(void *opaque, const char *path, const char *role)
 
 static void on_writeback_done(void *opaque, int result, const char *error);
 
-static void maybe_finish_close(struct worker_image *wi);
+static void close_when_idle(struct worker_image *wi);
 
 static void on_tick(uv_timer_t *t)
 {
@@ -131,7 +132,7 @@ static void on_writeback_done(void *opaque, int result, const char *error)
 			"(retried at the next tick; writes that allocate fail until "
 			"one succeeds)", wi->name, error);
 	}
-	maybe_finish_close(wi);
+	close_when_idle(wi);
 }
 
 void worker_open_image(struct msg *m)
@@ -215,16 +216,6 @@ static void finish_close(struct worker_image *wi, struct image_req *r)
 	image_req_finish(r);
 }
 
-static void maybe_finish_close(struct worker_image *wi)
-{
-	struct image_req *r = wi->close_req;
-
-	if (r && wi->busy == 0) {
-		wi->close_req = NULL;
-		finish_close(wi, r);
-	}
-}
-
 void worker_close_image(struct msg *m)
 {
 	struct image_req *r = (struct image_req *)m;
@@ -233,7 +224,26 @@ void worker_close_image(struct msg *m)
 	/* A flush or write-back in flight finishes first: its callback
 	 * must find the image open. */
 	wi->close_req = r;
-	maybe_finish_close(wi);
+	wi->close_posted = false;
+	if (wi->busy == 0) {
+		wi->close_req = NULL;
+		finish_close(wi, r);
+	}
+}
+
+/* From an engine callback: the engine still uses the image after the
+ * callback returns, so a close that waited for it runs later, as a
+ * message to this worker (the timer starts nothing meanwhile: close_req
+ * is set). */
+static void close_when_idle(struct worker_image *wi)
+{
+	struct image_req *r = wi->close_req;
+
+	if (r && wi->busy == 0 && !wi->close_posted) {
+		wi->close_posted = true;
+		r->m.fn = worker_close_image;
+		mailbox_post(&wi->w->mb, &r->m);
+	}
 }
 
 /* ---- info ---------------------------------------------------------------- */
@@ -400,7 +410,7 @@ static void on_flush_done(void *opaque, int result, const char *error)
 	if (result < 0)
 		set_msg(r, "%s", error);
 	image_req_finish(r);
-	maybe_finish_close(wi);
+	close_when_idle(wi);
 }
 
 void worker_flush_image(struct msg *m)
