@@ -494,7 +494,16 @@ def flush_stats(ctx):
         check_flush_invariants(s4, "after reset")
         say("image.stats reset: counters from zero, capacity and max kept")
 
-        c.ok("image.close", {"name": "a.qcow2"})
+        # In one batch both messages reach the worker before the flush can
+        # complete: the close waits for it (and must not close the image
+        # inside the flush's callback: a use-after-free under ASan).
+        c.send([c.request("image.flush", {"name": "a.qcow2"}, req_id="f"),
+                c.request("image.close", {"name": "a.qcow2"}, req_id="c")])
+        rep = {r["id"]: r for r in c.recv()}
+        check(rep["f"].get("result") == {"name": "a.qcow2"} and
+              rep["c"].get("result") == {"name": "a.qcow2"},
+              "[image.flush, image.close]: %r" % rep)
+        say("a close waits for the flush in flight; both succeed")
         c.ok("image.open", {"path": a, "flush_interval_ms": 0})
         s5 = c.ok("image.stats", {"name": "a.qcow2"})
         check(sum(s5["flush"]["by_cause"].values()) == 0 and s5["flush"]["fdatasyncs"] == 0
@@ -937,6 +946,23 @@ def load(ctx):
     svc.check_alive("a client that never reads")
     say("a client that never reads: disconnected after %d of %d replies" % (lines, sent))
 
+    # Clients that leave with calls in flight on the workers: the replies
+    # find their connection gone.
+    with svc.conn() as c:
+        c.ok("image.open", {"path": a})
+        for _ in range(100):
+            s = connect(svc.socket_path, 30)
+            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"image.flush",'
+                      b'"params":{"name":"a.qcow2"}}\n'
+                      b'[{"jsonrpc":"2.0","id":2,"method":"image.info",'
+                      b'"params":{"name":"a.qcow2"}},{"jsonrpc":"2.0","id":3,'
+                      b'"method":"image.stats","params":{"name":"a.qcow2"}}]\n')
+            s.close()
+        c.ok("image.flush", {"name": "a.qcow2"})
+        c.ok("image.close", {"name": "a.qcow2"})
+    svc.check_alive("clients that left with calls in flight")
+    say("100 clients that leave with calls in flight")
+
     # A flood on one connection: sync and async calls pipelined (more than
     # the 64 calls in flight that qcow2d takes at once), read by the main
     # thread while a thread writes.
@@ -1013,6 +1039,27 @@ def stop(ctx):
         qemu_img_check(p)
         qemu_img("info", p)  # no lock left behind
     say("SIGTERM with 4 images open: exit 0, each closed, qemu-img check clean")
+
+    # SIGTERM right behind opens and a flush: whatever is in flight ends
+    # (an image that opens while qcow2d stops is closed at once).
+    more = [make_image(ctx.path("m%d.qcow2" % i), "16M") for i in range(6)]
+    svc = ctx.service()
+    with svc.conn() as c:
+        c.ok("image.open", {"path": imgs[0]})
+        for p in more:
+            c.send(c.request("image.open", {"path": p}))
+        c.send(c.request("image.flush", {"name": "s0.qcow2"}))
+        c.send(c.request("image.close", {"name": "s0.qcow2"}))
+        log = svc.stop()
+        while True:  # what was answered before the connection closed fits
+            line = c.read_line(10)
+            if line is None:
+                break
+            c.parse(line)
+    for p in more + imgs[:1]:
+        qemu_img_check(p)
+        qemu_img("info", p)
+    say("SIGTERM behind opens, a flush and a close in flight: exit 0, images clean")
 
     # SIGINT; and a stale socket file left by a killed qcow2d is taken over.
     svc = ctx.service()
