@@ -348,8 +348,11 @@ static int server_check_range(const struct qcow2_ipc_server *s, const struct qco
 int qcow2_ipc_server_validate(struct qcow2_ipc_server *s, const struct qcow2_ipc_sqe *sqe,
 			      struct qcow2_ipc_server_req *req)
 {
-	/* sqe is a local copy: every field is read once, from here. */
-	if (sqe->reserved0 || sqe->reserved1)
+	/* sqe is a local copy: every field is read once, from here. The
+	 * slot is checked for every entry, not only where it names a segment
+	 * table: a client must not learn that an inline request may carry
+	 * any slot. */
+	if (sqe->reserved0 || sqe->reserved1 || sqe->slot >= s->g.cq_entries)
 		return -EINVAL;
 	req->opcode = sqe->opcode;
 	req->flags = sqe->flags;
@@ -370,7 +373,7 @@ int qcow2_ipc_server_validate(struct qcow2_ipc_server *s, const struct qcow2_ipc
 				return -EINVAL;
 			sum = sqe->seg.len;
 		} else {
-			if (!seg_is_zero(&sqe->seg) || sqe->slot >= s->g.cq_entries)
+			if (!seg_is_zero(&sqe->seg))
 				return -EINVAL;
 			const struct qcow2_ipc_seg *table =
 				&s->v.segs[(size_t)sqe->slot * s->g.max_segs];

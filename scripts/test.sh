@@ -4,6 +4,8 @@
 #   ./scripts/test.sh           install missing Debian packages, build
 #                               build-test (debugoptimized) and build-asan
 #                               (ASan + UBSan), run every suite in both; then
+#                               build-tsan (clang, ThreadSanitizer) runs the
+#                               service's suite over a TSan qcow2d, and
 #                               build-fuzz (clang, libFuzzer, ASan + UBSan)
 #                               runs the fuzz targets over their seeds and a
 #                               bounded number of mutations (suite fuzz only)
@@ -54,28 +56,32 @@ if ! ensure_deps; then
 fi
 
 builds=(build-test)
-((quick)) || builds+=(build-asan build-fuzz)
+((quick)) || builds+=(build-asan build-tsan build-fuzz)
 
 setup_args() {
 	case $1 in
 	build-test) echo "--buildtype=debugoptimized -Dwerror=true" ;;
 	build-asan) echo "-Db_sanitize=address,undefined -Db_lundef=false --buildtype=debug -Dwerror=true" ;;
+	build-tsan) echo "-Db_sanitize=thread -Db_lundef=false --buildtype=debugoptimized -Dwerror=true" ;;
 	# -Dfuzz=true adds -fsanitize=fuzzer-no-link,address,undefined itself.
 	build-fuzz) echo "-Dfuzz=true --buildtype=debugoptimized -Dwerror=true" ;;
 	esac
 }
 
 # What ninja builds: everything, except in build-fuzz (its only suite is
-# fuzz): the fuzz targets and what they link.
+# fuzz): the fuzz targets and what they link; and in build-tsan (its only
+# suite is service): the service and the tools its tests drive.
 build_targets() {
 	[[ $1 == build-fuzz ]] && tests/fuzz/run.sh --list | sed 's|^|tests/fuzz/fuzz-|'
+	[[ $1 == build-tsan ]] && echo service/qcow2d tests/queue/queue_io
 	return 0
 }
 
-# build-fuzz is a clang build (CC matters to its first configure only).
+# build-fuzz and build-tsan are clang builds (CC matters to their first
+# configure only).
 configure() {
 	# shellcheck disable=SC2046
-	if [[ $1 == build-fuzz ]]; then
+	if [[ $1 == build-fuzz || $1 == build-tsan ]]; then
 		CC=clang meson_setup "$1" $(setup_args "$1")
 	else
 		meson_setup "$1" $(setup_args "$1")
@@ -109,6 +115,11 @@ for b in "${ran_builds[@]}"; do
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1:print_summary=1 \
 			UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1:print_summary=1 \
 			meson test -C "$b" --print-errorlogs --num-processes 2
+	elif [[ $b == build-tsan ]]; then
+		# Only the service suite; a data race report fails qcow2d's exit
+		# status, which the tests check.
+		TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+			meson test -C "$b" --suite service --no-rebuild --print-errorlogs --num-processes 2
 	elif [[ $b == build-fuzz ]]; then
 		# Only the fuzz suite (tests/fuzz/run.sh --test: the seeds, then
 		# bounded mutations); built above, so no rebuild of the rest.

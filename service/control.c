@@ -8,6 +8,7 @@
  * than CONTROL_MAX_BACKLOG bytes of replies pile up unread is disconnected.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,9 @@ struct conn {
 	bool reading, in_process;
 	bool closing;               /* no more reads or replies */
 	bool handle_closing;        /* uv_close() called */
+	/* conn_hand_over(): called once, with the socket or an error */
+	void (*handover)(void *opaque, int fd);
+	void *handover_opaque;
 };
 
 struct write_req {
@@ -64,12 +68,49 @@ static void on_closed(uv_handle_t *h)
 	conn_unref(c);
 }
 
+static void handover_end(struct conn *c, int fd)
+{
+	void (*fn)(void *, int) = c->handover;
+
+	c->handover = NULL;
+	if (fn)
+		fn(c->handover_opaque, fd);
+}
+
 static void conn_close(struct conn *c)
 {
 	if (c->handle_closing)
 		return;
+	handover_end(c, -ECONNABORTED);
 	c->closing = c->handle_closing = true;
 	uv_close((uv_handle_t *)&c->pipe, on_closed);
+}
+
+/* The reply is written: the socket goes to whoever asked. */
+static void handover_now(struct conn *c)
+{
+	uv_os_fd_t fd;
+	int dup_fd = -1;
+
+	if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0)
+		dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	handover_end(c, dup_fd >= 0 ? dup_fd : -errno);
+	conn_close(c);
+}
+
+void conn_hand_over(struct conn *c, void (*fn)(void *opaque, int fd),
+		    void *opaque)
+{
+	c->handover = fn;
+	c->handover_opaque = opaque;
+	if (c->reading) {
+		uv_read_stop((uv_stream_t *)&c->pipe);
+		c->reading = false;
+	}
+	if (c->handle_closing)
+		handover_end(c, -ECONNABORTED);
+	/* else on_written (after the reply) or conn_process (a client that
+	 * sent more before reading the reply) ends it */
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -113,10 +154,17 @@ void conn_peer(const struct conn *c, int *pid, int *uid)
 static void on_written(uv_write_t *req, int status)
 {
 	struct write_req *w = (struct write_req *)req;
+	struct conn *c = req->handle->data;
 
-	(void)status;
 	free(w->text);
 	free(w);
+	if (c->handover && !c->handle_closing &&
+	    uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) == 0) {
+		if (status < 0)
+			conn_close(c);
+		else
+			handover_now(c);
+	}
 }
 
 void conn_send(struct conn *c, char *text)
@@ -221,9 +269,9 @@ static void conn_process(struct conn *c)
 		return; /* a reply inside a handler: the outer loop goes on */
 	c->in_process = true;
 	while (!c->closing && c->inflight < CONTROL_MAX_INFLIGHT) {
-		/* nothing buffered: buf may still be NULL, not for memchr() */
-		char *nl = start < c->len ?
-			   memchr(c->buf + start, '\n', c->len - start) : NULL;
+		char *nl = c->len > start ?
+				   memchr(c->buf + start, '\n', c->len - start) :
+				   NULL;
 		size_t n;
 
 		if (!nl) {
@@ -239,13 +287,24 @@ static void conn_process(struct conn *c)
 		if (!blank(c->buf + start, n))
 			rpc_handle_line(c->svc, c, c->buf + start, n);
 		start += n + 1;
+		if (c->handover) {
+			/* The connection becomes a queue's: nothing may follow
+			 * the request before the client has read the reply. */
+			if (c->len > start) {
+				log_msg(LOG_WARN, "connection %u (pid %d): data after "
+					"queue.attach before its reply was read; "
+					"closing it", c->id, c->pid);
+				conn_close(c);
+			}
+			break;
+		}
 	}
 	if (start) {
 		memmove(c->buf, c->buf + start, c->len - start);
 		c->len -= start;
 	}
 	c->in_process = false;
-	if (c->closing)
+	if (c->closing || c->handover)
 		return;
 	/* Read while the client may send more; pause at the limit. */
 	if (c->inflight < CONTROL_MAX_INFLIGHT && !c->reading) {

@@ -22,6 +22,7 @@ static const struct rpc_method methods[] = {
 	{ "image.info", rpc_image_info },
 	{ "image.stats", rpc_image_stats },
 	{ "image.flush", rpc_image_flush },
+	{ "queue.attach", rpc_queue_attach },
 };
 
 /* ---- errors -------------------------------------------------------------- */

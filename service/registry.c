@@ -49,6 +49,14 @@ struct svc_image *registry_add(struct svc *svc, const char *name,
 	return si;
 }
 
+static void image_free(struct svc_image *si)
+{
+	free(si->name);
+	free(si->path);
+	free(si->real);
+	free(si);
+}
+
 void registry_remove(struct svc *svc, struct svc_image *si)
 {
 	struct svc_image **pp = &svc->images;
@@ -59,8 +67,13 @@ void registry_remove(struct svc *svc, struct svc_image *si)
 		*pp = si->next;
 		svc->nimages--;
 	}
-	free(si->name);
-	free(si->path);
-	free(si->real);
-	free(si);
+	si->unlinked = true;
+	if (!si->handovers)
+		image_free(si);
+}
+
+void registry_release(struct svc_image *si)
+{
+	if (si->unlinked && !si->handovers)
+		image_free(si);
 }

@@ -42,8 +42,7 @@ static void send_to_home(struct image_req *r)
 	mailbox_post(&r->worker->mb, &r->m);
 }
 
-/* The open image named by params' "name", or an error reply. */
-static struct svc_image *open_image(struct rpc_call *call, const char *name)
+struct svc_image *rpc_open_image(struct rpc_call *call, const char *name)
 {
 	struct svc_image *si = registry_find(call->svc, name);
 
@@ -68,8 +67,8 @@ static void reply_engine_error(struct image_req *r, const char *what)
 
 	if (r->result == -EBUSY && !r->path_refused)
 		rpc_reply_error(r->call, cls, r->result,
-				"%s: %s (another process, QEMU or qcow2d, has the "
-				"image open; close it there first)", what, r->msg);
+				"%s: %s; close it there first (retried for %d ms)",
+				what, r->msg, 250);
 	else
 		rpc_reply_error(r->call, cls, r->result, "%s: %s", what, r->msg);
 }
@@ -159,6 +158,14 @@ static void open_done(struct image_req *r)
 	si->state = IMG_OPEN;
 	si->wi = r->wi;
 	si->opened_ns = now_ns();
+	si->virtual_size = (uint64_t)json_integer_value(
+		json_object_get(r->reply, "virtual_size"));
+	si->block_size = (uint32_t)json_integer_value(
+		json_object_get(r->reply, "block_size"));
+	si->mem_align = (uint32_t)json_integer_value(
+		json_object_get(r->reply, "mem_align"));
+	json_decref(r->reply);
+	r->reply = NULL;
 	log_msg(LOG_INFO, "image %s opened (%s%s) on worker %u", si->name,
 		si->path, si->read_only ? ", read-only" : "", si->home->id);
 	if (r->call)
@@ -389,7 +396,7 @@ void rpc_image_close(struct rpc_call *call, json_t *params)
 
 	if (rpc_decode(call, params, close_spec, 2, &p) < 0)
 		return;
-	if (!(si = open_image(call, p.name)))
+	if (!(si = rpc_open_image(call, p.name)))
 		return;
 	if (si->clients && !p.force) {
 		rpc_reply_error(call, ERR_BUSY, EBUSY,
@@ -484,7 +491,7 @@ static void round_trip(struct rpc_call *call, json_t *params, bool with_reset,
 
 	if (rpc_decode(call, params, name_spec, with_reset ? 2 : 1, &p) < 0)
 		return;
-	if (!(si = open_image(call, p.name)))
+	if (!(si = rpc_open_image(call, p.name)))
 		return;
 	if (!(r = req_new(call, call->svc, si, fn, reply_done)))
 		return;

@@ -98,6 +98,7 @@ struct worker {
 	uv_poll_t ctx_poll;          /* the engine's event fd */
 	uv_prepare_t submit;         /* hands queued IO to the kernel */
 	struct worker_image *images; /* those whose home this is */
+	struct wqueue *queues;       /* clients' queues on those images */
 	bool stopping;
 	struct worker_stats stats;
 	int start_error;             /* set by the thread before ready */
@@ -121,7 +122,13 @@ struct svc_image {
 	struct worker *home;
 	enum svc_image_state state;
 	bool read_only;
-	unsigned clients;           /* attached queues */
+	unsigned clients;           /* attached queues, and attaches under way */
+	unsigned handovers;         /* attaches whose socket is not yet handed
+				     * over: the record outlives its removal
+				     * from the registry until they end */
+	bool unlinked;
+	uint64_t virtual_size;      /* from the open, for queue.attach's reply */
+	uint32_t block_size, mem_align;
 	struct worker_image *wi;    /* the worker's record: touched there only */
 	uint64_t opened_ns;
 };
@@ -130,7 +137,10 @@ struct svc_image *registry_find(struct svc *svc, const char *name);
 struct svc_image *registry_find_real(struct svc *svc, const char *real);
 struct svc_image *registry_add(struct svc *svc, const char *name,
 			       const char *path, const char *real);
+/* Out of the registry; freed now, or by registry_release() when the last
+ * handover ends. */
 void registry_remove(struct svc *svc, struct svc_image *si);
+void registry_release(struct svc_image *si);
 
 /* ---- the service (main.c) ----------------------------------------------- */
 
@@ -156,6 +166,7 @@ struct svc {
 	unsigned nconns;
 	bool stopping;
 	uint64_t start_ns;
+	uint64_t queue_ids;          /* the last queue id given */
 	void (*all_closed)(struct svc *svc); /* stopping: images all closed */
 	struct svc_counters counters;
 	json_t *method_counts;       /* method -> {"calls": N, "errors": {class: N}} */
@@ -280,6 +291,12 @@ void rpc_handle_line(struct svc *svc, struct conn *conn, const char *line,
 void conn_send(struct conn *conn, char *text);
 void conn_call_started(struct conn *conn);
 void conn_call_done(struct conn *conn);
+/* After the reply just sent has been written, give the connection's socket
+ * away: fn gets a descriptor of it (or a negative errno: the client sent
+ * more before reading the reply, or went away) and the connection is
+ * closed here. */
+void conn_hand_over(struct conn *conn, void (*fn)(void *opaque, int fd),
+		    void *opaque);
 /* Who is on the other end (SO_PEERCRED), for the log. */
 void conn_peer(const struct conn *conn, int *pid, int *uid);
 /* An event subscription's connection, or closed (for notifications). */
@@ -291,6 +308,10 @@ bool conn_is_open(const struct conn *conn);
 void rpc_service_version(struct rpc_call *call, json_t *params);
 void rpc_service_stats(struct rpc_call *call, json_t *params);
 void rpc_discover(struct rpc_call *call, json_t *params);
+/* rpc_queue.c */
+void rpc_queue_attach(struct rpc_call *call, json_t *params);
+/* The image named, open; or an error reply and NULL (rpc_image.c). */
+struct svc_image *rpc_open_image(struct rpc_call *call, const char *name);
 /* rpc_image.c */
 void rpc_image_open(struct rpc_call *call, json_t *params);
 void rpc_image_close(struct rpc_call *call, json_t *params);
@@ -332,6 +353,7 @@ struct image_req {
 	struct rpc_call *call;      /* NULL: no reply */
 	const char *name;           /* the image's name (main's, unchanging) */
 	bool path_refused;          /* the path policy refused a file */
+	unsigned attempts;          /* opens retried while the image was locked */
 	void (*done)(struct image_req *r); /* on the main thread */
 	int result;
 	char msg[512];
@@ -346,6 +368,41 @@ void worker_close_image(struct msg *m);
 void worker_image_info(struct msg *m);
 void worker_image_stats(struct msg *m);
 void worker_flush_image(struct msg *m);
+/* For the image's queues (worker_queue.c), on its home worker. */
+const char *worker_image_name(const struct worker_image *wi);
+struct qcow2_image *worker_image_engine(const struct worker_image *wi);
+bool worker_image_open(const struct worker_image *wi); /* not closing */
+void worker_image_io_started(struct worker_image *wi);
+void worker_image_io_done(struct worker_image *wi);
+void worker_image_queue_added(struct worker_image *wi);
+void worker_image_queue_gone(struct worker_image *wi);
+
+/* ---- queues (worker_queue.c, rpc_queue.c) ------------------------------- */
+
+struct wqueue;
+
+/* Main -> worker: attach the queue on this socket; worker -> main: it
+ * attached, failed (result < 0) or was detached. */
+struct queue_msg {
+	struct msg m;
+	struct svc *svc;
+	struct worker *worker;
+	struct svc_image *si;
+	struct worker_image *wi;
+	int fd;
+	uint64_t id;
+	int result;
+	bool detached;
+	char msg[256];
+};
+
+void worker_attach_queue(struct msg *m);
+void queue_event_on_main(struct msg *m);
+/* Publish the completions of the worker's queues (once per loop turn). */
+void worker_publish_queues(struct worker *w);
+/* Detach the queues on wi (the image is closing). */
+void worker_detach_queues(struct worker *w, struct worker_image *wi,
+			  const char *why);
 /* Post a finished request back to the main thread. */
 void image_req_finish(struct image_req *r);
 

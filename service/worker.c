@@ -38,6 +38,7 @@ static void on_prepare(uv_prepare_t *p)
 
 	atomic_fetch_add_explicit(&w->stats.loop_iterations, 1,
 				  memory_order_relaxed);
+	worker_publish_queues(w);
 	ret = qcow2_ctx_submit(w->ctx);
 	if (ret < 0)
 		log_msg(LOG_ERROR, "worker %u: submitting IO failed: %s", w->id,

@@ -19,7 +19,8 @@ struct worker_image {
 	char *name;
 	uv_timer_t timer;
 	uint32_t flush_interval_ms;
-	unsigned busy;              /* flushes and write-backs in flight */
+	unsigned busy;              /* engine requests in flight */
+	unsigned queues;            /* clients' queues attached */
 	struct image_req *close_req; /* waiting for busy to reach 0 */
 	bool close_posted;          /* close_req is queued to run again */
 	bool writeback_running;
@@ -135,6 +136,22 @@ static void on_writeback_done(void *opaque, int result, const char *error)
 	close_when_idle(wi);
 }
 
+#define OPEN_LOCK_RETRIES 10
+#define OPEN_LOCK_RETRY_MS 25
+
+static void free_timer(uv_handle_t *h)
+{
+	free(h);
+}
+
+static void open_retry(uv_timer_t *t)
+{
+	struct image_req *r = t->data;
+
+	uv_close((uv_handle_t *)t, free_timer);
+	worker_open_image(&r->m);
+}
+
 void worker_open_image(struct msg *m)
 {
 	struct image_req *r = (struct image_req *)m;
@@ -160,6 +177,25 @@ void worker_open_image(struct msg *m)
 	oo.allow_file = allow_file;
 	oo.allow_file_opaque = r;
 	ret = qcow2_open(w->ctx, a->path, &oo, &wi->img, &err);
+	if (ret == -EBUSY && r->attempts < OPEN_LOCK_RETRIES) {
+		/* Locked. A process killed with IO in flight keeps its files,
+		 * and so its locks, while its io_uring drains: a restarted
+		 * service retries for a short, bounded time. */
+		uv_timer_t *t = malloc(sizeof(*t));
+		free(wi->name);
+		free(wi);
+		if (t) {
+			r->attempts++;
+			uv_timer_init(&w->loop, t);
+			t->data = r;
+			uv_timer_start(t, open_retry, OPEN_LOCK_RETRY_MS, 0);
+			return;
+		}
+		r->result = ret;
+		set_msg(r, "%s", err.msg[0] ? err.msg : strerror(-ret));
+		image_req_finish(r);
+		return;
+	}
 	if (ret < 0) {
 		r->result = ret;
 		set_msg(r, "%s", err.msg[0] ? err.msg : strerror(-ret));
@@ -181,6 +217,15 @@ void worker_open_image(struct msg *m)
 	wi->next = w->images;
 	w->images = wi;
 	atomic_fetch_add_explicit(&w->stats.images, 1, memory_order_relaxed);
+	{
+		struct qcow2_info in;
+		qcow2_get_info(wi->img, &in);
+		/* what queue.attach tells clients, kept by the main thread */
+		r->reply = json_pack("{s:I, s:I, s:I}", "virtual_size",
+				     (json_int_t)in.virtual_size, "block_size",
+				     (json_int_t)in.block_size, "mem_align",
+				     (json_int_t)in.mem_align);
+	}
 	r->wi = wi;
 	r->result = 0;
 	image_req_finish(r);
@@ -221,29 +266,69 @@ void worker_close_image(struct msg *m)
 	struct image_req *r = (struct image_req *)m;
 	struct worker_image *wi = r->wi;
 
-	/* A flush or write-back in flight finishes first: its callback
-	 * must find the image open. */
+	/* Queues detach and requests in flight finish first: their
+	 * callbacks must find the image open. */
 	wi->close_req = r;
+	/* no re-post while detaching: this call closes it if it can */
+	wi->close_posted = true;
+	worker_detach_queues(wi->w, wi, "the image is being closed");
 	wi->close_posted = false;
-	if (wi->busy == 0) {
+	if (wi->busy == 0 && wi->queues == 0) {
 		wi->close_req = NULL;
 		finish_close(wi, r);
 	}
 }
 
-/* From an engine callback: the engine still uses the image after the
- * callback returns, so a close that waited for it runs later, as a
- * message to this worker (the timer starts nothing meanwhile: close_req
- * is set). */
+/* From an engine callback (or a queue going away inside one): the engine
+ * still uses the image after the callback returns, so a close that waited
+ * runs later, as a message to this worker (the timer starts nothing
+ * meanwhile: close_req is set). */
 static void close_when_idle(struct worker_image *wi)
 {
 	struct image_req *r = wi->close_req;
 
-	if (r && wi->busy == 0 && !wi->close_posted) {
+	if (r && wi->busy == 0 && wi->queues == 0 && !wi->close_posted) {
 		wi->close_posted = true;
 		r->m.fn = worker_close_image;
 		mailbox_post(&wi->w->mb, &r->m);
 	}
+}
+
+const char *worker_image_name(const struct worker_image *wi)
+{
+	return wi->name;
+}
+
+struct qcow2_image *worker_image_engine(const struct worker_image *wi)
+{
+	return wi->img;
+}
+
+bool worker_image_open(const struct worker_image *wi)
+{
+	return !wi->close_req;
+}
+
+void worker_image_io_started(struct worker_image *wi)
+{
+	wi->busy++;
+}
+
+void worker_image_io_done(struct worker_image *wi)
+{
+	wi->busy--;
+	close_when_idle(wi);
+}
+
+void worker_image_queue_added(struct worker_image *wi)
+{
+	wi->queues++;
+}
+
+void worker_image_queue_gone(struct worker_image *wi)
+{
+	wi->queues--;
+	close_when_idle(wi);
 }
 
 /* ---- info ---------------------------------------------------------------- */

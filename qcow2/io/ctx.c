@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT OR Apache-2.0 */
 /* The IO context: one backend, driven by one thread. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -75,12 +76,17 @@ int qcow2_ctx_submit(struct qcow2_ctx *ctx)
 
 void ctx_defer(struct qcow2_ctx *ctx, struct ctx_deferred *d)
 {
+	bool was_empty = ctx->deferred_head == NULL;
+
 	d->next = NULL;
 	*ctx->deferred_tail = d;
 	ctx->deferred_tail = &d->next;
 	ctx->ndeferred++;
-	/* Wake a loop that waits on the eventfd: there is work to process. */
-	if (ctx->ndeferred == 1 && ctx->efd >= 0) {
+	/* Wake a loop that waits on the eventfd: there is work to process.
+	 * Whenever the list was empty, not when the count was 0: a callback
+	 * run from a taken list, with others of it still to run, adds to an
+	 * empty list that no later signal would announce. */
+	if (was_empty && ctx->efd >= 0) {
 		uint64_t one = 1;
 		if (write(ctx->efd, &one, sizeof(one)) < 0) {
 			/* counter full: the loop is already awake */

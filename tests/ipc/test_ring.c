@@ -219,9 +219,12 @@ static void to_multi(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t)
 	t[0] = (struct qcow2_ipc_seg){ .off = 0, .len = 2048, .region = 0 };
 	t[1] = (struct qcow2_ipc_seg){ .off = 4096, .len = 2048, .region = 1 };
 }
+static void m_flush(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t);
 static void m_multi(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t) { to_multi(e, t); }
 static void m_multiinline(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t) { to_multi(e, t); e->seg.len = 512; }
 static void m_multislot(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t) { to_multi(e, t); e->slot = 16; }
+static void m_inlineslot(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t) { (void)t; e->slot = 16; }
+static void m_flushslot(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t) { m_flush(e, t); e->slot = 999; }
 static void m_multibad(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t) { to_multi(e, t); t[1].off = REGION_SIZE; }
 static void m_multizero(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t) { to_multi(e, t); t[0].len = 0; t[1].len = 4096; }
 static void m_multisum(struct qcow2_ipc_sqe *e, struct qcow2_ipc_seg *t) { to_multi(e, t); t[1].len = 1536; }
@@ -287,6 +290,8 @@ static const struct bad_case cases[] = {
 	{ "two segments", m_multi, 0 },
 	{ "two segments and an inline one", m_multiinline, -EINVAL },
 	{ "segment table of a slot out of range", m_multislot, -EINVAL },
+	{ "inline read, slot out of range", m_inlineslot, -EINVAL },
+	{ "flush, slot out of range", m_flushslot, -EINVAL },
 	{ "segment in the table out of range", m_multibad, -EINVAL },
 	{ "empty segment in the table", m_multizero, -EINVAL },
 	{ "table does not sum to len", m_multisum, -EINVAL },

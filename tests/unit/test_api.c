@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -85,6 +86,161 @@ static void test_create_open_check_opts(void **state)
 	assert_int_equal(res.corruptions + res.leaks, 0);
 	for (size_t i = 0; i < sizeof(res.reserved) / sizeof(res.reserved[0]); i++)
 		assert_int_equal(res.reserved[i], 0);
+}
+
+/* qcow2_open_opts.allow_file: asked for every file the image names (the
+ * backing file at every depth, the external data file) with the path as it
+ * will be opened; a refusal fails the open with its errno and a message
+ * naming the file; a data file the caller names itself is not asked. */
+struct asked {
+	int calls;
+	char paths[4][128];
+	char roles[4][32];
+	const char *refuse; /* role refused, or NULL */
+};
+
+static int allow(void *opaque, const char *p, const char *role)
+{
+	struct asked *a = opaque;
+
+	if (a->calls < 4) {
+		snprintf(a->paths[a->calls], sizeof(a->paths[0]), "%s", p);
+		snprintf(a->roles[a->calls], sizeof(a->roles[0]), "%s", role);
+	}
+	a->calls++;
+	return a->refuse && !strcmp(role, a->refuse) ? -EACCES : 0;
+}
+
+static void test_allow_file(void **state)
+{
+	char base[80], mid[80], data[80], dpath[80];
+	struct qcow2_create_opts co = { .size = 1 << 20 };
+	struct qcow2_ctx_opts xo = { .backend = QCOW2_BACKEND_SYNC };
+	struct qcow2_open_opts oo = { .flags = QCOW2_OPEN_BUFFERED,
+				      .allow_file = allow };
+	struct qcow2_error err = { "" };
+	struct qcow2_image *img = NULL;
+	struct qcow2_ctx *ctx;
+	struct asked a = { 0 };
+
+	(void)state;
+	snprintf(base, sizeof(base), "%s/base.qcow2", dir);
+	snprintf(mid, sizeof(mid), "%s/mid.qcow2", dir);
+	snprintf(data, sizeof(data), "%s/d.qcow2", dir);
+	snprintf(dpath, sizeof(dpath), "%s/d.raw", dir);
+	assert_int_equal(qcow2_create(base, &co, &err), 0);
+	co.backing_file = "base.qcow2"; /* relative: beside the image */
+	co.backing_format = "qcow2";
+	assert_int_equal(qcow2_create(mid, &co, &err), 0);
+	co.backing_file = "mid.qcow2";
+	assert_int_equal(qcow2_create(path, &co, &err), 0);
+	assert_int_equal(qcow2_ctx_new(&xo, &ctx), 0);
+	oo.allow_file_opaque = &a;
+
+	/* allowed: asked for each backing file, in chain order */
+	assert_int_equal(qcow2_open(ctx, path, &oo, &img, &err), 0);
+	assert_int_equal(qcow2_close(img, NULL), 0);
+	assert_int_equal(a.calls, 2);
+	assert_string_equal(a.paths[0], mid);
+	assert_string_equal(a.roles[0], "backing file");
+	assert_string_equal(a.paths[1], base);
+
+	/* refused: the open fails with the callback's errno, names the file */
+	memset(&a, 0, sizeof(a));
+	a.refuse = "backing file";
+	img = NULL;
+	assert_int_equal(qcow2_open(ctx, path, &oo, &img, &err), -EACCES);
+	assert_null(img);
+	assert_non_null(strstr(err.msg, mid));
+	assert_non_null(strstr(err.msg, "not allow"));
+
+	/* the external data file: asked as "data file" unless named */
+	co.backing_file = NULL;
+	co.backing_format = NULL;
+	co.data_file = dpath;
+	assert_int_equal(qcow2_create(data, &co, &err), 0);
+	memset(&a, 0, sizeof(a));
+	a.refuse = "data file";
+	assert_int_equal(qcow2_open(ctx, data, &oo, &img, &err), -EACCES);
+	assert_int_equal(a.calls, 1);
+	assert_string_equal(a.roles[0], "data file");
+	assert_non_null(strstr(err.msg, "d.raw"));
+	oo.data_file = dpath;
+	memset(&a, 0, sizeof(a));
+	a.refuse = "data file";
+	assert_int_equal(qcow2_open(ctx, data, &oo, &img, &err), 0);
+	assert_int_equal(a.calls, 0);
+	assert_int_equal(qcow2_close(img, NULL), 0);
+	qcow2_ctx_free(ctx);
+	unlink(base);
+	unlink(mid);
+	unlink(data);
+	unlink(dpath);
+}
+
+/* An event loop that sleeps on qcow2_ctx_event_fd() must be woken for
+ * every completion, including one deferred by a callback while other
+ * deferred completions were still being run (regression: the fd was
+ * signalled only when the deferred count went from 0 to 1, and a callback
+ * running with another completion still queued found it at 2). */
+struct chain {
+	struct qcow2_image *img;
+	uint8_t *buf;
+	int done;
+	bool started;
+};
+
+static void chain_done(void *opaque, int result, const char *error)
+{
+	struct chain *c = opaque;
+
+	(void)error;
+	assert_int_equal(result, 0);
+	c->done++;
+	if (!c->started) {
+		/* an unallocated read completes in the call: deferred */
+		c->started = true;
+		assert_int_equal(qcow2_read(c->img, 0, c->buf, 4096, chain_done, c), 0);
+	}
+}
+
+static void test_event_fd_deferred(void **state)
+{
+	struct qcow2_create_opts co = { .size = 1 << 20 };
+	struct qcow2_open_opts oo = { .flags = QCOW2_OPEN_BUFFERED };
+	struct qcow2_error err = { "" };
+	struct qcow2_ctx *ctx;
+	struct chain c = { 0 };
+	struct pollfd pfd;
+	int ret;
+
+	(void)state;
+	assert_int_equal(qcow2_create(path, &co, &err), 0);
+	ret = qcow2_ctx_new(NULL, &ctx); /* io_uring: an event fd */
+	if (ret == -ENOSYS || ret == -EPERM) {
+		skip(); /* no io_uring here: nothing to wake */
+		return;
+	}
+	assert_int_equal(ret, 0);
+	pfd.fd = qcow2_ctx_event_fd(ctx);
+	pfd.events = POLLIN;
+	assert_true(pfd.fd >= 0);
+	assert_int_equal(qcow2_open(ctx, path, &oo, &c.img, &err), 0);
+	c.buf = malloc(3 * 4096);
+	assert_non_null(c.buf);
+	c.started = true; /* the first two do not chain */
+	assert_int_equal(qcow2_read(c.img, 0, c.buf, 4096, chain_done, &c), 0);
+	assert_int_equal(qcow2_read(c.img, 4096, c.buf + 4096, 4096, chain_done, &c), 0);
+	c.started = false; /* the first callback starts a third read */
+	/* the loop: sleep on the fd while anything is pending */
+	while (qcow2_ctx_inflight(ctx) > 0) {
+		assert_int_equal(poll(&pfd, 1, 2000), 1); /* 0: never woken */
+		assert_true(qcow2_ctx_process(ctx, false) >= 0);
+	}
+	assert_int_equal(c.done, 3);
+	assert_int_equal(qcow2_close(c.img, NULL), 0);
+	qcow2_ctx_free(ctx);
+	free(c.buf);
 }
 
 struct done {
@@ -169,6 +325,8 @@ int main(void)
 		cmocka_unit_test(test_ctx_opts),
 		cmocka_unit_test(test_create_open_check_opts),
 		cmocka_unit_test(test_request_messages),
+		cmocka_unit_test(test_allow_file),
+		cmocka_unit_test(test_event_fd_deferred),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

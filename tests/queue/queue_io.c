@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The data path end to end: a real qcow2d, an image it opens, queues that
+ * attach over the control socket (queue.attach, then the ipc handshake on
+ * the same connection), and seeded random IO (writes, zero writes with and
+ * without unmap, discards, flushes, reads) checked against a model of the
+ * disk, from two queues at once. Then: invalid entries complete with
+ * -EINVAL and the queue goes on; a client that hangs up is detached; an
+ * image with clients attached refuses image.close without force; SIGTERM
+ * with a queue attached exits 0; qemu-img check finds the image clean and
+ * qemu-img convert reads back exactly the model.
+ *
+ * queue_io QCOW2D QEMU_IMG WORKDIR
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "qcow2_ipc.h"
+
+#define DISK (64ull << 20)
+#define BLK 4096u
+#define CHUNK (256u * 1024)
+
+static const char *workdir;
+static char sock_path[100], img_path[256];
+static pid_t svc_pid = -1;
+static int failures;
+
+#define CHECK(cond)                                                          \
+	do {                                                                 \
+		if (!(cond)) {                                               \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, \
+				__LINE__, #cond);                            \
+			failures++;                                          \
+			goto out;                                            \
+		}                                                            \
+	} while (0)
+
+static void die(const char *what)
+{
+	fprintf(stderr, "queue_io: %s: %s\n", what, strerror(errno));
+	if (svc_pid > 0)
+		kill(svc_pid, SIGKILL);
+	exit(1);
+}
+
+static int connect_ctl(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+	if (fd < 0)
+		die("socket");
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* One request; the reply line read byte by byte (nothing past it: the ipc
+ * handshake may follow on the same socket). Returns the parsed reply. */
+static json_t *call(int fd, const char *method, const char *params_fmt, ...)
+{
+	static int id;
+	char line[1 << 16], params[4096];
+	size_t n = 0;
+	va_list ap;
+	json_error_t jerr;
+
+	va_start(ap, params_fmt);
+	vsnprintf(params, sizeof(params), params_fmt, ap);
+	va_end(ap);
+	n = (size_t)snprintf(line, sizeof(line),
+			     "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"%s\","
+			     "\"params\":%s}\n", ++id, method, params);
+	if (write(fd, line, n) != (ssize_t)n)
+		die("write");
+	n = 0;
+	for (;;) {
+		ssize_t r = read(fd, line + n, 1);
+		if (r <= 0)
+			return NULL;
+		if (line[n] == '\n')
+			break;
+		if (++n == sizeof(line) - 1)
+			return NULL;
+	}
+	line[n] = '\0';
+	return json_loads(line, 0, &jerr);
+}
+
+static bool ok(json_t *reply)
+{
+	bool good = reply && json_object_get(reply, "result");
+
+	if (!good) {
+		char *s = reply ? json_dumps(reply, 0) : NULL;
+		fprintf(stderr, "queue_io: unexpected reply: %s\n", s ? s : "(none)");
+		free(s);
+	}
+	return good;
+}
+
+static const char *error_class(json_t *reply)
+{
+	return json_string_value(json_object_get(
+		json_object_get(json_object_get(reply, "error"), "data"), "class"));
+}
+
+static void start_service(void)
+{
+	for (int i = 0; i < 500; i++) {
+		int fd = connect_ctl();
+		if (fd >= 0) {
+			close(fd);
+			return;
+		}
+		usleep(10000);
+	}
+	die("qcow2d did not start listening");
+}
+
+/* ---- a queue ------------------------------------------------------------- */
+
+struct queue {
+	int sock;
+	struct qcow2_ipc_client *c;
+	uint8_t *data;
+	uint64_t data_size;
+};
+
+static int queue_attach(struct queue *q, const char *name)
+{
+	struct qcow2_ipc_client_opts co = { .size = sizeof(co) };
+	json_t *r;
+	int ret;
+
+	co.geometry.sq_entries = 32;
+	co.geometry.cq_entries = 32;
+	co.geometry.max_segs = 4;
+	co.geometry.data_size = 32 * CHUNK;
+	q->sock = connect_ctl();
+	if (q->sock < 0)
+		return -errno;
+	r = call(q->sock, "queue.attach", "{\"name\":\"%s\"}", name);
+	if (!ok(r) || json_integer_value(json_object_get(
+			      json_object_get(r, "result"), "disk_size")) != (json_int_t)DISK ||
+	    json_integer_value(json_object_get(json_object_get(r, "result"),
+					       "protocol_version")) != 1) {
+		json_decref(r);
+		return -EPROTO;
+	}
+	json_decref(r);
+	ret = qcow2_ipc_client_new(&co, &q->c);
+	if (ret == 0)
+		ret = qcow2_ipc_client_handshake(q->c, q->sock);
+	if (ret == 0)
+		q->data = qcow2_ipc_client_data(q->c, &q->data_size);
+	return ret;
+}
+
+static void queue_free(struct queue *q)
+{
+	qcow2_ipc_client_free(q->c);
+	if (q->sock >= 0)
+		close(q->sock);
+	q->c = NULL;
+	q->sock = -1;
+}
+
+/* Submit one request and wait for its completion. */
+static int32_t do_io(struct queue *q, uint8_t op, uint8_t flags, uint64_t off,
+		     uint64_t len, uint64_t buf_off)
+{
+	struct qcow2_ipc_seg seg = { .off = buf_off, .len = (uint32_t)len };
+	struct qcow2_ipc_req req = { .opcode = op, .flags = flags, .offset = off,
+				     .len = len, .tag = off ^ len };
+	struct qcow2_ipc_completion cpl;
+	unsigned n = 0;
+
+	if (op == QCOW2_IPC_OP_READ || op == QCOW2_IPC_OP_WRITE) {
+		req.nr_segs = 1;
+		req.segs = &seg;
+	}
+	if (qcow2_ipc_client_submit(q->c, &req) < 0 ||
+	    qcow2_ipc_client_commit(q->c) < 0)
+		return -EPROTO;
+	while (n == 0) {
+		if (qcow2_ipc_client_wait(q->c, 64, 10000) < 0)
+			return -ETIMEDOUT;
+		if (qcow2_ipc_client_reap(q->c, &cpl, 1, &n) < 0)
+			return -EPROTO;
+	}
+	return cpl.res;
+}
+
+static uint64_t rnd(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Seeded random IO on q against model; returns the number of mismatches
+ * and errors. */
+static int random_io(struct queue *q, uint8_t *model, uint64_t seed, int n)
+{
+	int bad = 0;
+
+	for (int i = 0; i < n; i++) {
+		uint64_t len = (rnd(&seed) % (CHUNK / BLK) + 1) * BLK;
+		uint64_t off = (rnd(&seed) % ((DISK - len) / BLK + 1)) * BLK;
+		unsigned kind = (unsigned)(rnd(&seed) % 10);
+		int32_t res;
+
+		if (kind < 4) { /* write */
+			for (uint64_t k = 0; k < len; k++)
+				q->data[k] = (uint8_t)rnd(&seed);
+			res = do_io(q, QCOW2_IPC_OP_WRITE, 0, off, len, 0);
+			if (res == 0)
+				memcpy(model + off, q->data, len);
+		} else if (kind < 5) {
+			res = do_io(q, QCOW2_IPC_OP_WRITE_ZEROES,
+				    rnd(&seed) & 1 ? QCOW2_IPC_F_UNMAP : 0, off, len, 0);
+			if (res == 0)
+				memset(model + off, 0, len);
+		} else if (kind < 6) {
+			/* a discard may leave the old data or zeros: the model
+			 * cannot tell, so zero it first (then both read 0) */
+			res = do_io(q, QCOW2_IPC_OP_WRITE_ZEROES, 0, off, len, 0);
+			if (res == 0)
+				res = do_io(q, QCOW2_IPC_OP_DISCARD, 0, off, len, 0);
+			if (res == 0)
+				memset(model + off, 0, len);
+		} else if (kind < 7) {
+			res = do_io(q, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0);
+		} else {
+			memset(q->data, 0xee, len);
+			res = do_io(q, QCOW2_IPC_OP_READ, 0, off, len, 0);
+			if (res == 0 && memcmp(q->data, model + off, len)) {
+				fprintf(stderr, "queue_io: read at %llu+%llu differs "
+					"from the model\n", (unsigned long long)off,
+					(unsigned long long)len);
+				bad++;
+			}
+		}
+		if (res != 0) {
+			fprintf(stderr, "queue_io: request %d (kind %u at %llu+%llu) "
+				"failed: %s\n", i, kind, (unsigned long long)off,
+				(unsigned long long)len, strerror(-res));
+			bad++;
+		}
+	}
+	return bad;
+}
+
+static int run(const char *qemu_img)
+{
+	uint8_t *model = calloc(1, DISK), *disk = NULL;
+	struct queue q1 = { .sock = -1 }, q2 = { .sock = -1 };
+	char cmd[1024], raw[300];
+	json_t *r = NULL;
+	int ctl = -1, status, fd;
+
+	if (!model)
+		die("calloc");
+	ctl = connect_ctl();
+	CHECK(ctl >= 0);
+	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"disk\"}", img_path);
+	CHECK(ok(r));
+	json_decref(r);
+
+	/* two queues, IO from both in turns */
+	CHECK(queue_attach(&q1, "disk") == 0);
+	CHECK(queue_attach(&q2, "disk") == 0);
+	r = call(ctl, "image.list", "{}");
+	CHECK(ok(r));
+	CHECK(json_integer_value(json_object_get(json_array_get(json_object_get(
+		json_object_get(r, "result"), "images"), 0), "clients")) == 2);
+	json_decref(r);
+	for (int round = 0; round < 4; round++) {
+		CHECK(random_io(&q1, model, 1000 + round, 40) == 0);
+		CHECK(random_io(&q2, model, 2000 + round, 40) == 0);
+	}
+
+	/* invalid entries complete with -EINVAL; the queue goes on */
+	{
+		int32_t res = do_io(&q1, QCOW2_IPC_OP_READ, 0, 100, BLK, 0);
+		if (res != -EINVAL)
+			fprintf(stderr, "queue_io: an unaligned read gave %d\n", res);
+		CHECK(res == -EINVAL);
+	}
+	CHECK(do_io(&q1, QCOW2_IPC_OP_WRITE, 0, DISK, BLK, 0) == -EINVAL);
+	CHECK(do_io(&q1, QCOW2_IPC_OP_READ, 0, 0, BLK, q1.data_size) == -EINVAL);
+	CHECK(do_io(&q1, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0) == 0);
+
+	/* clients attached: close refuses without force */
+	r = call(ctl, "image.close", "{\"name\":\"disk\"}");
+	CHECK(r && error_class(r) && !strcmp(error_class(r), "Busy"));
+	json_decref(r);
+
+	/* a client that hangs up is detached */
+	queue_free(&q2);
+	r = NULL;
+	for (int i = 0; i < 200; i++) {
+		json_decref(r);
+		r = call(ctl, "image.list", "{}");
+		CHECK(ok(r));
+		if (json_integer_value(json_object_get(json_array_get(json_object_get(
+			    json_object_get(r, "result"), "images"), 0), "clients")) == 1)
+			break;
+		usleep(10000);
+	}
+	CHECK(json_integer_value(json_object_get(json_array_get(json_object_get(
+		json_object_get(r, "result"), "images"), 0), "clients")) == 1);
+	json_decref(r);
+	r = NULL;
+
+	/* acknowledged and flushed, then SIGTERM with a queue attached */
+	CHECK(random_io(&q1, model, 3000, 30) == 0);
+	CHECK(do_io(&q1, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0) == 0);
+	CHECK(kill(svc_pid, SIGTERM) == 0);
+	CHECK(waitpid(svc_pid, &status, 0) == svc_pid);
+	svc_pid = -1;
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+	snprintf(cmd, sizeof(cmd), "%s check -q %s", qemu_img, img_path);
+	CHECK(system(cmd) == 0);
+	snprintf(raw, sizeof(raw), "%s/disk.raw", workdir);
+	snprintf(cmd, sizeof(cmd), "%s convert -f qcow2 -O raw %s %s", qemu_img,
+		 img_path, raw);
+	CHECK(system(cmd) == 0);
+	disk = malloc(DISK);
+	fd = open(raw, O_RDONLY);
+	CHECK(disk && fd >= 0 && pread(fd, disk, DISK, 0) == (ssize_t)DISK);
+	close(fd);
+	unlink(raw);
+	CHECK(memcmp(disk, model, DISK) == 0);
+out:
+	json_decref(r);
+	queue_free(&q1);
+	queue_free(&q2);
+	if (ctl >= 0)
+		close(ctl);
+	free(model);
+	free(disk);
+	return failures;
+}
+
+int main(int argc, char **argv)
+{
+	char cmd[1024];
+	int ret;
+
+	if (argc != 4) {
+		fprintf(stderr, "usage: queue_io QCOW2D QEMU_IMG WORKDIR\n");
+		return 2;
+	}
+	workdir = argv[3];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s", workdir, workdir);
+	if (system(cmd) != 0)
+		die("workdir");
+	snprintf(sock_path, sizeof(sock_path), "%s/s.sock", workdir);
+	snprintf(img_path, sizeof(img_path), "%s/disk.qcow2", workdir);
+	snprintf(cmd, sizeof(cmd), "%s create -q -f qcow2 %s %llu", argv[2],
+		 img_path, (unsigned long long)DISK);
+	if (system(cmd) != 0)
+		die("qemu-img create");
+	svc_pid = fork();
+	if (svc_pid < 0)
+		die("fork");
+	if (svc_pid == 0) {
+		execl(argv[1], argv[1], "--socket", sock_path, "--workers", "2",
+		      "--flush-interval", getenv("QI_FLUSH") ? getenv("QI_FLUSH") : "50", (char *)NULL);
+		_exit(127);
+	}
+	start_service();
+	ret = run(argv[2]);
+	if (svc_pid > 0) {
+		kill(svc_pid, SIGKILL);
+		waitpid(svc_pid, NULL, 0);
+	}
+	if (!ret) {
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", workdir);
+		if (system(cmd) != 0)
+			return 1;
+	}
+	printf("queue_io: %s\n", ret ? "FAILED" : "ok");
+	return ret ? 1 : 0;
+}
