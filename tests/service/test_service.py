@@ -807,6 +807,85 @@ def locked(ctx):
     qemu_img_check(img)
 
 
+# ---- queue.attach (the control side; tests/queue drives the data path) ----------
+
+
+def wait_clients(c, name, n):
+    deadline = time.monotonic() + 10
+    while True:
+        lst = {x["name"]: x for x in c.ok("image.list")["images"]}
+        if lst[name]["clients"] == n:
+            return
+        check(time.monotonic() < deadline, "image %s: %d clients, %d expected"
+              % (name, lst[name]["clients"], n))
+        time.sleep(0.02)
+
+
+@case
+def queue(ctx):
+    """queue.attach's reply and errors, and what attached queues do to
+    image.list and image.close."""
+    a = make_image(ctx.path("a.qcow2"), "64M")
+    ro = make_image(ctx.path("ro.qcow2"), "16M")
+    svc = ctx.service()
+    with svc.conn() as c:
+        c.ok("image.open", {"path": a})
+        c.ok("image.open", {"path": ro, "read_only": True})
+        c.fail("queue.attach", {"name": "nope"}, "ImageNotFound", "'nope'")
+        c.send([c.request("queue.attach", {"name": "a.qcow2"}, req_id="q")])
+        rep = c.recv()
+        check(len(rep) == 1, "a batch of one attach: %r" % rep)
+        check_error(rep[0], -32600, "request of its own")
+        c.send(c.request("queue.attach", {"name": "a.qcow2"}, notify=True))
+        c.ok("service.version")  # no reply to it, and the connection stays
+        wait_clients(c, "a.qcow2", 0)
+        say("queue.attach: ImageNotFound; in a batch -32600; as a notification nothing")
+
+        q = svc.conn()
+        r = q.ok("queue.attach", {"name": "a.qcow2"})
+        i = c.ok("image.info", {"name": "a.qcow2"})
+        check(r["name"] == "a.qcow2" and r["disk_size"] == i["virtual_size"] == 64 << 20
+              and r["block_size"] == i["block_size"] and r["mem_align"] == i["mem_align"]
+              and r["read_only"] is False and r["protocol_version"] == 1,
+              "attach reply %r vs info %r" % (r, i))
+        wait_clients(c, "a.qcow2", 1)
+        c.fail("image.close", {"name": "a.qcow2"}, "Busy", "1 client(s) attached", "force")
+        q.close()
+        wait_clients(c, "a.qcow2", 0)
+        say("an attached queue counts in image.list and makes image.close Busy; "
+            "hanging up detaches it")
+
+        q = svc.conn()
+        r2 = q.ok("queue.attach", {"name": "a.qcow2"})
+        check(r2["queue"] > r["queue"], "queue ids grow: %r then %r" % (r, r2))
+        q2 = svc.conn()
+        r3 = q2.ok("queue.attach", {"name": "ro.qcow2"})
+        check(r3["read_only"] is True and r3["disk_size"] == 16 << 20, "ro attach %r" % r3)
+        q2.close()
+        check(c.ok("image.close", {"name": "a.qcow2", "force": True}) == {"name": "a.qcow2"},
+              "force close")
+        check(q.read_line(10) is None, "the queue's connection stays open after a "
+              "forced close")
+        q.close()
+        say("image.close with force closes an image with a queue attached")
+
+        q = svc.conn()
+        q.expect(1, "queue.attach")
+        q.send_raw(b'{"jsonrpc":"2.0","id":1,"method":"queue.attach",'
+                   b'"params":{"name":"ro.qcow2"}}\n{"jsonrpc":"2.0","id":2,'
+                   b'"method":"service.version"}\n')
+        r = q.recv()
+        check("result" in r, "attach %r" % r)
+        check(q.read_line(10) is None, "more data after queue.attach: not closed")
+        q.close()
+        wait_clients(c, "ro.qcow2", 0)
+        check("data after queue.attach before its reply was read" in svc.log_text(),
+              "the log says why")
+        say("data sent behind queue.attach closes the connection")
+    svc.stop()
+    qemu_img_check(a)
+
+
 # ---- bad input ------------------------------------------------------------------------
 
 
