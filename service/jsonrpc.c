@@ -78,11 +78,15 @@ struct rpc_batch {
 	json_t *replies;
 	unsigned pending;           /* calls not yet replied, + 1 while parsing */
 	struct conn *conn;
+	bool exact;                 /* a reply's id is a fraction */
 };
 
-static void send_json(struct conn *conn, json_t *j)
+/* Reals in results go out with 9 significant digits; an id that is a
+ * fraction goes back exactly as it came (exact: 17 digits, a round trip). */
+static void send_json(struct conn *conn, json_t *j, bool exact)
 {
-	char *text = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9));
+	char *text = json_dumps(j, JSON_COMPACT |
+				   JSON_REAL_PRECISION(exact ? 17 : 9));
 
 	if (text)
 		conn_send(conn, text);
@@ -95,7 +99,7 @@ static void batch_put(struct rpc_batch *b)
 	if (--b->pending)
 		return;
 	if (json_array_size(b->replies))
-		send_json(b->conn, b->replies);
+		send_json(b->conn, b->replies, b->exact);
 	json_decref(b->replies);
 	conn_call_done(b->conn);
 	free(b);
@@ -132,12 +136,14 @@ static void finish(struct rpc_call *call, const char *member, json_t *value)
 	else
 		json_decref(value); /* a notification: no reply */
 	if (call->batch) {
-		if (resp)
+		if (resp) {
 			json_array_append_new(call->batch->replies, resp);
+			call->batch->exact |= json_is_real(call->id);
+		}
 		batch_put(call->batch);
 	} else {
 		if (resp)
-			send_json(call->conn, resp);
+			send_json(call->conn, resp, json_is_real(call->id));
 		json_decref(resp);
 		conn_call_done(call->conn);
 	}
@@ -155,6 +161,55 @@ void rpc_reply_result(struct rpc_call *call, json_t *result)
 	finish(call, "result", result);
 }
 
+void utf8_sanitize(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+
+	while (*p) {
+		unsigned n, i;
+		uint32_t cp, min;
+
+		if (*p < 0x80) {
+			p++;
+			continue;
+		}
+		if (*p >= 0xc2 && *p <= 0xdf) {
+			n = 1, cp = *p & 0x1f, min = 0x80;
+		} else if (*p >= 0xe0 && *p <= 0xef) {
+			n = 2, cp = *p & 0x0f, min = 0x800;
+		} else if (*p >= 0xf0 && *p <= 0xf4) {
+			n = 3, cp = *p & 0x07, min = 0x10000;
+		} else {
+			*p++ = '?';
+			continue;
+		}
+		/* a NUL is not a continuation byte: no reading past the end */
+		for (i = 1; i <= n && (p[i] & 0xc0) == 0x80; i++)
+			cp = (cp << 6) | (p[i] & 0x3f);
+		if (i <= n || cp < min || cp > 0x10ffff ||
+		    (cp >= 0xd800 && cp <= 0xdfff)) {
+			*p++ = '?';
+			continue;
+		}
+		p += n + 1;
+	}
+}
+
+json_t *json_string_lossy(const char *s)
+{
+	char *copy;
+	json_t *j;
+
+	if (!s)
+		return json_null();
+	if (!(copy = strdup(s)))
+		return NULL;
+	utf8_sanitize(copy);
+	j = json_string(copy);
+	free(copy);
+	return j;
+}
+
 static void reply_error(struct rpc_call *call, int code, json_t *data,
 			const char *fmt, va_list ap)
 {
@@ -162,6 +217,10 @@ static void reply_error(struct rpc_call *call, int code, json_t *data,
 	json_t *err;
 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
+	/* Messages quote what clients and images say, and vsnprintf() or
+	 * "%.100s" may cut a character in two: jansson takes valid UTF-8
+	 * only. */
+	utf8_sanitize(msg);
 	err = json_pack("{s:i, s:s}", "code", code, "message", msg);
 	if (err && data)
 		json_object_set_new(err, "data", data);
@@ -414,7 +473,10 @@ void rpc_handle_line(struct svc *svc, struct conn *conn, const char *line,
 		     size_t len)
 {
 	json_error_t jerr;
-	json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+	/* Any JSON value parses: one that is not a request or a batch is an
+	 * invalid request (-32600), not a parse error. */
+	json_t *req = json_loadb(line, len,
+				 JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 
 	if (!req) {
 		struct rpc_call *call = call_new(svc, conn, NULL);

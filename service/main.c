@@ -337,6 +337,8 @@ int main(int argc, char **argv)
 	svc.method_counts = json_object();
 	if (!svc.method_counts || mailbox_init(&svc.mb, svc.loop) < 0) {
 		log_msg(LOG_ERROR, "out of memory");
+		json_decref(svc.method_counts);
+		free_config(&svc.cfg);
 		return 1;
 	}
 	ret = workers_start(&svc, svc.cfg.workers);
@@ -347,6 +349,7 @@ int main(int argc, char **argv)
 			workers_stop(&svc);
 		mailbox_close(&svc.mb);
 		uv_run(svc.loop, UV_RUN_DEFAULT);
+		json_decref(svc.method_counts);
 		free_config(&svc.cfg);
 		return 1;
 	}

@@ -221,9 +221,20 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 	if (p->path[0] != '/')
 		BAD_PARAM("param 'path': expected an absolute path, got '%s'",
 			  p->path);
+	/* the service's working directory means nothing to a client */
+	if (p->backing && p->backing[0] != '/')
+		BAD_PARAM("param 'backing': expected an absolute path, got '%s'",
+			  p->backing);
+	if (p->data_file && p->data_file[0] != '/')
+		BAD_PARAM("param 'data_file': expected an absolute path, got '%s'",
+			  p->data_file);
 	if (p->has_worker && p->worker >= svc->nworkers)
 		BAD_PARAM("param 'worker': expected a worker from 0 to %u, got %u",
 			  svc->nworkers - 1, p->worker);
+	if (p->l2_cache_size > QCOW2D_MAX_L2_CACHE)
+		BAD_PARAM("param 'l2_cache_size': expected at most %llu bytes "
+			  "(1 GiB), got %llu", (unsigned long long)QCOW2D_MAX_L2_CACHE,
+			  (unsigned long long)p->l2_cache_size);
 	if (p->l2_slice_size && (p->l2_slice_size & (p->l2_slice_size - 1)))
 		BAD_PARAM("param 'l2_slice_size': expected a power of two, got %u",
 			  p->l2_slice_size);
@@ -234,7 +245,8 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 		base = strrchr(p->path, '/') + 1;
 		snprintf(namebuf, sizeof(namebuf), "%s", base);
 		name = namebuf;
-		if (!valid_name(name))
+		/* too long: refused, not cut to NAME_MAX_LEN */
+		if (strlen(base) > NAME_MAX_LEN || !valid_name(name))
 			BAD_PARAM("the file name '%s' cannot be an image name; pass "
 				  "'name' (1 to %d of A-Z a-z 0-9 . _ -)", base,
 				  NAME_MAX_LEN);
@@ -366,7 +378,8 @@ static void close_done(struct image_req *r)
 	} else {
 		log_msg(LOG_INFO, "image %s closed", si->name);
 		if (r->call)
-			rpc_reply_result(r->call, json_object());
+			rpc_reply_result(r->call,
+					 json_pack("{s:s}", "name", si->name));
 	}
 	svc_emit(svc, EV_IMAGE_CLOSED,
 		 r->result < 0 ? json_pack("{s:s, s:s}", "name", si->name,

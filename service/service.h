@@ -62,6 +62,9 @@ void mailbox_close(struct mailbox *mb);
 /* ---- configuration (main.c) --------------------------------------------- */
 
 #define QCOW2D_MAX_WORKERS 256
+/* image.open's l2_cache_size: the engine allocates the whole cache (and a
+ * record per slice) at open; one request must not take the host's memory. */
+#define QCOW2D_MAX_L2_CACHE (1ull << 30)
 #define QCOW2D_DEFAULT_FLUSH_INTERVAL_MS 1000
 
 struct svc_config {
@@ -240,6 +243,14 @@ void rpc_reply_error(struct rpc_call *call, enum rpc_error_class cls, int err,
 void rpc_reply_protocol_error(struct rpc_call *call, int code,
 			      const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/* Replace each byte of s that does not begin a valid UTF-8 sequence (nor
+ * continue one) with '?', in place: jansson refuses invalid UTF-8, and
+ * messages quote names from images and truncated text. */
+void utf8_sanitize(char *s);
+/* A JSON string of s with utf8_sanitize() applied; JSON null for NULL;
+ * NULL when out of memory. */
+json_t *json_string_lossy(const char *s);
 
 /* Table-driven parameter decoding (one decoder for every method). */
 enum param_type { P_STRING, P_BOOL, P_U32, P_U64 };

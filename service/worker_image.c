@@ -31,6 +31,7 @@ struct worker_image {
 	unsigned busy;              /* engine requests in flight */
 	unsigned queues;            /* clients' queues attached */
 	struct image_req *close_req; /* waiting for busy to reach 0 */
+	bool close_posted;          /* close_req is queued to run again */
 	bool writeback_running;
 	bool read_only;
 	uint64_t timer_writebacks, timer_writeback_errors;
@@ -113,7 +114,7 @@ static int allow_file(void *opaque, const char *path, const char *role)
 
 static void on_writeback_done(void *opaque, int result, const char *error);
 
-static void maybe_finish_close(struct worker_image *wi);
+static void close_when_idle(struct worker_image *wi);
 
 static void on_tick(uv_timer_t *t)
 {
@@ -148,7 +149,7 @@ static void on_writeback_done(void *opaque, int result, const char *error)
 			"(retried at the next tick; writes that allocate fail until "
 			"one succeeds)", wi->name, error);
 	}
-	maybe_finish_close(wi);
+	close_when_idle(wi);
 }
 
 #define OPEN_LOCK_RETRIES 10
@@ -222,11 +223,12 @@ void worker_open_image(struct msg *m)
 	wi->w = w;
 	wi->si = r->si;
 	wi->read_only = a->read_only;
-	wi->flush_interval_ms = a->flush_interval_ms;
+	/* read-only: nothing to write back, no timer (info says 0) */
+	wi->flush_interval_ms = a->read_only ? 0 : a->flush_interval_ms;
 	wi->opened_ns = wi->base.ns = now_ns();
 	uv_timer_init(&w->loop, &wi->timer);
 	wi->timer.data = wi;
-	if (!a->read_only && wi->flush_interval_ms)
+	if (wi->flush_interval_ms)
 		uv_timer_start(&wi->timer, on_tick, wi->flush_interval_ms,
 			       wi->flush_interval_ms);
 	wi->next = w->images;
@@ -276,16 +278,6 @@ static void finish_close(struct worker_image *wi, struct image_req *r)
 	image_req_finish(r);
 }
 
-static void maybe_finish_close(struct worker_image *wi)
-{
-	struct image_req *r = wi->close_req;
-
-	if (r && wi->busy == 0 && wi->queues == 0) {
-		wi->close_req = NULL;
-		finish_close(wi, r);
-	}
-}
-
 void worker_close_image(struct msg *m)
 {
 	struct image_req *r = (struct image_req *)m;
@@ -294,8 +286,29 @@ void worker_close_image(struct msg *m)
 	/* Queues detach and requests in flight finish first: their
 	 * callbacks must find the image open. */
 	wi->close_req = r;
+	/* no re-post while detaching: this call closes it if it can */
+	wi->close_posted = true;
 	worker_detach_queues(wi->w, wi, "the image is being closed");
-	maybe_finish_close(wi);
+	wi->close_posted = false;
+	if (wi->busy == 0 && wi->queues == 0) {
+		wi->close_req = NULL;
+		finish_close(wi, r);
+	}
+}
+
+/* From an engine callback (or a queue going away inside one): the engine
+ * still uses the image after the callback returns, so a close that waited
+ * runs later, as a message to this worker (the timer starts nothing
+ * meanwhile: close_req is set). */
+static void close_when_idle(struct worker_image *wi)
+{
+	struct image_req *r = wi->close_req;
+
+	if (r && wi->busy == 0 && wi->queues == 0 && !wi->close_posted) {
+		wi->close_posted = true;
+		r->m.fn = worker_close_image;
+		mailbox_post(&wi->w->mb, &r->m);
+	}
 }
 
 const char *worker_image_name(const struct worker_image *wi)
@@ -372,7 +385,7 @@ void worker_image_io_done(struct worker_image *wi, enum image_op op,
 		b++;
 	st->hist[b]++;
 	wi->busy--;
-	maybe_finish_close(wi);
+	close_when_idle(wi);
 }
 
 void worker_image_queue_added(struct worker_image *wi)
@@ -383,15 +396,10 @@ void worker_image_queue_added(struct worker_image *wi)
 void worker_image_queue_gone(struct worker_image *wi)
 {
 	wi->queues--;
-	maybe_finish_close(wi);
+	close_when_idle(wi);
 }
 
 /* ---- info ---------------------------------------------------------------- */
-
-static json_t *str_or_null(const char *s)
-{
-	return s ? json_string(s) : json_null();
-}
 
 void worker_image_info(struct msg *m)
 {
@@ -424,10 +432,10 @@ void worker_image_info(struct msg *m)
 			"dirty", in.dirty,
 			"corrupt", in.corrupt,
 			"snapshots", (int)in.nb_snapshots,
-			"backing_file", str_or_null(in.backing_file),
-			"backing_path", str_or_null(in.backing_path),
-			"backing_format", str_or_null(in.backing_format),
-			"data_file", str_or_null(in.data_file),
+			"backing_file", json_string_lossy(in.backing_file),
+			"backing_path", json_string_lossy(in.backing_path),
+			"backing_format", json_string_lossy(in.backing_format),
+			"data_file", json_string_lossy(in.data_file),
 			"l2_cache_size", (json_int_t)in.l2_cache_size,
 			"l2_slice_size", (json_int_t)in.l2_slice_size);
 		if (!q || json_object_update(o, q) < 0) {
@@ -488,7 +496,9 @@ static json_t *flush_json(const struct qcow2_flush_stats *cur,
 		"header_writes", D(header_writes),
 		"fdatasyncs", D(fdatasyncs),
 		"total_seconds", (double)(cur->total_ns - base->total_ns) / 1e9,
-		"max_seconds", (double)cur->max_ns / 1e9,
+		/* the engine keeps the maximum since open: a reset cannot
+		 * clear it, and the name says so */
+		"max_seconds_since_open", (double)cur->max_ns / 1e9,
 		"latency_histogram", "bounds_seconds", bounds, "counts", counts,
 		"dirty", dirty);
 	return o;
@@ -589,7 +599,7 @@ static void on_flush_done(void *opaque, int result, const char *error)
 	if (result < 0)
 		set_msg(r, "%s", error);
 	image_req_finish(r);
-	maybe_finish_close(wi);
+	close_when_idle(wi);
 }
 
 void worker_flush_image(struct msg *m)
@@ -599,8 +609,11 @@ void worker_flush_image(struct msg *m)
 	int ret = qcow2_flush(wi->img, on_flush_done, r);
 
 	if (ret < 0) {
+		const char *why = qcow2_last_error(wi->img);
+
+		/* e.g. -EROFS on a read-only image leaves no message */
 		r->result = ret;
-		set_msg(r, "%s", qcow2_last_error(wi->img));
+		set_msg(r, "%s", why[0] ? why : strerror(-ret));
 		image_req_finish(r);
 		return;
 	}
