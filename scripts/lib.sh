@@ -7,7 +7,7 @@ QCOW2D_DEB_PACKAGES=(
 	meson ninja-build zlib1g-dev libzstd-dev pkg-config
 	qemu-utils qemu-system-common fio gcc g++ python3
 	clang libclang-rt-14-dev cppcheck
-	python3-jsonschema python3-prometheus-client
+	python3-jsonschema python3-prometheus-client systemd
 )
 
 # The repository root (the parent of scripts/).
