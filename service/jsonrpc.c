@@ -23,6 +23,7 @@ static const struct rpc_method methods[] = {
 	{ "image.info", rpc_image_info },
 	{ "image.stats", rpc_image_stats },
 	{ "image.flush", rpc_image_flush },
+	{ "image.check", rpc_image_check },
 	{ "queue.attach", rpc_queue_attach },
 	{ "events.subscribe", rpc_events_subscribe },
 };

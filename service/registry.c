@@ -68,12 +68,12 @@ void registry_remove(struct svc *svc, struct svc_image *si)
 		svc->nimages--;
 	}
 	si->unlinked = true;
-	if (!si->handovers)
+	if (!si->pins)
 		image_free(si);
 }
 
 void registry_release(struct svc_image *si)
 {
-	if (si->unlinked && !si->handovers)
+	if (si->unlinked && !si->pins)
 		image_free(si);
 }

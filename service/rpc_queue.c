@@ -54,7 +54,7 @@ static void on_handover(void *opaque, int fd)
 	struct svc_image *si = h->si;
 	struct queue_msg *qm;
 
-	si->handovers--;
+	si->pins--;
 	if (fd < 0 || si->state != IMG_OPEN || !(qm = calloc(1, sizeof(*qm)))) {
 		if (fd >= 0)
 			close(fd);
@@ -107,7 +107,7 @@ void rpc_queue_attach(struct rpc_call *call, json_t *params)
 	h->si = si;
 	h->id = ++svc->queue_ids;
 	si->clients++;
-	si->handovers++;
+	si->pins++;
 	conn_peer(conn, &pid, &uid);
 	log_msg(LOG_INFO, "queue %llu of image %s: attach for pid %d uid %d",
 		(unsigned long long)h->id, si->name, pid, uid);

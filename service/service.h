@@ -123,8 +123,9 @@ struct svc_image {
 	enum svc_image_state state;
 	bool read_only;
 	unsigned clients;           /* attached queues, and attaches under way */
-	unsigned handovers;         /* attaches whose socket is not yet handed
-				     * over: the record outlives its removal
+	unsigned pins;              /* main-thread work still using the record
+				     * (an attach handing its socket over, an
+				     * online check): it outlives its removal
 				     * from the registry until they end */
 	bool unlinked;
 	uint64_t virtual_size;      /* from the open, for queue.attach's reply */
@@ -138,7 +139,7 @@ struct svc_image *registry_find_real(struct svc *svc, const char *real);
 struct svc_image *registry_add(struct svc *svc, const char *name,
 			       const char *path, const char *real);
 /* Out of the registry; freed now, or by registry_release() when the last
- * handover ends. */
+ * pin goes. */
 void registry_remove(struct svc *svc, struct svc_image *si);
 void registry_release(struct svc_image *si);
 
@@ -320,6 +321,8 @@ void rpc_events_subscribe(struct rpc_call *call, json_t *params);
 void rpc_service_version(struct rpc_call *call, json_t *params);
 void rpc_service_stats(struct rpc_call *call, json_t *params);
 void rpc_discover(struct rpc_call *call, json_t *params);
+/* rpc_check.c */
+void rpc_image_check(struct rpc_call *call, json_t *params);
 /* rpc_metrics.c */
 void rpc_service_metrics(struct rpc_call *call, json_t *params);
 /* rpc_queue.c */
@@ -375,6 +378,7 @@ struct image_req {
 	bool reset;                 /* stats: reset after reading */
 	bool since_open;            /* stats: ignore resets (metrics) */
 	void *reply_opaque;         /* for done() */
+	bool then_stats;            /* flush: reply with stats once done */
 	bool force;
 	struct image_open_args open;
 };

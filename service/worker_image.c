@@ -596,9 +596,14 @@ static void on_flush_done(void *opaque, int result, const char *error)
 
 	wi->busy--;
 	r->result = result;
-	if (result < 0)
+	if (result < 0) {
 		set_msg(r, "%s", error);
-	image_req_finish(r);
+		image_req_finish(r);
+	} else if (r->then_stats) {
+		worker_image_stats(&r->m); /* replies */
+	} else {
+		image_req_finish(r);
+	}
 	close_when_idle(wi);
 }
 

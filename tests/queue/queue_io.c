@@ -372,6 +372,17 @@ static int run(const char *qemu_img)
 	json_decref(r);
 	r = NULL;
 
+	/* an online check with a queue attached (no IO meanwhile) */
+	r = call(ctl, "image.check", "{\"name\":\"disk\"}");
+	CHECK(ok(r));
+	CHECK(json_integer_value(json_object_get(json_object_get(r, "result"),
+						 "corruptions")) == 0);
+	CHECK(json_integer_value(json_object_get(json_object_get(r, "result"),
+						 "check_errors")) == 0);
+	CHECK(json_is_true(json_object_get(json_object_get(r, "result"), "consistent")));
+	json_decref(r);
+	r = NULL;
+
 	/* invalid entries complete with -EINVAL; the queue goes on */
 	{
 		int32_t res = do_io(&q1, QCOW2_IPC_OP_READ, 0, 100, BLK, 0);
