@@ -25,6 +25,7 @@ static const struct rpc_method methods[] = {
 	{ "image.flush", rpc_image_flush },
 	{ "image.check", rpc_image_check },
 	{ "queue.attach", rpc_queue_attach },
+	{ "queue.detach", rpc_queue_detach },
 	{ "events.subscribe", rpc_events_subscribe },
 };
 

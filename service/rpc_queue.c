@@ -20,6 +20,62 @@ static const struct param_spec attach_spec[] = {
 	{ "name", P_STRING, offsetof(struct attach_params, name), true, 0 },
 };
 
+struct detach_params {
+	const char *name;
+	uint64_t queue;
+};
+
+static const struct param_spec detach_spec[] = {
+	{ "name", P_STRING, offsetof(struct detach_params, name), true, 0 },
+	{ "queue", P_U64, offsetof(struct detach_params, queue), true, 0 },
+};
+
+void queue_detach_on_main(struct msg *m)
+{
+	struct queue_msg *qm = (struct queue_msg *)m;
+
+	if (qm->result < 0)
+		rpc_reply_error(qm->call, ERR_IMAGE_NOT_FOUND, ENOENT,
+				"image '%s' has no queue %llu attached (image.list "
+				"counts them; queue.attached events give their ids)",
+				qm->si->name, (unsigned long long)qm->id);
+	else
+		rpc_reply_result(qm->call, json_pack("{s:s, s:I}", "name",
+						     qm->si->name, "queue",
+						     (json_int_t)qm->id));
+	qm->si->pins--;
+	registry_release(qm->si);
+	free(qm);
+}
+
+/* queue.detach: the queue's requests in flight finish, then it goes (the
+ * client sees its connection closed); the reply comes once it is
+ * detaching, the queue.detached event once it is gone. */
+void rpc_queue_detach(struct rpc_call *call, json_t *params)
+{
+	struct detach_params p = { 0 };
+	struct svc_image *si;
+	struct queue_msg *qm;
+
+	if (rpc_decode(call, params, detach_spec, 2, &p) < 0)
+		return;
+	if (!(si = rpc_open_image(call, p.name)))
+		return;
+	if (!(qm = calloc(1, sizeof(*qm)))) {
+		rpc_reply_protocol_error(call, RPC_INTERNAL_ERROR, "out of memory");
+		return;
+	}
+	qm->m.fn = worker_detach_queue;
+	qm->svc = call->svc;
+	qm->worker = si->home;
+	qm->si = si;
+	qm->wi = si->wi;
+	qm->id = p.queue;
+	qm->call = call;
+	si->pins++;
+	mailbox_post(&si->home->mb, &qm->m);
+}
+
 struct handover {
 	struct svc *svc;
 	struct svc_image *si;

@@ -327,6 +327,7 @@ void rpc_image_check(struct rpc_call *call, json_t *params);
 void rpc_service_metrics(struct rpc_call *call, json_t *params);
 /* rpc_queue.c */
 void rpc_queue_attach(struct rpc_call *call, json_t *params);
+void rpc_queue_detach(struct rpc_call *call, json_t *params);
 /* The image named, open; or an error reply and NULL (rpc_image.c). */
 struct svc_image *rpc_open_image(struct rpc_call *call, const char *name);
 /* rpc_image.c */
@@ -429,7 +430,13 @@ struct queue_msg {
 	int result;
 	bool detached;
 	char msg[256];
+	struct rpc_call *call;       /* queue.detach: the request to answer */
 };
+
+/* queue.detach on the worker: detach queue id of the image (result
+ * -ENOENT when there is none), then back to the main thread. */
+void worker_detach_queue(struct msg *m);
+void queue_detach_on_main(struct msg *m);
 
 /* Worker -> main: a request on an image failed (for the io.error event). */
 struct io_error_msg {

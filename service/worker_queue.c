@@ -355,6 +355,21 @@ void worker_attach_queue(struct msg *m)
 	uv_poll_start(&q->sock_poll, UV_READABLE | UV_DISCONNECT, on_hello);
 }
 
+void worker_detach_queue(struct msg *m)
+{
+	struct queue_msg *qm = (struct queue_msg *)m;
+	struct wqueue *q;
+
+	for (q = qm->worker->queues; q; q = q->next)
+		if (q->id == qm->id && q->wi == qm->wi && q->srv && !q->closing)
+			break;
+	qm->result = q ? 0 : -ENOENT;
+	if (q)
+		queue_detach(q, "queue.detach");
+	qm->m.fn = queue_detach_on_main;
+	mailbox_post(&qm->svc->mb, &qm->m);
+}
+
 void worker_publish_queues(struct worker *w)
 {
 	/* (take() completes invalid entries itself: publish every queue;

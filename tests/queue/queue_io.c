@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -153,6 +154,7 @@ static void start_service(void)
 
 struct queue {
 	int sock;
+	json_int_t id;
 	struct qcow2_ipc_client *c;
 	uint8_t *data;
 	uint64_t data_size;
@@ -179,6 +181,8 @@ static int queue_attach(struct queue *q, const char *name)
 		json_decref(r);
 		return -EPROTO;
 	}
+	q->id = json_integer_value(json_object_get(json_object_get(r, "result"),
+						   "queue"));
 	json_decref(r);
 	ret = qcow2_ipc_client_new(&co, &q->c);
 	if (ret == 0)
@@ -290,7 +294,7 @@ static int random_io(struct queue *q, uint8_t *model, uint64_t seed, int n)
 static int run(const char *qemu_img)
 {
 	uint8_t *model = calloc(1, DISK), *disk = NULL;
-	struct queue q1 = { .sock = -1 }, q2 = { .sock = -1 };
+	struct queue q1 = { .sock = -1 }, q2 = { .sock = -1 }, q3 = { .sock = -1 };
 	char cmd[1024], raw[300];
 	json_t *r = NULL;
 	int ctl = -1, ev = -1, status, fd;
@@ -434,6 +438,26 @@ static int run(const char *qemu_img)
 		}
 	}
 
+	/* queue.detach: the service hangs up on the queue's connection */
+	CHECK(queue_attach(&q3, "disk") == 0);
+	CHECK(do_io(&q3, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0) == 0);
+	r = call(ctl, "queue.detach", "{\"name\":\"disk\",\"queue\":%lld}",
+		 (long long)q3.id + 1000);
+	CHECK(r && error_class(r) && !strcmp(error_class(r), "ImageNotFound"));
+	json_decref(r);
+	r = call(ctl, "queue.detach", "{\"name\":\"disk\",\"queue\":%lld}",
+		 (long long)q3.id);
+	CHECK(ok(r));
+	json_decref(r);
+	r = NULL;
+	{
+		char c;
+		struct timeval tv = { .tv_sec = 10 };
+		setsockopt(q3.sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		CHECK(read(q3.sock, &c, 1) == 0); /* EOF, not a timeout */
+	}
+	queue_free(&q3);
+
 	/* acknowledged and flushed, then SIGTERM with a queue attached */
 	CHECK(random_io(&q1, model, 3000, 30) == 0);
 	CHECK(do_io(&q1, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0) == 0);
@@ -458,6 +482,7 @@ out:
 	json_decref(r);
 	queue_free(&q1);
 	queue_free(&q2);
+	queue_free(&q3);
 	if (ctl >= 0)
 		close(ctl);
 	if (ev >= 0)

@@ -171,7 +171,7 @@ def document(ctx):
 
         # The decoder's own list of each method's params (its "takes:"
         # message), required params, types and ranges, against the doc.
-        valid = {"path": "/nonexistent-dir/x.qcow2", "name": "x"}
+        valid = {"path": "/nonexistent-dir/x.qcow2", "name": "x", "queue": 1}
         for m in doc["methods"]:
             n = m["name"]
             params = m["params"]
