@@ -55,6 +55,9 @@ void cli_human_size(uint64_t v, char *buf, int len)
 		snprintf(buf, (size_t)len, "%" PRIu64 " B", v);
 	else if (d == (double)(uint64_t)d)
 		snprintf(buf, (size_t)len, "%" PRIu64 " %s", (uint64_t)d, units[u]);
+	else if (d >= 999.5)
+		/* %.3g would print 1023.9 as "1.02e+03" */
+		snprintf(buf, (size_t)len, "%.0f %s", d, units[u]);
 	else
 		snprintf(buf, (size_t)len, "%.3g %s", d, units[u]);
 }
