@@ -75,6 +75,9 @@ char *ctl_fmt_size(unsigned long long bytes, bool exact, char *buf, size_t len);
 struct ctl_table;
 
 struct ctl_table *ctl_table_new(const char *align);
+/* Column col is at least width wide (a --watch refresh keeps its
+ * columns where the previous one had them). */
+void ctl_table_min_width(struct ctl_table *t, unsigned col, size_t width);
 /* Start a row; its cells follow. */
 int ctl_table_row(struct ctl_table *t);
 int ctl_table_cell(struct ctl_table *t, const char *fmt, ...)

@@ -73,6 +73,7 @@ size_t ctl_text_width(const char *s)
 
 struct ctl_table {
 	char *align;
+	size_t *min_width;           /* per column */
 	unsigned ncols;
 	char **cells;                /* row-major, ncols a row; NULL: empty */
 	size_t nrows, cap;           /* rows */
@@ -83,12 +84,22 @@ struct ctl_table *ctl_table_new(const char *align)
 {
 	struct ctl_table *t = calloc(1, sizeof(*t));
 
-	if (!t || !(t->align = strdup(align))) {
-		free(t);
+	if (!t)
+		return NULL;
+	t->ncols = (unsigned)strlen(align);
+	t->align = strdup(align);
+	t->min_width = calloc(t->ncols ? t->ncols : 1, sizeof(*t->min_width));
+	if (!t->align || !t->min_width) {
+		ctl_table_free(t);
 		return NULL;
 	}
-	t->ncols = (unsigned)strlen(align);
 	return t;
+}
+
+void ctl_table_min_width(struct ctl_table *t, unsigned col, size_t width)
+{
+	if (col < t->ncols)
+		t->min_width[col] = width;
 }
 
 int ctl_table_row(struct ctl_table *t)
@@ -130,6 +141,7 @@ void ctl_table_print(const struct ctl_table *t, FILE *f, int indent)
 
 	if (!w)
 		return;
+	memcpy(w, t->min_width, t->ncols * sizeof(*w));
 	for (size_t r = 0; r < t->nrows; r++)
 		for (unsigned c = 0; c < t->ncols; c++) {
 			const char *s = t->cells[r * t->ncols + c];
@@ -172,6 +184,7 @@ void ctl_table_free(struct ctl_table *t)
 		free(t->cells[i]);
 	free(t->cells);
 	free(t->align);
+	free(t->min_width);
 	free(t);
 }
 

@@ -58,6 +58,63 @@ static unsigned long long hist_total(json_t *hist)
 	return n;
 }
 
+/* Where fraction q of a histogram's counts lie: below the bound of the
+ * bucket the q-th count falls in ("< 128 µs"); "-" when it is empty. */
+static void hist_quantile(json_t *hist, double q, char *buf, size_t len)
+{
+	json_t *bounds = json_object_get(hist, "bounds_seconds"), *v;
+	unsigned long long total = hist_total(hist), seen = 0;
+	size_t i, nb = json_array_size(bounds);
+	char d[24];
+
+	snprintf(buf, len, "-");
+	if (!total || !nb)
+		return;
+	json_array_foreach(json_object_get(hist, "counts"), i, v) {
+		if (json_integer_value(v) > 0)
+			seen += (unsigned long long)json_integer_value(v);
+		if ((double)seen < q * (double)total)
+			continue;
+		ctl_fmt_duration(json_number_value(json_array_get(bounds,
+								  i < nb ? i : nb - 1)),
+				 d, sizeof(d));
+		snprintf(buf, len, "%s %s", i < nb ? "<" : ">=", d);
+		return;
+	}
+}
+
+/* The mean of total seconds over n, or "-". */
+static char *mean_str(double total, unsigned long long n, char *buf, size_t len)
+{
+	if (n)
+		ctl_fmt_duration(total / (double)n, buf, len);
+	else
+		snprintf(buf, len, "-");
+	return buf;
+}
+
+/* One row of the requests table: counts, and the latency when the
+ * service times the op (ops.*; the engine's read/write are not). */
+static void request_row(struct ctl_table *t, const char *label, json_t *op)
+{
+	unsigned long long n = ctl_ju(op, "requests");
+	char a[32], b[32];
+
+	ctl_table_row(t);
+	ctl_table_cell(t, "  %s", label);
+	ctl_table_cell(t, "%llu", n);
+	ctl_table_cell(t, "%s", ctl_fmt_size(ctl_ju(op, "bytes"), false, a,
+					     sizeof(a)));
+	ctl_table_cell(t, "%llu", ctl_ju(op, "errors"));
+	if (!json_object_get(op, "latency_histogram"))
+		return;
+	ctl_table_cell(t, "%s", mean_str(ctl_jd(op, "total_seconds"), n, a,
+					 sizeof(a)));
+	hist_quantile(json_object_get(op, "latency_histogram"), 0.99, b,
+		      sizeof(b));
+	ctl_table_cell(t, "%s", b);
+}
+
 void ctl_print_image_stats(json_t *st)
 {
 	struct ctl_table *t;
@@ -71,29 +128,35 @@ void ctl_print_image_stats(json_t *st)
 	printf("image %s: counters over %s (since it was opened or they were "
 	       "reset)\n\n", ctl_js(st, "name"), a);
 
-	if ((t = ctl_table_new("lrrrl"))) {
+	/* ops: what clients' queues asked, timed by the service; without it
+	 * (an older qcow2d), the engine's reads and writes. */
+	if ((t = ctl_table_new("lrrrrr"))) {
+		json_t *ops = json_object_get(st, "ops");
+
 		ctl_table_row(t);
 		ctl_table_cell(t, "requests");
 		ctl_table_cell(t, "COUNT");
 		ctl_table_cell(t, "BYTES");
 		ctl_table_cell(t, "ERRORS");
-		for (int w = 0; w < 2; w++) {
-			const char *op = w ? "write" : "read";
-			char p[32];
-
-			ctl_table_row(t);
-			ctl_table_cell(t, "  %s", op);
-			snprintf(p, sizeof(p), "%s.requests", op);
-			ctl_table_cell(t, "%llu", ctl_ju(st, p));
-			snprintf(p, sizeof(p), "%s.bytes", op);
-			ctl_table_cell(t, "%s", ctl_fmt_size(ctl_ju(st, p), false, a,
-							     sizeof(a)));
-			snprintf(p, sizeof(p), "%s.errors", op);
-			ctl_table_cell(t, "%llu", ctl_ju(st, p));
+		if (ops) {
+			ctl_table_cell(t, "MEAN");
+			ctl_table_cell(t, "P99");
+			json_object_foreach(ops, key, v)
+				request_row(t, key, v);
+		} else {
+			request_row(t, "read", json_object_get(st, "read"));
+			request_row(t, "write", json_object_get(st, "write"));
 		}
 		ctl_table_print(t, stdout, 0);
 		ctl_table_free(t);
 	}
+	if (json_object_get(st, "ops"))
+		printf("  in the engine: %llu reads (%s, %llu errors), %llu writes "
+		       "(%s, %llu errors)\n", ctl_ju(st, "read.requests"),
+		       ctl_fmt_size(ctl_ju(st, "read.bytes"), false, a, sizeof(a)),
+		       ctl_ju(st, "read.errors"), ctl_ju(st, "write.requests"),
+		       ctl_fmt_size(ctl_ju(st, "write.bytes"), false, b, sizeof(b)),
+		       ctl_ju(st, "write.errors"));
 	printf("  reads: %llu bounced through a buffer, %llu clusters "
 	       "decompressed, %llu from the backing file\n",
 	       ctl_ju(st, "read.bounced"),
@@ -153,8 +216,15 @@ void ctl_print_image_stats(json_t *st)
 	} else {
 		ctl_fmt_duration(ctl_jd(fl, "total_seconds") / (double)n, a,
 				 sizeof(a));
-		ctl_fmt_duration(ctl_jd(fl, "max_seconds"), b, sizeof(b));
-		printf("  latency: %llu write-backs, mean %s, max %s\n", n, a, b);
+		/* A maximum cannot be reset: qcow2d says it is since open
+		 * (max_seconds_since_open; max_seconds before 0.1.0's schema). */
+		bool since_open = ctl_jget(fl, "max_seconds_since_open") != NULL;
+
+		ctl_fmt_duration(ctl_jd(fl, since_open ? "max_seconds_since_open" :
+							  "max_seconds"),
+				 b, sizeof(b));
+		printf("  latency: %llu write-back%s, mean %s, max %s%s\n", n,
+		       n == 1 ? "" : "s", a, b, since_open ? " (since open)" : "");
 		print_histogram(ctl_jget(fl, "latency_histogram"));
 	}
 
@@ -274,62 +344,107 @@ void ctl_print_service_stats(json_t *sv)
 
 static const char *const causes[] = { "client", "timer", "eviction", "close" };
 #define NCAUSES (sizeof(causes) / sizeof(causes[0]))
+#define MAX_OPS 8
 
-struct rates {
-	double read_iops, read_mbs, write_iops, write_mbs, wb[NCAUSES];
-};
-
-/* Counter path's increase from prev (NULL: from zero) to cur, per second. */
-static double rate(json_t *prev, json_t *cur, const char *path, double dt)
+/* The ops an image's stats count, as paths into them: the clients'
+ * (ops.*), or with an older qcow2d the engine's reads and writes. */
+static size_t op_paths(json_t *st, char paths[][48], const char **names)
 {
-	if (dt <= 0)
-		return 0.0;
-	return (double)(ctl_ju(cur, path) - ctl_ju(prev, path)) / dt;
+	json_t *ops = json_object_get(st, "ops"), *v;
+	const char *key;
+	size_t n = 0;
+
+	if (!ops) {
+		snprintf(paths[0], 48, "read");
+		snprintf(paths[1], 48, "write");
+		names[0] = "read";
+		names[1] = "write";
+		return 2;
+	}
+	json_object_foreach(ops, key, v) {
+		if (n == MAX_OPS)
+			break;
+		snprintf(paths[n], 48, "ops.%.40s", key);
+		names[n++] = key;
+	}
+	return n;
 }
 
-/* The rates of image stats cur since prev (NULL: since its counters
- * started). The service's own clock ("seconds" since open or reset) times
- * them: our sleeps do not. */
-static void image_rates(json_t *prev, json_t *cur, bool reset_each,
-			struct rates *r)
+/* The increase of counter path from prev (NULL: from zero) to cur. */
+static double delta(json_t *prev, json_t *cur, const char *path)
 {
-	static const char *const monotonic[] = {
-		"read.requests", "read.bytes", "write.requests", "write.bytes",
-		"flush.by_cause.client", "flush.by_cause.timer",
-		"flush.by_cause.eviction", "flush.by_cause.close",
-	};
-	double cs = ctl_jd(cur, "seconds"), dt;
-	bool restart = !prev || reset_each || cs < ctl_jd(prev, "seconds");
-	char p[64];
+	return (double)(ctl_ju(cur, path) - ctl_ju(prev, path));
+}
 
-	/* A counter that went down: someone else reset them meanwhile. */
-	for (size_t i = 0; i < sizeof(monotonic) / sizeof(monotonic[0]); i++)
+/*
+ * The seconds from prev to cur by the service's own clock ("seconds" since
+ * open or reset: our sleeps do not time it), after dropping prev (*prev =
+ * NULL: count from zero) when the counters were reset in between: by this
+ * watch, or by someone else (then "seconds" or a counter went down).
+ */
+static double interval_of(json_t **prev, json_t *cur, bool reset_each)
+{
+	static const char *const counters[] = {
+		"read.requests", "write.requests", "flush.by_cause.client",
+		"flush.by_cause.timer", "flush.by_cause.eviction",
+		"flush.by_cause.close", "ops.read.requests", "ops.write.requests",
+		"ops.flush.requests",
+	};
+	double cs = ctl_jd(cur, "seconds");
+	bool restart = !*prev || reset_each || cs < ctl_jd(*prev, "seconds");
+
+	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
 		restart = restart ||
-			  ctl_ju(cur, monotonic[i]) < ctl_ju(prev, monotonic[i]);
+			  ctl_ju(cur, counters[i]) < ctl_ju(*prev, counters[i]);
 	if (restart)
-		prev = NULL;
-	dt = prev ? cs - ctl_jd(prev, "seconds") : cs;
-	r->read_iops = rate(prev, cur, "read.requests", dt);
-	r->read_mbs = rate(prev, cur, "read.bytes", dt) / 1e6;
-	r->write_iops = rate(prev, cur, "write.requests", dt);
-	r->write_mbs = rate(prev, cur, "write.bytes", dt) / 1e6;
-	for (size_t i = 0; i < NCAUSES; i++) {
-		snprintf(p, sizeof(p), "flush.by_cause.%s", causes[i]);
-		r->wb[i] = rate(prev, cur, p, dt);
+		*prev = NULL;
+	return *prev ? cs - ctl_jd(*prev, "seconds") : cs;
+}
+
+/* An image's rows of the ops table: IOPS, MB/s, mean latency per op. */
+static void watch_ops(struct ctl_table *t, const char *image, json_t *prev,
+		      json_t *cur, bool reset_each)
+{
+	double dt = interval_of(&prev, cur, reset_each);
+	char paths[MAX_OPS][48], p[64], lat[32];
+	const char *names[MAX_OPS];
+	size_t n = op_paths(cur, paths, names);
+
+	for (size_t i = 0; i < n; i++) {
+		double reqs, secs;
+
+		snprintf(p, sizeof(p), "%s.requests", paths[i]);
+		reqs = delta(prev, cur, p);
+		snprintf(p, sizeof(p), "%s.total_seconds", paths[i]);
+		secs = ctl_jd(cur, p) - ctl_jd(prev, p);
+		ctl_table_row(t);
+		ctl_table_cell(t, "%s", i ? "" : image);
+		ctl_table_cell(t, "%s", names[i]);
+		ctl_table_cell(t, "%.1f", dt > 0 ? reqs / dt : 0.0);
+		snprintf(p, sizeof(p), "%s.bytes", paths[i]);
+		ctl_table_cell(t, "%.2f",
+			       dt > 0 ? delta(prev, cur, p) / dt / 1e6 : 0.0);
+		if (json_object_get(cur, "ops"))
+			ctl_table_cell(t, "%s",
+				       mean_str(secs, (unsigned long long)reqs, lat,
+						sizeof(lat)));
 	}
 }
 
-/* "---- label ----" centred in width. */
-static void group_header(const char *label, int width)
+/* An image's row of the write-backs table: per second, by cause. */
+static void watch_writebacks(struct ctl_table *t, const char *image,
+			     json_t *prev, json_t *cur, bool reset_each)
 {
-	int n = (int)strlen(label) + 2, left = (width - n) / 2,
-	    right = width - n - left;
+	double dt = interval_of(&prev, cur, reset_each);
+	char p[64];
 
-	for (int i = 0; i < left; i++)
-		putchar('-');
-	printf(" %s ", label);
-	for (int i = 0; i < right; i++)
-		putchar('-');
+	ctl_table_row(t);
+	ctl_table_cell(t, "%s", image);
+	for (size_t i = 0; i < NCAUSES; i++) {
+		snprintf(p, sizeof(p), "flush.by_cause.%s", causes[i]);
+		ctl_table_cell(t, "%.1f", dt > 0 ? delta(prev, cur, p) / dt : 0.0);
+	}
+	ctl_table_cell(t, "%s", ctl_yes_no(cur, "flush.dirty"));
 }
 
 void ctl_print_watch_frame(json_t *prev, json_t *cur, const char *name,
@@ -337,11 +452,11 @@ void ctl_print_watch_frame(json_t *prev, json_t *cur, const char *name,
 			   bool tty)
 {
 	json_t *images, *prev_images, *st;
+	struct ctl_table *ops, *wb;
 	char when[32], a[32];
 	time_t now = time(NULL);
 	struct tm tm;
 	const char *key;
-	int w = 5;
 
 	localtime_r(&now, &tm);
 	strftime(when, sizeof(when), "%H:%M:%S", &tm);
@@ -360,11 +475,8 @@ void ctl_print_watch_frame(json_t *prev, json_t *cur, const char *name,
 			    ctl_jd(psv, "uptime_seconds");
 		/* Our own requests are left out: a watch of an idle service
 		 * says 0. */
-		double reqs = (double)(ctl_ju(sv, "requests.total") -
-				       ctl_ju(psv, "requests.total")) -
-			      (psv ? ours : 0);
-		double errs = (double)(ctl_ju(sv, "requests.errors") -
-				       ctl_ju(psv, "requests.errors"));
+		double reqs = delta(psv, sv, "requests.total") - (psv ? ours : 0);
+		double errs = delta(psv, sv, "requests.errors");
 
 		ctl_fmt_uptime(ctl_jd(sv, "uptime_seconds"), a, sizeof(a));
 		printf("service: up %s, %llu image%s open, %llu connection%s, "
@@ -377,33 +489,42 @@ void ctl_print_watch_frame(json_t *prev, json_t *cur, const char *name,
 		prev_images = json_incref(json_object_get(prev, "images"));
 	}
 	putchar('\n');
+	ops = ctl_table_new("llrrr");
+	wb = ctl_table_new("lrrrrl");
 	if (!json_object_size(images)) {
 		printf("no images are open\n");
-		json_decref(images);
-		json_decref(prev_images);
-		return;
-	}
-	json_object_foreach(images, key, st)
-		if ((int)ctl_text_width(key) > w)
-			w = (int)ctl_text_width(key);
-	printf("%*s  ", w, "");
-	group_header("read", 19);
-	printf("  ");
-	group_header("write", 19);
-	printf("  ");
-	group_header("write-backs/s", 33);
-	printf("\n%-*s  %9s %9s  %9s %9s  %7s %7s %9s %7s  %s\n", w, "IMAGE",
-	       "IOPS", "MB/s", "IOPS", "MB/s", "client", "timer", "eviction",
-	       "close", "DIRTY");
-	json_object_foreach(images, key, st) {
-		struct rates r;
+	} else if (ops && wb) {
+		static const char *const cause_heads[NCAUSES] = {
+			"CLIENT", "TIMER", "EVICTION", "CLOSE",
+		};
 
-		image_rates(json_object_get(prev_images, key), st, reset_each, &r);
-		printf("%-*s  %9.1f %9.2f  %9.1f %9.2f  %7.1f %7.1f %9.1f %7.1f  %s\n",
-		       w, key, r.read_iops, r.read_mbs, r.write_iops, r.write_mbs,
-		       r.wb[0], r.wb[1], r.wb[2], r.wb[3],
-		       ctl_yes_no(st, "flush.dirty"));
+		for (unsigned c = 2; c < 5; c++)
+			ctl_table_min_width(ops, c, 8);
+		for (unsigned c = 1; c < 5; c++)
+			ctl_table_min_width(wb, c, 8);
+		ctl_table_row(ops);
+		ctl_table_cell(ops, "IMAGE");
+		ctl_table_cell(ops, "OP");
+		ctl_table_cell(ops, "IOPS");
+		ctl_table_cell(ops, "MB/s");
+		ctl_table_cell(ops, "LATENCY");
+		ctl_table_row(wb);
+		ctl_table_cell(wb, "WRITE-BACKS/S");
+		for (size_t i = 0; i < NCAUSES; i++)
+			ctl_table_cell(wb, "%s", cause_heads[i]);
+		ctl_table_cell(wb, "DIRTY");
+		json_object_foreach(images, key, st) {
+			json_t *p = json_object_get(prev_images, key);
+
+			watch_ops(ops, key, p, st, reset_each);
+			watch_writebacks(wb, key, p, st, reset_each);
+		}
+		ctl_table_print(ops, stdout, 0);
+		putchar('\n');
+		ctl_table_print(wb, stdout, 0);
 	}
+	ctl_table_free(ops);
+	ctl_table_free(wb);
 	json_decref(images);
 	json_decref(prev_images);
 }

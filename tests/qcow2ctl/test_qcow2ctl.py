@@ -7,14 +7,19 @@
 Starts qcow2d on a temporary socket, drives every qcow2ctl command
 against it (text and --json output, the service's errors, usage errors,
 the default socket, a wrong socket, a peer that never replies, stats
---watch stopped by SIGINT), then stops qcow2d with SIGTERM and expects
-exit 0. The work directory goes under $QCOW2_TEST_WORKDIR (else the
-current directory) and is kept only when a check fails. Exit 0 pass, 1
-fail.
+--watch stopped by SIGINT), with real IO from a queue attached as a VMM
+attaches one (ipc/PROTOCOL.md), then stops qcow2d with SIGTERM and
+expects exit 0. The work directory goes under $QCOW2_TEST_WORKDIR (else
+the current directory) and is kept only when a check fails. Exit 0 pass,
+1 fail.
 """
+import fcntl
 import json
+import mmap
+import struct
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -114,6 +119,84 @@ def silent_server(path, reply):
     threading.Thread(target=serve, daemon=True).start()
 
 
+class Queue:
+    """A client queue on an open image (queue.attach, then the ipc
+    handshake, ipc/PROTOCOL.md), one request at a time: enough to make the
+    counters move. It stays attached while the object lives."""
+    SQ = CQ = 8
+    DATA = 64 * 1024
+    WRITE, FLUSH = 2, 3
+
+    def __init__(self, name):
+        page = 4096
+        align = lambda x: (x + page - 1) // page * page  # noqa: E731
+        cq_off = align(page + self.SQ * 64)
+        seg_off = align(cq_off + self.CQ * 24)
+        inflight_off = align(seg_off + self.CQ * 16)
+        self.data_off = align(inflight_off + self.CQ * 128)
+        size = self.data_off + self.DATA
+        self.cq_off = cq_off
+        fd = os.memfd_create("qcow2ctl-test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        self.m = mmap.mmap(fd, size)
+        struct.pack_into("<IIIIIIQQ", self.m, 0, 0x51324951, 1, self.SQ, self.CQ, 1, 0,
+                         self.DATA, size)
+        self.kick = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.call = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(SOCK)
+        self.sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "queue.attach",
+                                      "params": {"name": name}}).encode() + b"\n")
+        line = b""
+        while not line.endswith(b"\n"):
+            line += self.sock.recv(1)  # nothing past the reply line is ours
+        self.rules = json.loads(line)["result"]
+        hello = struct.pack("<IHHIIIIQQI20x", 0x48324951, 1, 1, self.SQ, self.CQ, 1, 0,
+                            self.DATA, size, 0)
+        socket.send_fds(self.sock, [hello], [fd, self.kick, self.call])
+        os.close(fd)
+        reply = b""
+        while len(reply) < 32:
+            reply += self.sock.recv(32 - len(reply))
+        magic, _, _, status = struct.unpack_from("<IHHi", reply)
+        assert magic == 0x52324951 and status == 0, (hex(magic), status)
+        self.index = self.gen = 0
+
+    def request(self, op, offset=0, length=0):
+        """One request, waited for; its result (0 or -errno)."""
+        self.gen += 1
+        seg = (0, length, 0) if op == self.WRITE else (0, 0, 0)
+        struct.pack_into("<BBHIQIIQQQII8x", self.m, 4096 + self.index % self.SQ * 64, op, 0,
+                         1 if op == self.WRITE else 0, 0, self.gen, self.gen, 0, offset,
+                         length, *seg)
+        self.index += 1
+        struct.pack_into("<I", self.m, 128, self.index)
+        struct.pack_into("<I", self.m, 516, 1)  # cq_need_wakeup: we sleep on call
+        os.eventfd_write(self.kick, 1)
+        end = time.monotonic() + 10
+        while struct.unpack_from("<I", self.m, 384)[0] != self.index:
+            if time.monotonic() > end:
+                raise TimeoutError("no completion from qcow2d")
+            select.select([self.call], [], [], 0.1)
+            try:
+                os.eventfd_read(self.call)
+            except BlockingIOError:
+                pass
+        tag, _, _, res = struct.unpack_from("<QIIi", self.m,
+                                            self.cq_off + (self.index - 1) % self.CQ * 24)
+        struct.pack_into("<I", self.m, 512, self.index)
+        assert tag == self.gen
+        return res
+
+    def write(self, block):
+        self.m[self.data_off:self.data_off + 4096] = bytes([block & 0xFF]) * 4096
+        return self.request(self.WRITE, block * 4096, 4096)
+
+    def close(self):
+        self.sock.close()
+
+
 def table_columns_aligned(lines, header_word):
     """Every row's cell under header_word starts at the header's column."""
     col = lines[0].index(header_word)
@@ -199,7 +282,7 @@ def run_checks(sockdir):
     # ---- open ---------------------------------------------------------------
     # Relative paths: qcow2ctl makes them absolute from its current directory.
     r = ctl("open", "a.qcow2", "--name", "disk0", "--buffered", "--l2-cache", "256k",
-            "--l2-slice", "8k", "--flush-interval", "250", "--worker", "1")
+            "--l2-slice", "8k", "--flush-interval", "0", "--worker", "1")
     ok(r, "open with options exits 0")
     check(r.out == f"opened image 'disk0' ({a}) on worker 1, read-write\n",
           "open prints the name, the absolute path, the worker, the mode", r.out)
@@ -242,6 +325,12 @@ def run_checks(sockdir):
     check(r.rc == 1 and j is not None and j.get("code") == -32602 and "message" in j,
           "--json on a service error prints the JSON-RPC error object", str(r))
 
+    # ---- IO: a client queue on disk0 ----------------------------------------
+    q = Queue("disk0")
+    check(q.rules.get("disk_size") == 64 << 20, "queue.attach to disk0", str(q.rules))
+    res = [q.write(i) for i in range(16)] + [q.request(Queue.FLUSH)]
+    check(res == [0] * 17, "16 writes of 4 KiB and a flush through the queue", str(res))
+
     # ---- list ---------------------------------------------------------------
     r = ctl("list")
     ok(r, "list exits 0")
@@ -250,7 +339,7 @@ def run_checks(sockdir):
                                                    "CLIENTS", "PATH"],
           "list: a header and one row per image", r.out)
     rows = {l.split()[0]: l.split() for l in lines[1:]}
-    check(rows.get("disk0") == ["disk0", "open", "rw", "1", "0", a] and
+    check(rows.get("disk0") == ["disk0", "open", "rw", "1", "1", a] and
           rows.get("b.qcow2", [None] * 3)[1:3] == ["open", "ro"],
           "list rows: state, mode, worker, clients, path", r.out)
     check(table_columns_aligned(lines, "PATH") and table_columns_aligned(lines, "STATE"),
@@ -267,8 +356,8 @@ def run_checks(sockdir):
     want = [r"^name:\s+disk0$", rf"^path:\s+{re.escape(a)}$", r"^format:\s+qcow2, version 3$",
             r"^virtual size:\s+64 MiB \(67108864 bytes\)$", r"^cluster size:\s+64 KiB$",
             r"^access:\s+read-write$", r"^cache mode:\s+writeback \(page cache\)$",
-            r"^L2 cache:\s+256 KiB in 8 KiB slices$", r"^write-back interval:\s+250 ms$",
-            r"^worker:\s+1$", r"^backing file:\s+none$"]
+            r"^L2 cache:\s+256 KiB in 8 KiB slices$", r"^write-back interval:\s+off ",
+            r"^worker:\s+1$", r"^clients:\s+1$", r"^backing file:\s+none$"]
     missing = [w for w in want if not re.search(w, r.out, re.M)]
     check(not missing, "info: key: value lines with the options open was given",
           f"missing {missing}\n{r.out}")
@@ -281,7 +370,7 @@ def run_checks(sockdir):
     j = ctl("--json", "info", "disk0").json()
     check(j is not None and j.get("name") == "disk0" and j.get("virtual_size") == 64 << 20
           and j.get("l2_cache_size") == 256 << 10 and j.get("l2_slice_size") == 8 << 10
-          and j.get("flush_interval_ms") == 250 and j.get("direct") is False
+          and j.get("flush_interval_ms") == 0 and j.get("direct") is False
           and j.get("read_only") is False and j.get("cluster_size") == 65536,
           "info --json: image.info's result reflects open's options", str(j))
     r = ctl("info", "nope")
@@ -295,29 +384,40 @@ def run_checks(sockdir):
     j = ctl("--json", "flush", "disk0").json()
     check(j == {"name": "disk0"}, "flush --json: image.flush's result", str(j))
     fails(ctl("flush", "nope"), 1, "flush of an unknown image: exit 1", "[ImageNotFound]")
+    # The queue's flush and the two above: three client write-backs.
     r = ctl("stats", "disk0")
     ok(r, "stats NAME exits 0")
-    want = [r"^image disk0: counters over ", r"^requests\s+COUNT\s+BYTES\s+ERRORS$",
-            r"^  read\s+0\s+0 B\s+0$", r"^  write\s+0\s+0 B\s+0$", r"^clusters: 0 allocated",
-            r"^metadata write-backs: 2 \(client 2, timer 0, eviction 0, close 0\), "
+    want = [r"^image disk0: counters over ",
+            r"^requests\s+COUNT\s+BYTES\s+ERRORS\s+MEAN\s+P99$",
+            r"^  read\s+0\s+0 B\s+0\s+-\s+-$",
+            r"^  write\s+16\s+64 KiB\s+0\s+\d[\d.]* [µm]?s\s+< \d[\d.]* [µm]?s$",
+            r"^  flush\s+1\s+0 B\s+0\s+\d[\d.]* [µm]?s\s+< ",
+            r"^  write_zeroes\s+0\s+", r"^  discard\s+0\s+",
+            r"^  in the engine: 0 reads \(0 B, 0 errors\), 16 writes \(64 KiB, 0 errors\)$",
+            r"^clusters: [1-9]\d* allocated",
+            r"^metadata write-backs: 3 \(client 3, timer 0, eviction 0, close 0\), "
             r"0 errors; dirty now: no$",
-            r"^    L2 slices\s+0\s+0 B$", r"^  fdatasyncs: \d+$",
-            r"^  latency: 2 write-backs, mean \d[\d.]* [µm]?s, max \d[\d.]* [µm]?s$",
-            r"^    (< |>= )?\d[\d.]* [µm]?s( - \d[\d.]* [µm]?s)?\s+[12]$",
-            r"^  L2\s+0\s+0\s+-\s+0\s+0\s+0 B\s+256 KiB: 32 x 8 KiB$",
+            r"^    L2 slices\s+[1-9]\d*\s+\d+ KiB$", r"^  fdatasyncs: [1-9]\d*$",
+            r"^  latency: 3 write-backs, mean \d[\d.]* [µm]?s, max [1-9][\d.]* [µm]?s "
+            r"\(since open\)$",
+            r"^    (< |>= )?\d[\d.]* [µm]?s( - \d[\d.]* [µm]?s)?\s+[123]$",
+            r"^  L2\s+\d+\s+\d+\s+(\d+\.\d%|-)\s+0\s+\d+\s+\S+ K?i?B\s+256 KiB: 32 x 8 KiB$",
             r"^  refcount\s+\d+\s+\d+\s+"]
     missing = [w for w in want if not re.search(w, r.out, re.M)]
-    check(not missing, "stats NAME: requests, clusters, write-backs by cause, tables, "
-          "fdatasyncs, latency and its buckets, caches", f"missing {missing}\n{r.out}")
+    check(not missing, "stats NAME: requests per op, clusters, write-backs by cause, "
+          "tables, fdatasyncs, latency and its buckets, caches", f"missing {missing}\n{r.out}")
     j = ctl("--json", "stats", "disk0", "--reset").json()
     check(j is not None and j.get("name") == "disk0" and
-          j.get("flush", {}).get("by_cause", {}).get("client") == 2 and
+          j.get("flush", {}).get("by_cause", {}).get("client") == 3 and
+          j.get("ops", {}).get("write", {}).get("requests") == 16 and
+          j["ops"]["write"].get("bytes") == 16 * 4096 and
+          sum(j["ops"]["write"]["latency_histogram"]["counts"]) == 16 and
           {"read", "write", "clusters", "flush", "caches", "timer_writebacks", "seconds"} <= set(j),
           "stats NAME --reset --json: image.stats's result, counted before the reset", str(j))
     j2 = ctl("--json", "stats", "disk0").json()
     check(j2 is not None and j2["flush"]["by_cause"]["client"] == 0 and
           j2["flush"]["fdatasyncs"] == 0 and sum(j2["flush"]["latency_histogram"]["counts"]) == 0
-          and j2["seconds"] < j["seconds"],
+          and j2["ops"]["write"]["requests"] == 0 and j2["seconds"] < j["seconds"],
           "after --reset the counters start from zero", str(j2))
     r = ctl("stats")
     ok(r, "stats exits 0")
@@ -343,15 +443,38 @@ def run_checks(sockdir):
     # can cancel the SIGSTOP of LeakSanitizer's exit-time ptrace attach (ASan
     # build): qcow2ctl then never stops, and LeakSanitizer waits forever.
     watch = ["timeout", "--foreground", "-k", "5", "--preserve-status", "-s", "INT"]
-    w = Run.of([*watch, "2.5", QCOW2CTL, "--socket", SOCK, "stats", "--watch", "1"], 30)
+    # Writes go on meanwhile (about 50 a second): the rates must show them.
+    stop = threading.Event()
+
+    def writer():
+        n = 0
+        while not stop.wait(0.02):
+            q.write(n % 64)
+            n += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        w = Run.of([*watch, "2.5", QCOW2CTL, "--socket", SOCK, "stats", "--watch", "1"], 30)
+    finally:
+        stop.set()
+        t.join()
     frames = w.out.count("qcow2ctl stats at ")
     check(w.rc == 0 and frames >= 2, "stats --watch 1 for 2.5 s: at least two refreshes, "
           "exit 0 on SIGINT", f"{frames} refreshes\n{w}")
-    check("\033[" not in w.out and w.out.count("IMAGE ") == frames and
-          re.search(r"^disk0\s+0\.0\s+0\.00\s+0\.0\s+0\.00(\s+\d+\.\d){4}\s+no$", w.out, re.M)
-          and "rates since the previous refresh" in w.out and
-          "requests/s (besides ours)" in w.out,
-          "stats --watch, not a terminal: frames appended, rates per image", w.out)
+    later = w.out.split("rates since the previous refresh", 1)[-1]
+    m = re.search(r"^\s+write\s+(\d+\.\d)\s+(\d+\.\d\d)\s+\d[\d.]* [µm]?s$", later, re.M)
+    check("\033[" not in w.out and w.out.count("\nIMAGE ") == frames and
+          w.out.count("\nWRITE-BACKS/S ") == frames and
+          re.search(r"^disk0\s+read\s+\d+\.\d\s+\d+\.\d\d\s+(-|\d[\d.]* [µm]?s)$", w.out, re.M)
+          and re.search(r"^b\.qcow2\s+read\s+0\.0\s+0\.00\s+-$", w.out, re.M)
+          and re.search(r"^disk0\s+\d+\.\d\s+\d+\.\d\s+0\.0\s+0\.0\s+(yes|no)$", w.out, re.M)
+          and "requests/s (besides ours)" in w.out,
+          "stats --watch, not a terminal: frames appended, ops and write-backs per image",
+          w.out)
+    check(m is not None and 1 < float(m.group(1)) < 200 and
+          abs(float(m.group(2)) - float(m.group(1)) * 4096 / 1e6) < 0.01,
+          "stats --watch: write IOPS and MB/s since the previous refresh", w.out)
     w = Run.of([*watch, "1.2", QCOW2CTL, "--socket", SOCK, "--json", "stats", "disk0",
                 "--watch", "0.3", "--reset"], 30)
     lines = w.out.splitlines()
@@ -433,10 +556,13 @@ def run_checks(sockdir):
     # ---- close --------------------------------------------------------------
     r = ctl("close", "b.qcow2")
     check(r.rc == 0 and r.out == "closed image 'b.qcow2'\n", "close exits 0", str(r))
+    fails(ctl("close", "disk0"), 1, "close with a queue attached: exit 1, Busy",
+          "client(s) attached", "[Busy]")
     r = ctl("--json", "close", "disk0", "--force")
     check(r.rc == 0 and r.json() == {"name": "disk0"}, "close --force --json: image.close's "
           "result", str(r))
     fails(ctl("close", "disk0"), 1, "close of a closed image: exit 1", "[ImageNotFound]")
+    q.close()
     r = ctl("list")
     check(r.rc == 0 and r.out == "no images are open\n", "list with no images", str(r))
     r = ctl("stats")
