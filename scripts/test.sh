@@ -73,7 +73,8 @@ setup_args() {
 # suite is service): the service and the tools its tests drive.
 build_targets() {
 	[[ $1 == build-fuzz ]] && tests/fuzz/run.sh --list | sed 's|^|tests/fuzz/fuzz-|'
-	[[ $1 == build-tsan ]] && echo service/qcow2d tests/queue/queue_io
+	[[ $1 == build-tsan ]] && echo service/qcow2d tests/queue/queue_io \
+		tools/qcow2ctl tools/qcow2-img
 	return 0
 }
 

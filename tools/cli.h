@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "cli_units.h"
 #include "qcow2.h"
 
 extern const char *cli_prog; /* "qcow2-img", "qcow2-io" */
@@ -27,10 +28,6 @@ struct cli_open {
 /* Parse the shared options; returns 1 when opt was one, 0 when not, -1 on a
  * bad value (message printed). */
 int cli_common_opt(struct cli_open *o, int opt, const char *arg);
-/* Parse "4k", "1M", "2G", "512" (binary suffixes k/K M G T). */
-int cli_parse_size(const char *s, uint64_t *out);
-/* Human-readable size: "64 KiB", "1 GiB", "1.5 MiB". */
-void cli_human_size(uint64_t v, char *buf, int len);
 /*
  * Open path with a new context; prints "prog: path: reason" on failure.
  * Without -f, the format of an image named on the command line is probed
