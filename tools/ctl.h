@@ -51,6 +51,11 @@ int ctl_connect(struct ctl_conn *c, const char *path);
 int ctl_call(struct ctl_conn *c, const char *method, json_t *params,
 	     json_t **result, json_t **error);
 
+/* The next message qcow2d sends (after events.subscribe: notifications),
+ * waiting as long as it takes unless a stop signal (c->stop) comes: 0 and
+ * *msg, or -errno as ctl_call. */
+int ctl_read_message(struct ctl_conn *c, json_t **msg);
+
 void ctl_close(struct ctl_conn *c);
 
 /* A JSON-RPC error object's class: data.class (qcow2d's domain errors,

@@ -305,6 +305,25 @@ int ctl_call(struct ctl_conn *c, const char *method, json_t *params,
 	return ret;
 }
 
+int ctl_read_message(struct ctl_conn *c, json_t **msg)
+{
+	char *line = NULL;
+	json_error_t jerr;
+	int ret = read_line(c, &line, -1);
+
+	*msg = NULL;
+	if (ret < 0)
+		return ret;
+	*msg = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
+	free(line);
+	if (!*msg) {
+		set_msg(c, "a message that is not JSON (column %d: %s): not qcow2d?",
+			jerr.column, jerr.text);
+		return -EPROTO;
+	}
+	return 0;
+}
+
 const char *ctl_error_class(json_t *error, char *buf, size_t len)
 {
 	static const struct {

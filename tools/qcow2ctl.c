@@ -58,6 +58,10 @@ static const char usage_text[] =
 "                        --watch refreshes them and shows rates\n"
 "  flush NAME            write an image's dirty metadata and sync it to disk\n"
 "                        (image.flush)\n"
+"  check NAME            check an open image online, read-only (image.check)\n"
+"  detach NAME QUEUE     detach a client's queue (queue.detach)\n"
+"  metrics               the statistics as OpenMetrics text (service.metrics)\n"
+"  events [EVENT...]     print events as they happen (events.subscribe)\n"
 "  version               the versions of qcow2ctl and of the running qcow2d\n"
 "                        (service.version)\n"
 "  call METHOD [PARAMS]  send any method, PARAMS a JSON object; print the raw\n"
@@ -227,6 +231,41 @@ static const char flush_help[] =
 "Write image NAME's dirty metadata (L2 tables, refcounts, L1 table, header)\n"
 "and fdatasync the file (image.flush), as a guest's flush does. Data that\n"
 "clients wrote is then on disk.\n";
+
+static const char check_help[] =
+"Usage: qcow2ctl check NAME\n"
+"\n"
+"Check open image NAME online, read-only (image.check): qcow2d writes its\n"
+"metadata back, then walks the file on its thread pool while IO goes on,\n"
+"as qemu-img check would offline. Prints each problem (the first 100) and a\n"
+"summary; says so when metadata was written back during the walk (what it\n"
+"found may be a passing state: check again). Nothing is repaired: use\n"
+"qcow2-img check -r on a closed image.\n"
+"\n"
+"Exit status: 0 no problem found, 3 corruptions, leaks or check errors,\n"
+"1 the check could not run.\n";
+
+static const char detach_help[] =
+"Usage: qcow2ctl detach NAME QUEUE\n"
+"\n"
+"Detach queue QUEUE (its id, from the queue.attached event) of image NAME\n"
+"(queue.detach): the requests it has in flight finish, then qcow2d hangs up\n"
+"the client's connection.\n";
+
+static const char metrics_help[] =
+"Usage: qcow2ctl metrics\n"
+"\n"
+"Print the service's and every open image's statistics in the OpenMetrics\n"
+"text format (service.metrics), as a Prometheus scraper reads them.\n";
+
+static const char events_help[] =
+"Usage: qcow2ctl events [EVENT...]\n"
+"\n"
+"Subscribe to events (events.subscribe; default: all of image.opened,\n"
+"image.closed, queue.attached, queue.detached, io.error) and print one\n"
+"line per event as it comes: local time, event, data. With --json, each\n"
+"event's params as one compact JSON object per line. Runs until SIGINT\n"
+"(Ctrl-C) or SIGTERM, then exits 0.\n";
 
 static const char version_help[] =
 "Usage: qcow2ctl version\n"
@@ -1047,35 +1086,50 @@ static void on_stop(int sig)
 	stop_signal = sig;
 }
 
+/*
+ * SIGINT and SIGTERM are blocked but while we wait (ppoll with waitmask, in
+ * our sleep and in ctl_call), so a stop is seen there at once and never
+ * lost between a check and a wait. No SA_RESTART: the wait returns EINTR.
+ */
+static void stops_begin(struct ctl *ctl, sigset_t *orig, sigset_t *waitmask)
+{
+	struct sigaction sa = { .sa_handler = on_stop };
+	sigset_t stops;
+
+	sigemptyset(&stops);
+	sigaddset(&stops, SIGINT);
+	sigaddset(&stops, SIGTERM);
+	sigprocmask(SIG_BLOCK, &stops, orig);
+	*waitmask = *orig;
+	sigdelset(waitmask, SIGINT);
+	sigdelset(waitmask, SIGTERM);
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	ctl->conn.sigmask = waitmask;
+	ctl->conn.stop = &stop_signal;
+}
+
+static void stops_end(struct ctl *ctl, const sigset_t *orig)
+{
+	ctl->conn.sigmask = NULL;
+	ctl->conn.stop = NULL;
+	/* Leave the mask as we found it: a second stop signal still pending
+	 * (timeout(1) signals its child and then its process group) reaches
+	 * on_stop now, not whatever runs at exit. */
+	sigprocmask(SIG_SETMASK, orig, NULL);
+}
+
 static int watch_stats(struct ctl *ctl, const char *name, bool reset,
 		       double interval)
 {
-	struct sigaction sa = { .sa_handler = on_stop };
-	sigset_t stops, waitmask, orig;
+	sigset_t waitmask, orig;
 	bool tty = !ctl->json && isatty(STDOUT_FILENO);
 	json_t *prev = NULL, *cur;
 	unsigned prev_id = 0;
 	int ret = 0;
 
-	/*
-	 * SIGINT and SIGTERM are blocked but while we wait (ppoll with
-	 * waitmask, in our sleep and in ctl_call), so a stop is seen there at
-	 * once and never lost between a check and a wait. No SA_RESTART: the
-	 * wait returns EINTR.
-	 */
-	sigemptyset(&stops);
-	sigaddset(&stops, SIGINT);
-	sigaddset(&stops, SIGTERM);
-	sigprocmask(SIG_BLOCK, &stops, &orig);
-	waitmask = orig;
-	sigdelset(&waitmask, SIGINT);
-	sigdelset(&waitmask, SIGTERM);
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	ctl->conn.sigmask = &waitmask;
-	ctl->conn.stop = &stop_signal;
-
+	stops_begin(ctl, &orig, &waitmask);
 	while (!stop_signal) {
 		struct timespec ts;
 
@@ -1110,12 +1164,7 @@ static int watch_stats(struct ctl *ctl, const char *name, bool reset,
 		}
 	}
 	json_decref(prev);
-	ctl->conn.sigmask = NULL;
-	ctl->conn.stop = NULL;
-	/* Leave the mask as we found it: a second stop signal still pending
-	 * (timeout(1) signals its child and then its process group) reaches
-	 * on_stop now, not whatever runs at exit. */
-	sigprocmask(SIG_SETMASK, &orig, NULL);
+	stops_end(ctl, &orig);
 	return ret < 0 ? 1 : 0;
 }
 
@@ -1241,6 +1290,157 @@ static int cmd_call(struct ctl *ctl, int argc, char **argv)
 	return 0;
 }
 
+/* ---- check, detach, metrics, events --------------------------------------- */
+
+static int cmd_check(struct ctl *ctl, int argc, char **argv)
+{
+	int status = parse_plain(ctl, argc, argv, check_help, 1, 1,
+				 "NAME, the image to check");
+	json_t *res, *p;
+	size_t i;
+	long long corrupt, leaks, errors;
+
+	if (status >= 0)
+		return status;
+	if (rpc(ctl, "image.check", json_pack("{s:s}", "name", argv[optind]), &res,
+		NULL) < 0)
+		return 1;
+	corrupt = (long long)json_integer_value(json_object_get(res, "corruptions"));
+	leaks = (long long)json_integer_value(json_object_get(res, "leaks"));
+	errors = (long long)json_integer_value(json_object_get(res, "check_errors"));
+	if (ctl->json) {
+		print_json(res, false);
+	} else {
+		json_array_foreach(json_object_get(res, "problems"), i, p)
+			printf("%s at 0x%llx: %s\n",
+			       json_string_value(json_object_get(p, "kind")),
+			       (unsigned long long)json_integer_value(
+				       json_object_get(p, "offset")),
+			       json_string_value(json_object_get(p, "message")));
+		if ((long long)json_integer_value(json_object_get(res, "problems_total")) >
+		    (long long)json_array_size(json_object_get(res, "problems")))
+			printf("(only the first %zu problems are listed)\n",
+			       json_array_size(json_object_get(res, "problems")));
+		if (!corrupt && !leaks && !errors)
+			printf("image '%s': no errors were found\n", argv[optind]);
+		else
+			printf("image '%s': %lld corruption(s), %lld leaked cluster(s), "
+			       "%lld check error(s)\n", argv[optind], corrupt, leaks,
+			       errors);
+		if (!json_is_true(json_object_get(res, "consistent")))
+			printf("metadata was written back during the check: what it "
+			       "found may be a passing state; check again\n");
+	}
+	json_decref(res);
+	return corrupt || leaks || errors ? 3 : 0;
+}
+
+static int cmd_detach(struct ctl *ctl, int argc, char **argv)
+{
+	int status = parse_plain(ctl, argc, argv, detach_help, 2, 2,
+				 "NAME and QUEUE, the image and its queue's id");
+	json_t *res;
+	char *end;
+	unsigned long long id;
+
+	if (status >= 0)
+		return status;
+	errno = 0;
+	id = strtoull(argv[optind + 1], &end, 10);
+	if (errno || end == argv[optind + 1] || *end || argv[optind + 1][0] == '-')
+		return usage_error(ctl, "QUEUE must be a queue id (a number), got '%s'",
+				   argv[optind + 1]);
+	if (rpc(ctl, "queue.detach",
+		json_pack("{s:s, s:I}", "name", argv[optind], "queue", (json_int_t)id),
+		&res, NULL) < 0)
+		return 1;
+	if (ctl->json)
+		print_json(res, false);
+	else
+		printf("detaching queue %llu of image '%s'\n", id, argv[optind]);
+	json_decref(res);
+	return 0;
+}
+
+static int cmd_metrics(struct ctl *ctl, int argc, char **argv)
+{
+	int status = parse_plain(ctl, argc, argv, metrics_help, 0, 0, NULL);
+	json_t *res;
+
+	if (status >= 0)
+		return status;
+	if (rpc(ctl, "service.metrics", NULL, &res, NULL) < 0)
+		return 1;
+	if (ctl->json)
+		print_json(res, false);
+	else
+		fputs(json_string_value(json_object_get(res, "text")), stdout);
+	json_decref(res);
+	return 0;
+}
+
+static int cmd_events(struct ctl *ctl, int argc, char **argv)
+{
+	int status = 0, c = next_opt(ctl, argc, argv, plain_opts, events_help,
+				     &status);
+	sigset_t waitmask, orig;
+	json_t *list, *res, *msg;
+	int ret;
+
+	if (c == -2)
+		return status;
+	if (c != -1)
+		return usage_error(ctl, "unexpected option");
+	list = json_array();
+	for (int i = optind; i < argc && list; i++)
+		json_array_append_new(list, json_string(argv[i]));
+	/* no EVENT: all of them (an empty list would be none) */
+	if (rpc(ctl, "events.subscribe",
+		optind < argc ? json_pack("{s:o}", "events", list) :
+				(json_decref(list), NULL),
+		&res, NULL) < 0)
+		return 1;
+	json_decref(res);
+	stops_begin(ctl, &orig, &waitmask);
+	while (!stop_signal) {
+		json_t *p;
+
+		ret = ctl_read_message(&ctl->conn, &msg);
+		if (ret == -EINTR || stop_signal) {
+			ret = 0;
+			break;
+		}
+		if (ret < 0) {
+			fprintf(stderr, "qcow2ctl: events: %s\n", ctl->conn.msg);
+			break;
+		}
+		p = json_object_get(msg, "params");
+		if (ctl->json) {
+			/* (16 digits: the timestamp's microseconds) */
+			char *text = json_dumps(p, JSON_COMPACT | JSON_REAL_PRECISION(16));
+			if (text)
+				puts(text);
+			free(text);
+		} else {
+			time_t t = (time_t)json_number_value(json_object_get(p, "timestamp"));
+			char when[32], *data = json_dumps(json_object_get(p, "data"),
+							 JSON_COMPACT);
+			struct tm tm;
+
+			strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S",
+				 localtime_r(&t, &tm));
+			printf("%s %-15s %s\n", when,
+			       json_string_value(json_object_get(p, "event")),
+			       data ? data : "");
+			free(data);
+		}
+		fflush(stdout);
+		json_decref(msg);
+	}
+	stops_end(ctl, &orig);
+	return ret < 0 ? 1 : 0;
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static const struct command {
@@ -1250,6 +1450,8 @@ static const struct command {
 	{ "open", cmd_open },   { "close", cmd_close },     { "list", cmd_list },
 	{ "info", cmd_info },   { "stats", cmd_stats },     { "flush", cmd_flush },
 	{ "version", cmd_version }, { "call", cmd_call },
+	{ "check", cmd_check }, { "detach", cmd_detach },
+	{ "metrics", cmd_metrics }, { "events", cmd_events },
 };
 
 int main(int argc, char **argv)

@@ -487,6 +487,35 @@ def run_checks(sockdir):
           "stats --json --watch --reset: one compact object per line, each since the last",
           str(w))
 
+    # ---- check, metrics, detach, events --------------------------------------
+    r = ctl("check", "disk0")
+    check(r.rc == 0 and "image 'disk0': no errors were found" in r.out,
+          "check: an online check of a clean image, exit 0", str(r))
+    j = ctl("--json", "check", "disk0").json()
+    check(j is not None and j.get("corruptions") == 0 and j.get("leaks") == 0 and
+          "consistent" in j, "check --json: the raw result", str(j))
+    r = ctl("metrics")
+    check(r.rc == 0 and r.out.startswith("# TYPE qcow2d_") and r.out.endswith("# EOF\n")
+          and 'qcow2d_image_requests_total{image="disk0",op="write"}' in r.out,
+          "metrics: OpenMetrics text, per-image families", r.out[:500])
+    fails(ctl("detach", "disk0", "999"), 1, "detach of no such queue",
+          "no queue 999", "[ImageNotFound]")
+    fails(ctl("detach", "disk0", "x"), 2, "detach with a non-numeric queue id", "QUEUE")
+    ev = subprocess.Popen([*["timeout", "--foreground", "-k", "5", "--preserve-status",
+                             "-s", "INT"], "2.5", QCOW2CTL, "--socket", SOCK, "events"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.7)
+    subprocess.run([QCOW2_IMG, "create", "-q", "-f", "qcow2", "ev.qcow2", "1M"], cwd=WORK,
+                   check=True, capture_output=True)
+    ok(ctl("open", os.path.join(WORK, "ev.qcow2"), "--name", "ev"), "open for events")
+    ok(ctl("close", "ev"), "close for events")
+    out, err = ev.communicate(timeout=30)
+    check(ev.returncode == 0 and
+          re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d image\.opened +\{.*\"name\":\"ev\"",
+                    out, re.M) and
+          re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d image\.closed +\{.*\"ev\"", out, re.M),
+          "events: one line per event until SIGINT, exit 0", out + err)
+
     # ---- call ---------------------------------------------------------------
     r = ctl("call", "image.info", '{"name": "disk0"}')
     j = r.json()
