@@ -4,6 +4,10 @@
  * closing, guest-to-host mapping, reads, writes, cluster allocation with
  * deferred frees, refcounts, lazy write-back in soft-update order, resize,
  * block status. An image is touched by one thread at a time (its context's).
+ *
+ * One section per module below: its functions, and the state it owns,
+ * which struct qcow2_image (after the sections) embeds. Inline helpers
+ * that need the whole image come last.
  */
 #ifndef QCOW2_ENGINE_H
 #define QCOW2_ENGINE_H
@@ -17,6 +21,269 @@
 #include "cache/cache.h"
 #include "format/format.h"
 #include "io/io.h"
+
+struct qcow2_image;
+struct cluster_write;
+
+/* ---- The image (image.c: open, close, info) ----------------------------- */
+
+/* Set the image's message of the failure being handled (bumps
+ * img->error_seq; see request_fail()). */
+void image_set_error(struct qcow2_image *img, const char *fmt, ...)
+	QCOW2_PRINTF(2, 3);
+/* slice_load_fn of the image's caches: read the slice from the image file. */
+int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s);
+
+/* ---- Requests (request.c) ----------------------------------------------- */
+
+/*
+ * What reads and writes share (request.c): the caller's iovec (copied),
+ * the completion, the first error with its own message, and the count of
+ * work in flight. The callback runs once, never inside the call that
+ * started the request (in_submit: it is deferred to the context).
+ */
+struct request {
+	struct qcow2_image *img;
+	uint64_t offset;
+	uint64_t len;
+	struct iovec *iov;
+	int iovcnt;
+	unsigned pending;       /* started work, + 1 while the cursor runs */
+	int error;              /* the first */
+	char *error_msg;        /* its message (malloc'd), or NULL */
+	uint64_t error_seq;     /* img->error_seq when the request began */
+	bool in_submit;
+	uint64_t *error_count;  /* stats counter of failed requests, or NULL */
+	qcow2_complete_fn cb;
+	void *opaque;
+	struct ctx_deferred deferred;
+	void (*destroy)(struct request *r); /* frees what contains r */
+	struct iovec iov_inline[2];
+};
+
+/* The checks every request's range passes: inside the disk, aligned to
+ * the block size (the end may be the unaligned end of the disk); -EINVAL
+ * with the image's message set. */
+int request_check_range(struct qcow2_image *img, uint64_t offset,
+			uint64_t len);
+/* Fill r (zeroed by the caller), copying iov; pending is 1 (the cursor),
+ * in_submit set. -ENOMEM. */
+int request_init(struct request *r, struct qcow2_image *img, uint64_t offset,
+		 const struct iovec *iov, int iovcnt, uint64_t len,
+		 qcow2_complete_fn cb, void *opaque);
+/*
+ * Record a failure (the first one counts). Its message: msg when the step
+ * that failed has one (a backing file's request); else the image's message
+ * when one was set since the request began (the failure being handled set
+ * it: single thread); else a generic one naming the file and the error.
+ */
+void request_fail(struct request *r, int err, const char *msg);
+/* One piece of work done: the last one completes the request. */
+void request_put(struct request *r);
+/* The call that started the request returns: later completions call back
+ * directly. */
+void request_submitted(struct request *r);
+
+/* ---- Refcounts (refcount.c; refcount_rebuild.c) ------------------------- */
+
+/* The refcount table in memory, refcount blocks sliced, cached and
+ * written back with the rest of the metadata. */
+int refcount_open(struct qcow2_image *img);
+/* A dirty image (lazy refcounts): count every reference, write new
+ * refcount structures past the end, then point the header at them and
+ * clear the dirty bit (refcount_rebuild.c). Before refcount_open(). */
+int refcount_rebuild(struct qcow2_image *img);
+void refcount_close(struct qcow2_image *img);
+
+/*
+ * Add delta to the refcount of the host cluster at offset host (in the
+ * cache; written back by the next flush). Returns 0, -EAGAIN when a slice
+ * must be loaded first (w is woken; call again), -ERANGE on overflow or
+ * underflow (corruption), or another negative errno.
+ */
+int refcount_update(struct qcow2_image *img, uint64_t host, int64_t delta,
+		    struct slice_waiter *w);
+/* Read the refcount of the cluster at host; same return convention. */
+int refcount_get(struct qcow2_image *img, uint64_t host, uint64_t *out,
+		 struct slice_waiter *w);
+
+/* ---- Allocation (cluster_alloc.c) --------------------------------------- */
+
+/*
+ * A new host cluster. Data may reuse one from the free pool (*fresh false:
+ * it holds old bytes); otherwise, and always for tables, it is appended at
+ * the end (*fresh true: it reads zeros until written). The caller adds its
+ * refcount. Returns 0, -EAGAIN (w queued: call again), or -errno.
+ * Callers pass writeback_gate() first.
+ */
+int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
+		  uint64_t *host, bool *fresh);
+/*
+ * n contiguous clusters at the end, for a table (a relocated L1). Refcount
+ * blocks the run needs are made first, before it. Returns 0 with *off set,
+ * the caller then counts each cluster; -EAGAIN (w queued: call again;
+ * blocks made stay made) or -errno.
+ */
+int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
+		      struct slice_waiter *w, uint64_t *off);
+/*
+ * Room for a compressed cluster: blob_len bytes referenced by its
+ * descriptor, reserve bytes (blob_len rounded up to the block size)
+ * written. Returns 0 with *host, and the clusters to count: touch[i] gets
+ * +delta[i] (the caller applies them, resumably); -EAGAIN or -errno.
+ */
+int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
+			uint64_t blob_len, struct slice_waiter *w, uint64_t *host,
+			uint64_t touch[2], int64_t delta[2], int *ntouch);
+/* Drop the hold on the cluster compressed data was packed into (close). */
+void cluster_alloc_bytes_release(struct qcow2_image *img);
+/* Like cluster_free_later(), for a cluster a discard dropped: once free,
+ * its blocks are given back to the file system (punched). */
+int cluster_discard_later(struct qcow2_image *img, uint64_t host);
+/* Queue the decrement of a host cluster dropped by a metadata change. */
+int cluster_free_later(struct qcow2_image *img, uint64_t host);
+/* Called by the write-back machinery around a flush. */
+void cluster_frees_flush_started(struct qcow2_image *img);
+void cluster_frees_flush_done(struct qcow2_image *img, int err);
+/* Are decrements queued (ready_only: released by a flush, not yet made)? */
+bool cluster_frees_pending(const struct qcow2_image *img, bool ready_only);
+/* An in-place write finished: frees waiting for it may go on. */
+void cluster_frees_kick(struct qcow2_image *img);
+void cluster_alloc_close(struct qcow2_image *img);
+/* Cut the file back to the end of its last cluster (clean close). */
+void cluster_alloc_trim(struct qcow2_image *img);
+
+/* ---- Write-back (writeback.c) ------------------------------------------- */
+
+int writeback_init(struct qcow2_image *img);
+void writeback_free(struct qcow2_image *img);
+/*
+ * May metadata change now? 0 yes; -EAGAIN while a flush runs (metadata is
+ * being written in dependency order): w is parked and woken at its end; or
+ * the error of the last write-back, which failed: metadata changes fail
+ * until a write-back succeeds.
+ */
+int writeback_gate(struct qcow2_image *img, struct slice_waiter *w);
+int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
+		    qcow2_complete_fn cb, void *opaque);
+void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx);
+/* Change big-endian header fields in hdr_block; written by the next flush
+ * after the tables they point at. */
+void image_set_header_u64(struct qcow2_image *img, unsigned off, uint64_t v);
+void image_set_header_u32(struct qcow2_image *img, unsigned off, uint32_t v);
+void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx);
+
+/* ---- Guest-offset mapping (map.c: reads, writes, block status) ---------- */
+
+struct map_extent {
+	uint64_t len;
+	enum qcow2_extent_type type;
+	uint64_t host;          /* DATA: host offset; COMPRESSED: descriptor */
+};
+
+/* Map guest offset; at most maxlen bytes. Returns 0 with *ext filled, or
+ * -EAGAIN when an L2 slice is loading (w is woken when it is ready), or a
+ * negative errno (with the image's error message set). */
+int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
+	       struct map_extent *ext, struct slice_waiter *w);
+
+/* The cached L2 slice mapping guest: returns 0 (slice, index of its first
+ * entry within the table, table offset), 1 when no L2 table maps guest,
+ * -EAGAIN (w queued) while the slice loads, or -EIO (corrupt L1 entry). */
+int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
+		    struct slice_waiter *w, struct slice **slice,
+		    uint64_t *slice_first, uint64_t *l2_off);
+
+/* Compressed cluster descriptor -> host byte range. */
+void compressed_range(const struct qcow2_image *img, uint64_t desc,
+		      uint64_t *host, uint64_t *len);
+
+/* ---- Reads (read.c) ----------------------------------------------------- */
+
+/* A host cluster became reusable (free pool): drop the decompressed
+ * cluster cache, and make reads in flight not fill it (read.c). */
+void read_zbuf_drop(struct qcow2_image *img);
+
+/* Internal read: no alignment checks, callback may run synchronously. */
+int read_start(struct qcow2_image *img, uint64_t offset,
+	       const struct iovec *iov, int iovcnt, uint64_t len,
+	       bool top_level, qcow2_complete_fn cb, void *opaque);
+
+/* ---- Write requests (write.c: the cursor over the range) ---------------- */
+
+/* Each cluster of a write request is written in place (inplace.c) when it
+ * is already ours, else by a cluster write (cluster_write.c). */
+
+enum write_kind { WRITE_DATA, WRITE_ZEROES, WRITE_DISCARD, WRITE_COMPRESSED };
+
+struct write_req {
+	struct request r;
+	enum write_kind kind;
+	unsigned flags;
+	uint64_t pos;           /* cursor, relative to r.offset */
+	struct slice_waiter waiter;
+};
+
+/* A piece of a request's buffers: [off, off+len) of req->r.iov. */
+struct req_slice {
+	struct iovec *iov;
+	int iovcnt;
+	struct iovec inline_iov[2];
+	void *zeros; /* zero request: the buffer written */
+};
+
+/* [off, off+len) of a request's buffers, or zeros for a zero request
+ * (write.c). */
+int req_slice_init(struct req_slice *rs, struct write_req *req, uint64_t off,
+		   uint64_t len);
+void req_slice_free(struct req_slice *rs);
+/* A piece of a write request done, failed with err (0: it succeeded). */
+void wreq_put(struct write_req *req, int err);
+
+/* ---- In-place writes (inplace.c) ---------------------------------------- */
+
+/* Write [req->pos, +len) of the request in place at host: one IO, counted
+ * as a piece of the request (inplace.c). */
+int start_inplace(struct write_req *req, uint64_t host, uint64_t len);
+/* Sequence number of the oldest in-place write still in flight
+ * (inplace.c, which owns the ordering of in-place writes against
+ * deferred frees: it kicks the frees when its oldest write ends), or
+ * UINT64_MAX when none is. */
+uint64_t inplace_oldest_seq(const struct qcow2_image *img);
+
+/* ---- Cluster writes (cluster_write.c) ----------------------------------- */
+
+#define ALLOC_HASH_BUCKETS 1024u
+
+/* A cluster write for [a, b) of the guest cluster at guest, the request's
+ * bytes from req->pos: counted as a piece of the request (cluster_write.c). */
+int start_cluster_write(struct write_req *req, enum write_kind kind,
+			uint64_t guest, uint64_t a, uint64_t b);
+/* Between these (nested: the outermost end counts), the data writes of
+ * cluster writes are gathered, those back to back in the file into one
+ * IO, and submitted at the end (cluster_write.c). Wrapped around whatever
+ * starts or resumes many cluster writes at once: a request's cursor, the
+ * wake-up of waiters. */
+void write_gather_begin(struct qcow2_image *img);
+void write_gather_end(struct qcow2_image *img);
+/* Is a cluster write allocating the guest cluster at guest? */
+bool cluster_allocating(struct qcow2_image *img, uint64_t guest);
+
+/* ---- Synchronous calls (sync.c) ----------------------------------------- */
+
+/* Waiting for one request (sync.c): pass sync_cb with a struct sync_wait
+ * as its opaque, then sync_finish() with what starting it returned: runs
+ * the context until it completes; its result. A failure's message becomes
+ * the image's last one. */
+struct sync_wait {
+	struct qcow2_image *img;
+	bool done;
+	int ret;
+};
+void sync_cb(void *opaque, int ret, const char *error);
+int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret);
+
+/* ---- The image: its shared description and its modules' states ---------- */
 
 struct qcow2_image {
 	struct qcow2_ctx *ctx;
@@ -130,166 +397,7 @@ struct qcow2_image {
 	uint64_t error_seq;          /* bumped by every image_set_error() */
 };
 
-#define ALLOC_HASH_BUCKETS 1024u
-
-/* Set the image's message of the failure being handled (bumps
- * img->error_seq; see request_fail()). */
-void image_set_error(struct qcow2_image *img, const char *fmt, ...)
-	QCOW2_PRINTF(2, 3);
-
-/*
- * What reads and writes share (request.c): the caller's iovec (copied),
- * the completion, the first error with its own message, and the count of
- * work in flight. The callback runs once, never inside the call that
- * started the request (in_submit: it is deferred to the context).
- */
-struct request {
-	struct qcow2_image *img;
-	uint64_t offset;
-	uint64_t len;
-	struct iovec *iov;
-	int iovcnt;
-	unsigned pending;       /* started work, + 1 while the cursor runs */
-	int error;              /* the first */
-	char *error_msg;        /* its message (malloc'd), or NULL */
-	uint64_t error_seq;     /* img->error_seq when the request began */
-	bool in_submit;
-	uint64_t *error_count;  /* stats counter of failed requests, or NULL */
-	qcow2_complete_fn cb;
-	void *opaque;
-	struct ctx_deferred deferred;
-	void (*destroy)(struct request *r); /* frees what contains r */
-	struct iovec iov_inline[2];
-};
-
-/* The checks every request's range passes: inside the disk, aligned to
- * the block size (the end may be the unaligned end of the disk); -EINVAL
- * with the image's message set. */
-int request_check_range(struct qcow2_image *img, uint64_t offset,
-			uint64_t len);
-/* Fill r (zeroed by the caller), copying iov; pending is 1 (the cursor),
- * in_submit set. -ENOMEM. */
-int request_init(struct request *r, struct qcow2_image *img, uint64_t offset,
-		 const struct iovec *iov, int iovcnt, uint64_t len,
-		 qcow2_complete_fn cb, void *opaque);
-/*
- * Record a failure (the first one counts). Its message: msg when the step
- * that failed has one (a backing file's request); else the image's message
- * when one was set since the request began (the failure being handled set
- * it: single thread); else a generic one naming the file and the error.
- */
-void request_fail(struct request *r, int err, const char *msg);
-/* One piece of work done: the last one completes the request. */
-void request_put(struct request *r);
-/* The call that started the request returns: later completions call back
- * directly. */
-void request_submitted(struct request *r);
-/* slice_load_fn of the image's caches: read the slice from the image file. */
-int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s);
-
-/* Allocation (cluster_alloc.c) */
-struct cluster_write;
-/*
- * A new host cluster. Data may reuse one from the free pool (*fresh false:
- * it holds old bytes); otherwise, and always for tables, it is appended at
- * the end (*fresh true: it reads zeros until written). The caller adds its
- * refcount. Returns 0, -EAGAIN (w queued: call again), or -errno.
- * Callers pass writeback_gate() first.
- */
-int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
-		  uint64_t *host, bool *fresh);
-/*
- * n contiguous clusters at the end, for a table (a relocated L1). Refcount
- * blocks the run needs are made first, before it. Returns 0 with *off set,
- * the caller then counts each cluster; -EAGAIN (w queued: call again;
- * blocks made stay made) or -errno.
- */
-int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
-		      struct slice_waiter *w, uint64_t *off);
-/*
- * Room for a compressed cluster: blob_len bytes referenced by its
- * descriptor, reserve bytes (blob_len rounded up to the block size)
- * written. Returns 0 with *host, and the clusters to count: touch[i] gets
- * +delta[i] (the caller applies them, resumably); -EAGAIN or -errno.
- */
-int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
-			uint64_t blob_len, struct slice_waiter *w, uint64_t *host,
-			uint64_t touch[2], int64_t delta[2], int *ntouch);
-/* Drop the hold on the cluster compressed data was packed into (close). */
-void cluster_alloc_bytes_release(struct qcow2_image *img);
-/* Like cluster_free_later(), for a cluster a discard dropped: once free,
- * its blocks are given back to the file system (punched). */
-int cluster_discard_later(struct qcow2_image *img, uint64_t host);
-/* Queue the decrement of a host cluster dropped by a metadata change. */
-int cluster_free_later(struct qcow2_image *img, uint64_t host);
-/* Called by the write-back machinery around a flush. */
-void cluster_frees_flush_started(struct qcow2_image *img);
-void cluster_frees_flush_done(struct qcow2_image *img, int err);
-/* Are decrements queued (ready_only: released by a flush, not yet made)? */
-bool cluster_frees_pending(const struct qcow2_image *img, bool ready_only);
-/* An in-place write finished: frees waiting for it may go on. */
-void cluster_frees_kick(struct qcow2_image *img);
-void cluster_alloc_close(struct qcow2_image *img);
-/* Sequence number of the oldest in-place write still in flight
- * (inplace.c, which owns the ordering of in-place writes against
- * deferred frees: it kicks the frees when its oldest write ends), or
- * UINT64_MAX when none is. */
-uint64_t inplace_oldest_seq(const struct qcow2_image *img);
-/* Cut the file back to the end of its last cluster (clean close). */
-void cluster_alloc_trim(struct qcow2_image *img);
-
-/* Write-back (writeback.c) */
-int writeback_init(struct qcow2_image *img);
-void writeback_free(struct qcow2_image *img);
-/*
- * May metadata change now? 0 yes; -EAGAIN while a flush runs (metadata is
- * being written in dependency order): w is parked and woken at its end; or
- * the error of the last write-back, which failed: metadata changes fail
- * until a write-back succeeds.
- */
-int writeback_gate(struct qcow2_image *img, struct slice_waiter *w);
-int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
-		    qcow2_complete_fn cb, void *opaque);
-void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx);
-/* Change big-endian header fields in hdr_block; written by the next flush
- * after the tables they point at. */
-void image_set_header_u64(struct qcow2_image *img, unsigned off, uint64_t v);
-void image_set_header_u32(struct qcow2_image *img, unsigned off, uint32_t v);
-void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx);
-int write_open(struct qcow2_image *img, struct qcow2_error *err);
-
-/* Guest-offset mapping (map.c) shared by reads and block status. */
-struct map_extent {
-	uint64_t len;
-	enum qcow2_extent_type type;
-	uint64_t host;          /* DATA: host offset; COMPRESSED: descriptor */
-};
-
-/* Map guest offset; at most maxlen bytes. Returns 0 with *ext filled, or
- * -EAGAIN when an L2 slice is loading (w is woken when it is ready), or a
- * negative errno (with the image's error message set). */
-int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
-	       struct map_extent *ext, struct slice_waiter *w);
-
-/* The cached L2 slice mapping guest: returns 0 (slice, index of its first
- * entry within the table, table offset), 1 when no L2 table maps guest,
- * -EAGAIN (w queued) while the slice loads, or -EIO (corrupt L1 entry). */
-int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
-		    struct slice_waiter *w, struct slice **slice,
-		    uint64_t *slice_first, uint64_t *l2_off);
-
-/* Compressed cluster descriptor -> host byte range. */
-void compressed_range(const struct qcow2_image *img, uint64_t desc,
-		      uint64_t *host, uint64_t *len);
-
-/* A host cluster became reusable (free pool): drop the decompressed
- * cluster cache, and make reads in flight not fill it (read.c). */
-void read_zbuf_drop(struct qcow2_image *img);
-
-/* Internal read: no alignment checks, callback may run synchronously. */
-int read_start(struct qcow2_image *img, uint64_t offset,
-	       const struct iovec *iov, int iovcnt, uint64_t len,
-	       bool top_level, qcow2_complete_fn cb, void *opaque);
+/* ---- Inline helpers ----------------------------------------------------- */
 
 /* Where the image's clusters end: the file as opened, or, once we allocate,
  * the end of the last cluster we allocated. */
@@ -298,50 +406,11 @@ static inline uint64_t image_end(const struct qcow2_image *img)
 	return img->wb ? img->alloc_end : img->file.size;
 }
 
-/* ---- The write path (write.c: the request cursor; inplace.c: writes to
- * clusters already ours; cluster_write.c: the others) -------------------- */
-
-enum write_kind { WRITE_DATA, WRITE_ZEROES, WRITE_DISCARD, WRITE_COMPRESSED };
-
-struct write_req {
-	struct request r;
-	enum write_kind kind;
-	unsigned flags;
-	uint64_t pos;           /* cursor, relative to r.offset */
-	struct slice_waiter waiter;
-};
-
-/* A piece of a request's buffers: [off, off+len) of req->r.iov. */
-struct req_slice {
-	struct iovec *iov;
-	int iovcnt;
-	struct iovec inline_iov[2];
-	void *zeros; /* zero request: the buffer written */
-};
-
-/* [off, off+len) of a request's buffers, or zeros for a zero request
- * (write.c). */
-int req_slice_init(struct req_slice *rs, struct write_req *req, uint64_t off,
-		   uint64_t len);
-void req_slice_free(struct req_slice *rs);
-/* A piece of a write request done, failed with err (0: it succeeded). */
-void wreq_put(struct write_req *req, int err);
-/* Write [req->pos, +len) of the request in place at host: one IO, counted
- * as a piece of the request (inplace.c). */
-int start_inplace(struct write_req *req, uint64_t host, uint64_t len);
-/* A cluster write for [a, b) of the guest cluster at guest, the request's
- * bytes from req->pos: counted as a piece of the request (cluster_write.c). */
-int start_cluster_write(struct write_req *req, enum write_kind kind,
-			uint64_t guest, uint64_t a, uint64_t b);
-/* Between these (nested: the outermost end counts), the data writes of
- * cluster writes are gathered, those back to back in the file into one
- * IO, and submitted at the end (cluster_write.c). Wrapped around whatever
- * starts or resumes many cluster writes at once: a request's cursor, the
- * wake-up of waiters. */
-void write_gather_begin(struct qcow2_image *img);
-void write_gather_end(struct qcow2_image *img);
-/* Is a cluster write allocating the guest cluster at guest? */
-bool cluster_allocating(struct qcow2_image *img, uint64_t guest);
+/* Unmapped clusters would show the backing file: zeros need the flag. */
+static inline bool image_needs_zero_flag(const struct qcow2_image *img)
+{
+	return img->hdr.backing_file != NULL;
+}
 
 /* L2 entries of this image in a cached slice. */
 /* The entry maps a host cluster. With an external data file, clusters are
@@ -414,44 +483,5 @@ static inline bool l2e_range_in_place(const struct qcow2_image *img,
 	m = l2e_sc_mask(img, a, b);
 	return (bitmap & m) == m;
 }
-
-/* Unmapped clusters would show the backing file: zeros need the flag. */
-static inline bool image_needs_zero_flag(const struct qcow2_image *img)
-{
-	return img->hdr.backing_file != NULL;
-}
-
-/* Waiting for one request (sync.c): pass sync_cb with a struct sync_wait
- * as its opaque, then sync_finish() with what starting it returned: runs
- * the context until it completes; its result. A failure's message becomes
- * the image's last one. */
-struct sync_wait {
-	struct qcow2_image *img;
-	bool done;
-	int ret;
-};
-void sync_cb(void *opaque, int ret, const char *error);
-int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret);
-
-/* Refcounts (refcount.c): the refcount table in memory, refcount blocks
- * sliced, cached and written back with the rest of the metadata. */
-int refcount_open(struct qcow2_image *img);
-/* A dirty image (lazy refcounts): count every reference, write new
- * refcount structures past the end, then point the header at them and
- * clear the dirty bit (refcount_rebuild.c). Before refcount_open(). */
-int refcount_rebuild(struct qcow2_image *img);
-void refcount_close(struct qcow2_image *img);
-
-/*
- * Add delta to the refcount of the host cluster at offset host (in the
- * cache; written back by the next flush). Returns 0, -EAGAIN when a slice
- * must be loaded first (w is woken; call again), -ERANGE on overflow or
- * underflow (corruption), or another negative errno.
- */
-int refcount_update(struct qcow2_image *img, uint64_t host, int64_t delta,
-		    struct slice_waiter *w);
-/* Read the refcount of the cluster at host; same return convention. */
-int refcount_get(struct qcow2_image *img, uint64_t host, uint64_t *out,
-		 struct slice_waiter *w);
 
 #endif
