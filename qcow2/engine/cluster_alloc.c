@@ -79,39 +79,27 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 /*
  * Make sure a refcount block covers the cluster at alloc_end; if not, the
  * cluster there becomes that block and counts itself (it lies in its own
- * range). Its slice holding its own entry is created in the cache, already
- * dirty, so the block's refcount is written before the reftable entry that
- * points at it (rule 1). -EAGAIN (w queued) when the cache has no room;
- * blocks made before that stay made.
+ * range: refcount_new_block()). -EAGAIN (w queued) when the cache has no
+ * room; blocks made before that stay made.
  */
 static int cover_alloc_end(struct qcow2_image *img, struct slice_waiter *w)
 {
 	for (;;) {
-		uint64_t ci = img->alloc_end >> img->cluster_bits;
-		uint64_t rt = ci / img->refblock_entries;
-		uint64_t per_slice = ((uint64_t)img->rc_slice_size * 8) >>
-				     img->refcount_order;
-		uint64_t idx = ci % img->refblock_entries;
-		uint64_t block = img->alloc_end;
-		struct slice *s;
+		uint64_t rt = refcount_table_index(img, img->alloc_end >>
+						   img->cluster_bits);
 		int ret;
 
-		if (rt >= img->reftable_entries) {
+		if (rt >= refcount_table_entries(img)) {
 			ret = reftable_grow(img, rt + 1, w);
 			if (ret < 0)
 				return ret;
 			continue;
 		}
-		if (img->reftable[rt])
+		if (refcount_block_at(img, rt))
 			return 0;
-		ret = slice_cache_create(img->rc_cache,
-					 block + idx / per_slice * img->rc_slice_size,
-					 w, &s);
+		ret = refcount_new_block(img, rt, img->alloc_end, w);
 		if (ret < 0)
 			return ret;
-		refblock_set(s->data, idx % per_slice, img->refcount_order, 1);
-		img->reftable[rt] = block;
-		image_mark_reftable_dirty(img, (uint32_t)rt);
 		img->alloc_end += img->cluster_size;
 		extend_file(img);
 	}
@@ -121,11 +109,12 @@ static int cover_alloc_end(struct qcow2_image *img, struct slice_waiter *w)
  * block in the (possibly just enlarged) table. */
 static bool range_covered(struct qcow2_image *img, uint64_t start, uint64_t n)
 {
-	uint64_t first = (start >> img->cluster_bits) / img->refblock_entries;
-	uint64_t last = ((start >> img->cluster_bits) + n - 1) / img->refblock_entries;
+	uint64_t first = refcount_table_index(img, start >> img->cluster_bits);
+	uint64_t last = refcount_table_index(img, (start >> img->cluster_bits) +
+						  n - 1);
 
 	for (uint64_t rt = first; rt <= last; rt++)
-		if (rt >= img->reftable_entries || !img->reftable[rt])
+		if (!refcount_block_at(img, rt))
 			return false;
 	return true;
 }
@@ -148,25 +137,9 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 		return -EAGAIN;
 	}
 	if (img->grow_phase == 0) {
-		uint64_t entries = (uint64_t)img->reftable_entries * 2;
-		uint64_t bytes, *table;
-
-		if (entries < need + 1)
-			entries = need + 1;
-		bytes = align_up(entries * 8, img->cluster_size);
-		if (bytes > QCOW2_MAX_REFTABLE_BYTES * 8ull) {
-			image_set_error(img, "the refcount table would exceed %u MiB",
-					QCOW2_MAX_REFTABLE_BYTES * 8 >> 20);
-			return -ENOSPC;
-		}
-		table = realloc(img->reftable, bytes);
-		if (!table)
-			return -ENOMEM;
-		memset(table + img->reftable_entries, 0,
-		       bytes - (uint64_t)img->reftable_entries * 8);
-		img->reftable = table;
-		img->reftable_entries = (uint32_t)(bytes / 8);
-		img->grow_clusters = (uint32_t)(bytes >> img->cluster_bits);
+		ret = refcount_table_enlarge(img, need, &img->grow_clusters);
+		if (ret < 0)
+			return ret;
 		img->grow_phase = 1;
 		img->grower = w;
 	}
@@ -175,9 +148,9 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 
 		/* Refcount blocks for the clusters the new table will take. */
 		while (!range_covered(img, img->alloc_end, n)) {
-			uint64_t ci = img->alloc_end >> img->cluster_bits;
-			uint64_t rt = ci / img->refblock_entries;
-			if (img->reftable[rt]) {
+			uint64_t rt = refcount_table_index(img, img->alloc_end >>
+							   img->cluster_bits);
+			if (refcount_block_at(img, rt)) {
 				img->alloc_end += img->cluster_size;
 				/* skip: that cluster stays a hole, counted 0 */
 				continue;
@@ -210,7 +183,7 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 	image_set_header_u64(img, 48, img->grow_off);
 	image_set_header_u32(img, 56, img->grow_clusters);
 	image_mark_reftable_dirty(img, 0);
-	image_mark_reftable_dirty(img, img->reftable_entries - 1);
+	image_mark_reftable_dirty(img, refcount_table_entries(img) - 1);
 	img->grow_off = 0;
 	img->grow_phase = 0;
 	img->grower = NULL;
@@ -232,7 +205,7 @@ static uint64_t first_uncovered(struct qcow2_image *img, uint64_t first,
 				uint64_t last)
 {
 	for (uint64_t rt = first; rt <= last; rt++)
-		if (rt >= img->reftable_entries || !img->reftable[rt])
+		if (!refcount_block_at(img, rt))
 			return rt;
 	return UINT64_MAX;
 }
@@ -240,7 +213,6 @@ static uint64_t first_uncovered(struct qcow2_image *img, uint64_t first,
 int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 		      struct slice_waiter *w, uint64_t *off)
 {
-	uint64_t per = img->refblock_entries;
 	int ret;
 
 	if (img->grow_phase && img->grower != w) {
@@ -249,7 +221,7 @@ int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 		return -EAGAIN;
 	}
 	for (;;) {
-		uint64_t a, k = 0, rt;
+		uint64_t a, k = 0, rt, first, last;
 
 		ret = cover_alloc_end(img, w);
 		if (ret < 0)
@@ -260,8 +232,10 @@ int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 		 * grows, bounded by the ranges the run spans). */
 		for (;;) {
 			uint64_t u = 0;
-			for (uint64_t r = a / per; r <= (a + k + n - 1) / per; r++)
-				if (r >= img->reftable_entries || !img->reftable[r])
+			first = refcount_table_index(img, a);
+			last = refcount_table_index(img, a + k + n - 1);
+			for (uint64_t r = first; r <= last; r++)
+				if (!refcount_block_at(img, r))
 					u++;
 			if (u <= k)
 				break;
@@ -273,8 +247,8 @@ int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 		 * range without one. Counted first, so that -EAGAIN leaves
 		 * nothing half done. It is a fresh cluster: its entries read
 		 * zero until the run's clusters are counted in it. */
-		rt = first_uncovered(img, a / per, (a + k + n - 1) / per);
-		if (rt >= img->reftable_entries) {
+		rt = first_uncovered(img, first, last);
+		if (rt >= refcount_table_entries(img)) {
 			ret = reftable_grow(img, rt + 1, w);
 			if (ret < 0)
 				return ret;
@@ -283,8 +257,7 @@ int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 		ret = refcount_update(img, img->alloc_end, 1, w);
 		if (ret < 0)
 			return ret;
-		img->reftable[rt] = img->alloc_end;
-		image_mark_reftable_dirty(img, (uint32_t)rt);
+		refcount_set_block(img, rt, img->alloc_end);
 		img->alloc_end += img->cluster_size;
 		extend_file(img);
 	}
@@ -339,8 +312,7 @@ int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
 	bool fresh, hold, span;
 	int ret;
 
-	max_rc = img->refcount_order == 6 ? UINT64_MAX :
-		 (1ull << (1u << img->refcount_order)) - 1;
+	max_rc = refcount_max(img);
 	hold = max_rc >= 3;
 	end = img->cz_cluster + cs;
 	if (img->cz_cluster && img->cz_off + reserve <= end &&

@@ -86,8 +86,17 @@ void request_submitted(struct request *r);
 
 /* ---- Refcounts (refcount.c; refcount_rebuild.c) ------------------------- */
 
-/* The refcount table in memory, refcount blocks sliced, cached and
+/* The refcount table in memory (refcount.c's alone: others go through the
+ * functions below); refcount blocks are sliced in img->rc_cache and
  * written back with the rest of the metadata. */
+struct refcounts {
+	uint64_t *reftable;         /* host-endian block offsets */
+	uint32_t reftable_entries;
+	uint32_t order;             /* log2(bits per refcount) */
+	uint64_t block_entries;     /* refcounts per refcount block */
+	uint32_t slice_size;        /* of img->rc_cache */
+};
+
 int refcount_open(struct qcow2_image *img);
 /* A dirty image (lazy refcounts): count every reference, write new
  * refcount structures past the end, then point the header at them and
@@ -106,6 +115,22 @@ int refcount_update(struct qcow2_image *img, uint64_t host, int64_t delta,
 /* Read the refcount of the cluster at host; same return convention. */
 int refcount_get(struct qcow2_image *img, uint64_t host, uint64_t *out,
 		 struct slice_waiter *w);
+
+/* The cluster at block, in the range of refcount table entry rt, becomes
+ * that range's refcount block and counts itself: the slice holding its own
+ * entry is created in the cache already dirty, so the block's refcount is
+ * written before the table entry that points at it (rule 1). -EAGAIN (w
+ * queued) when the cache has no room. */
+int refcount_new_block(struct qcow2_image *img, uint64_t rt, uint64_t block,
+		       struct slice_waiter *w);
+/* Point table entry rt at block (counted by the caller), dirty. */
+void refcount_set_block(struct qcow2_image *img, uint64_t rt, uint64_t block);
+/* Enlarge the table in memory to at least need + 1 entries, at least
+ * doubling it, in whole clusters (*clusters: how many). The caller
+ * places and counts it, then points the header at it. -ENOSPC past the
+ * largest table, -ENOMEM. */
+int refcount_table_enlarge(struct qcow2_image *img, uint64_t need,
+			   uint32_t *clusters);
 
 /* ---- Allocation (cluster_alloc.c) --------------------------------------- */
 
@@ -315,15 +340,14 @@ struct qcow2_image {
 	struct qcow2_image *backing;
 	char *backing_path;         /* hdr.backing_file beside the image */
 
-	/* Allocation and refcounts (read-write images; refcount.c) */
+	/* refcount blocks (read-write images; made by refcount.c, written
+	 * back by writeback.c) */
+	struct slice_cache *rc_cache;
+	struct refcounts refcounts;  /* refcount.c */
+
+	/* Allocation (read-write images; cluster_alloc.c) */
 	uint64_t alloc_end;         /* end of the last allocated cluster */
 	uint64_t file_len;          /* the image file's size as we set it */
-	uint64_t *reftable;         /* host-endian block offsets */
-	uint32_t reftable_entries;
-	struct slice_cache *rc_cache;
-	uint32_t rc_slice_size;
-	uint32_t refcount_order;
-	uint64_t refblock_entries;  /* entries per refcount block */
 
 	/* Write path (write.c, cluster_alloc.c, writeback.c) */
 	bool l1_dirty;
@@ -404,6 +428,42 @@ struct qcow2_image {
 static inline uint64_t image_end(const struct qcow2_image *img)
 {
 	return img->wb ? img->alloc_end : img->file.size;
+}
+
+/* Read access to refcount.c's table (struct refcounts). */
+
+/* The table entry whose block holds the refcount of cluster_index. */
+static inline uint64_t refcount_table_index(const struct qcow2_image *img,
+					    uint64_t cluster_index)
+{
+	return cluster_index / img->refcounts.block_entries;
+}
+
+static inline uint32_t refcount_table_entries(const struct qcow2_image *img)
+{
+	return img->refcounts.reftable_entries;
+}
+
+/* The refcount block of table entry rt; 0 when there is none (past the
+ * table too). */
+static inline uint64_t refcount_block_at(const struct qcow2_image *img,
+					 uint64_t rt)
+{
+	return rt < img->refcounts.reftable_entries ?
+		       img->refcounts.reftable[rt] : 0;
+}
+
+/* The whole table (host-endian), for its write-back. */
+static inline const uint64_t *refcount_table(const struct qcow2_image *img)
+{
+	return img->refcounts.reftable;
+}
+
+/* The largest refcount an entry holds. */
+static inline uint64_t refcount_max(const struct qcow2_image *img)
+{
+	return img->refcounts.order == 6 ? UINT64_MAX :
+	       (1ull << (1u << img->refcounts.order)) - 1;
 }
 
 /* Unmapped clusters would show the backing file: zeros need the flag. */

@@ -505,8 +505,9 @@ static void wb_advance(struct writeback *wb)
 				 * a growing table waits for its installation. */
 				fs->reftable_bytes += wb_write_table(
 					wb, WB_W_REFTABLE,
-					img->hdr.refcount_table_offset, img->reftable,
-					img->reftable_entries,
+					img->hdr.refcount_table_offset,
+					refcount_table(img),
+					refcount_table_entries(img),
 					(uint64_t)img->hdr.refcount_table_clusters
 						<< img->cluster_bits,
 					img->reftable_dirty_lo, img->reftable_dirty_hi);

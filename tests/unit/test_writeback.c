@@ -115,8 +115,8 @@ static char classify(const struct qcow2_image *img, uint64_t off)
 	if (within(off, img->hdr.l1_table_offset,
 		   align_up((uint64_t)img->l1_size * 8, cs)))
 		return '1';
-	for (uint32_t i = 0; i < img->reftable_entries; i++)
-		if (within(off, img->reftable[i], cs))
+	for (uint32_t i = 0; i < img->refcounts.reftable_entries; i++)
+		if (within(off, img->refcounts.reftable[i], cs))
 			return 'r';
 	for (uint32_t i = 0; i < img->l1_size; i++)
 		if (within(off, img->l1[i] & L1E_OFFSET_MASK, cs))
