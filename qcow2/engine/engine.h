@@ -135,6 +135,51 @@ int refcount_table_enlarge(struct qcow2_image *img, uint64_t need,
 /* ---- Allocation (cluster_alloc.c) --------------------------------------- */
 
 /*
+ * Where host clusters come from and how they go back: cluster_alloc.c's
+ * alone (others call the functions below).
+ */
+struct allocator {
+	uint64_t end;               /* end of the last allocated cluster */
+	uint64_t file_len;          /* the image file's size as we set it */
+	/* Refcount table growth in progress: phase 1, the table is enlarged
+	 * in memory; phase 2, placed at grow_off. */
+	int grow_phase;
+	struct slice_waiter *grower;    /* the allocation doing it */
+	struct slice_waiter *grow_waiters; /* other appends wait (they would
+					      use blocks not yet on disk) */
+	uint64_t grow_off;
+	uint32_t grow_clusters;
+	uint32_t grow_counted;
+	/* Reusable clusters: their dropping entries and decrements are done. */
+	uint64_t *free_pool;
+	size_t free_pool_len, free_pool_cap;
+	/* Clusters to decrement once the entries that dropped them are on
+	 * disk (rule 3): queued now, released by the next completed flush. */
+	uint64_t *frees_waiting;     /* waiting for a flush to start */
+	size_t frees_waiting_len, frees_waiting_cap;
+	uint64_t *frees_flushing;    /* covered by the running flush */
+	size_t frees_flushing_len, frees_flushing_cap;
+	uint64_t *frees_ready;       /* decrement now */
+	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
+	/* ...and once every in-place write issued before that flush began
+	 * is done: a late one must not land in a reused cluster. */
+	uint64_t frees_flushing_seq; /* ip_seq when the running flush began */
+	uint64_t frees_ready_seq;    /* ready frees wait for writes <= this */
+	/* The worker that makes the ready decrements */
+	struct slice_waiter free_waiter;
+	bool free_worker_parked;     /* on a slice load or a flush */
+	bool free_worker_waits_ip;   /* on in-place writes */
+	unsigned punches_inflight;   /* holes being punched */
+	/* Packing of compressed clusters (cluster_alloc_bytes) */
+	uint64_t cz_cluster;         /* cluster taking blobs, held; or 0 */
+	uint64_t cz_off;             /* its next free byte */
+	uint64_t cz_blobs;           /* blobs counted in it */
+};
+
+/* Allocations start at the end of the file as it is (open; again after a
+ * refcount rebuild wrote past it). */
+void cluster_alloc_init(struct qcow2_image *img);
+/*
  * A new host cluster. Data may reuse one from the free pool (*fresh false:
  * it holds old bytes); otherwise, and always for tables, it is appended at
  * the end (*fresh true: it reads zeros until written). The caller adds its
@@ -345,9 +390,7 @@ struct qcow2_image {
 	struct slice_cache *rc_cache;
 	struct refcounts refcounts;  /* refcount.c */
 
-	/* Allocation (read-write images; cluster_alloc.c) */
-	uint64_t alloc_end;         /* end of the last allocated cluster */
-	uint64_t file_len;          /* the image file's size as we set it */
+	struct allocator alloc;      /* cluster_alloc.c */
 
 	/* Write path (write.c, cluster_alloc.c, writeback.c) */
 	bool l1_dirty;
@@ -357,15 +400,6 @@ struct qcow2_image {
 	bool header_dirty;           /* hdr_block changed (written in a flush) */
 	uint8_t *hdr_block;          /* the image's first block, as on disk */
 	uint32_t hdr_block_len;
-	/* Refcount table growth in progress (cluster_alloc.c): phase 1, the
-	 * table is enlarged in memory; phase 2, placed at grow_off. */
-	int grow_phase;
-	struct slice_waiter *grower;    /* the allocation doing it */
-	struct slice_waiter *grow_waiters; /* other appends wait (they would
-					      use blocks not yet on disk) */
-	uint64_t grow_off;
-	uint32_t grow_clusters;
-	uint32_t grow_counted;
 	bool data_unsynced;          /* data written since the last fdatasync */
 	/* Lazy refcounts: flushes leave refcounts in the cache (written at
 	 * close) once the dirty bit is on disk. */
@@ -378,33 +412,12 @@ struct qcow2_image {
 	/* Data writes being gathered (write_gather_begin()). */
 	unsigned gather_depth;
 	struct write_batch *batch;
-	/* Reusable clusters: their dropping entries and decrements are done. */
-	uint64_t *free_pool;
-	size_t free_pool_len, free_pool_cap;
-	/* Clusters to decrement once the entries that dropped them are on
-	 * disk (rule 3): queued now, released by the next completed flush. */
-	uint64_t *frees_waiting;     /* waiting for a flush to start */
-	size_t frees_waiting_len, frees_waiting_cap;
-	uint64_t *frees_flushing;    /* covered by the running flush */
-	size_t frees_flushing_len, frees_flushing_cap;
-	uint64_t *frees_ready;       /* decrement now */
-	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
-	struct slice_waiter free_waiter;
 	/* In-place writes in flight, oldest first (write.c). They do not wait
 	 * for metadata changes, so a cluster a discard dropped is decremented
 	 * only once every in-place write issued before the flush that wrote
 	 * the discard is done: a late one must not land in a reused cluster. */
 	struct inplace_write *ip_head, *ip_tail;
 	uint64_t ip_seq;             /* of the last one started */
-	uint64_t frees_flushing_seq; /* ip_seq when the running flush began */
-	uint64_t frees_ready_seq;    /* ready frees wait for writes <= this */
-	bool free_worker_waits_ip;
-	unsigned punches_inflight;   /* holes being punched (cluster_alloc.c) */
-	/* Packing of compressed clusters (cluster_alloc_bytes) */
-	uint64_t cz_cluster;         /* cluster taking blobs, held; or 0 */
-	uint64_t cz_off;             /* its next free byte */
-	uint64_t cz_blobs;           /* blobs counted in it */
-	bool free_worker_parked;
 	struct writeback *wb;
 
 	/* single-entry cache of the last decompressed cluster, keyed by its
@@ -423,11 +436,26 @@ struct qcow2_image {
 
 /* ---- Inline helpers ----------------------------------------------------- */
 
+/* Read access to cluster_alloc.c's state (struct allocator). */
+
+/* The end of the last cluster allocated (or of the file as opened,
+ * rounded up to a cluster). */
+static inline uint64_t cluster_alloc_end(const struct qcow2_image *img)
+{
+	return img->alloc.end;
+}
+
+/* Holes being punched (a close waits for them). */
+static inline unsigned cluster_punches_inflight(const struct qcow2_image *img)
+{
+	return img->alloc.punches_inflight;
+}
+
 /* Where the image's clusters end: the file as opened, or, once we allocate,
  * the end of the last cluster we allocated. */
 static inline uint64_t image_end(const struct qcow2_image *img)
 {
-	return img->wb ? img->alloc_end : img->file.size;
+	return img->wb ? cluster_alloc_end(img) : img->file.size;
 }
 
 /* Read access to refcount.c's table (struct refcounts). */

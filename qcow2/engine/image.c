@@ -408,8 +408,7 @@ static int open_qcow2(struct qcow2_image *img,
 	img->subcluster_bits = img->extl2 ? img->cluster_bits - 5 : img->cluster_bits;
 	img->l1_size = img->hdr.l1_size;
 	img->data = &img->file;
-	img->alloc_end = align_up(img->file.size, img->cluster_size);
-	img->file_len = img->file.size;
+	cluster_alloc_init(img);
 
 	if (img->hdr.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
 		ret = open_data_file(img, opts, err);
@@ -586,7 +585,8 @@ int qcow2_close(struct qcow2_image *img, struct qcow2_error *err)
 			snprintf(err->msg, sizeof(err->msg), "%s",
 				 img->last_error[0] ? img->last_error :
 				 strerror(-ret));
-		while (img->punches_inflight && qcow2_ctx_inflight(img->ctx) > 0)
+		while (cluster_punches_inflight(img) &&
+		       qcow2_ctx_inflight(img->ctx) > 0)
 			if (qcow2_ctx_process(img->ctx, true) < 0)
 				break;
 		if (img->dirty_on_disk && !qcow2_has_dirty_metadata(img))

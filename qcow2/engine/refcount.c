@@ -80,7 +80,7 @@ static int rc_locate(struct qcow2_image *img, uint64_t ci, uint64_t *key,
 	if (rt >= rc->reftable_entries || !rc->reftable[rt])
 		return -ENOENT;
 	block = rc->reftable[rt];
-	if (block >= img->alloc_end) {
+	if (block >= cluster_alloc_end(img)) {
 		image_set_error(img, "corrupt image: refcount block at 0x%llx lies "
 				"beyond the end of the image", (unsigned long long)block);
 		return -EIO;

@@ -355,8 +355,8 @@ static void run_stage_case(const struct stage_case *c)
 	c->check(&h, &before, &after, failed_off);
 
 	/* the next flush writes what is dirty, and leaves nothing dirty */
-	frees = h.img->frees_waiting_len;
-	freed = frees ? h.img->frees_waiting[0] : 0;
+	frees = h.img->alloc.frees_waiting_len;
+	freed = frees ? h.img->alloc.frees_waiting[0] : 0;
 	flush_ok(&h, seq);
 	assert_string_equal(seq, c->retry_seq);
 	assert_int_equal(gate(h.img), 0);
@@ -374,9 +374,9 @@ static void run_stage_case(const struct stage_case *c)
 		/* it released the frees the failed flush kept: their
 		 * decrements dirty a refcount block again */
 		assert_int_equal(frees, 1);
-		assert_int_equal(h.img->frees_waiting_len, 0);
-		assert_int_equal(h.img->free_pool_len, 1);
-		assert_int_equal(h.img->free_pool[0], freed);
+		assert_int_equal(h.img->alloc.frees_waiting_len, 0);
+		assert_int_equal(h.img->alloc.free_pool_len, 1);
+		assert_int_equal(h.img->alloc.free_pool[0], freed);
 		assert_int_equal(fx_refcount(&h, freed), 0);
 		assert_int_equal(after.rc, 1);
 		flush_ok(&h, seq);
@@ -511,9 +511,9 @@ static void check_l1_relocated(struct fx *h, const struct dirty *b,
 	assert_int_equal(a->l1_lo, 0);
 	assert_int_equal(a->l1_hi, h->img->l1_size);
 	assert_true(a->hdr);
-	assert_int_equal(h->img->frees_flushing_len, 0);
-	assert_int_equal(h->img->frees_waiting_len, 1);
-	assert_int_equal(fx_refcount(h, h->img->frees_waiting[0]), 1);
+	assert_int_equal(h->img->alloc.frees_flushing_len, 0);
+	assert_int_equal(h->img->alloc.frees_waiting_len, 1);
+	assert_int_equal(fx_refcount(h, h->img->alloc.frees_waiting[0]), 1);
 }
 
 static void test_fail_l1_relocated(void **state)
@@ -541,12 +541,12 @@ static void check_header(struct fx *h, const struct dirty *b,
 	assert_false(a->l1);
 	assert_int_equal(a->l2, 0);
 	assert_int_equal(a->rc, 0);
-	assert_int_equal(h->img->frees_flushing_len, 0);
-	assert_int_equal(h->img->frees_waiting_len, 1);
-	old_l1 = h->img->frees_waiting[0];
+	assert_int_equal(h->img->alloc.frees_flushing_len, 0);
+	assert_int_equal(h->img->alloc.frees_waiting_len, 1);
+	old_l1 = h->img->alloc.frees_waiting[0];
 	assert_int_not_equal(old_l1, h->img->hdr.l1_table_offset);
 	assert_int_equal(fx_refcount(h, old_l1), 1);
-	assert_int_equal(h->img->free_pool_len, 0);
+	assert_int_equal(h->img->alloc.free_pool_len, 0);
 }
 
 static void test_fail_header(void **state)
