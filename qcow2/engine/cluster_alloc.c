@@ -464,7 +464,7 @@ void cluster_frees_flush_started(struct qcow2_image *img)
 
 	/* Entries dropped so far are written by this flush; in-place writes
 	 * issued so far may still target their clusters. */
-	al->frees_flushing_seq = img->ip_seq;
+	al->frees_flushing_seq = inplace_last_started(img);
 	for (size_t i = 0; i < al->frees_waiting_len; i++) {
 		if (vec_push(&al->frees_flushing, &al->frees_flushing_len,
 			     &al->frees_flushing_cap, al->frees_waiting[i]) < 0)
@@ -497,7 +497,7 @@ static void free_worker(struct qcow2_image *img)
 
 	al->free_worker_waits_ip = false;
 	if (al->frees_ready_pos < al->frees_ready_len &&
-	    inplace_oldest_seq(img) <= al->frees_ready_seq) {
+	    !inplace_ended(img, al->frees_ready_seq)) {
 		al->free_worker_waits_ip = true; /* cluster_frees_kick resumes */
 		return;
 	}
@@ -565,7 +565,7 @@ void cluster_frees_kick(struct qcow2_image *img)
 	struct allocator *al = &img->alloc;
 
 	if (al->free_worker_waits_ip &&
-	    inplace_oldest_seq(img) > al->frees_ready_seq)
+	    inplace_ended(img, al->frees_ready_seq))
 		free_worker(img);
 }
 

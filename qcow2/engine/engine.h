@@ -163,7 +163,8 @@ struct allocator {
 	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
 	/* ...and once every in-place write issued before that flush began
 	 * is done: a late one must not land in a reused cluster. */
-	uint64_t frees_flushing_seq; /* ip_seq when the running flush began */
+	uint64_t frees_flushing_seq; /* inplace_last_started() when the
+					running flush began */
 	uint64_t frees_ready_seq;    /* ready frees wait for writes <= this */
 	/* The worker that makes the ready decrements */
 	struct slice_waiter free_waiter;
@@ -312,14 +313,26 @@ void wreq_put(struct write_req *req, int err);
 
 /* ---- In-place writes (inplace.c) ---------------------------------------- */
 
+/*
+ * In-place writes in flight, numbered in issue order: inplace.c's alone.
+ * They do not wait for metadata changes, so a cluster a discard dropped is
+ * decremented only once every in-place write issued before the flush that
+ * wrote the discard is done: a late one must not land in a reused
+ * cluster. inplace.c owns that ordering: the allocator notes
+ * inplace_last_started() when a flush begins, asks inplace_ended() before
+ * it decrements, and is kicked (cluster_frees_kick()) when the oldest
+ * write ends.
+ */
+struct inplace_writes {
+	struct inplace_write *head, *tail; /* oldest first */
+	uint64_t seq;                /* number of the last one started */
+};
+
 /* Write [req->pos, +len) of the request in place at host: one IO, counted
- * as a piece of the request (inplace.c). */
+ * as a piece of the request. */
 int start_inplace(struct write_req *req, uint64_t host, uint64_t len);
-/* Sequence number of the oldest in-place write still in flight
- * (inplace.c, which owns the ordering of in-place writes against
- * deferred frees: it kicks the frees when its oldest write ends), or
- * UINT64_MAX when none is. */
-uint64_t inplace_oldest_seq(const struct qcow2_image *img);
+/* Have all in-place writes numbered up to seq ended? */
+bool inplace_ended(const struct qcow2_image *img, uint64_t seq);
 
 /* ---- Cluster writes (cluster_write.c) ----------------------------------- */
 
@@ -391,6 +404,7 @@ struct qcow2_image {
 	struct refcounts refcounts;  /* refcount.c */
 
 	struct allocator alloc;      /* cluster_alloc.c */
+	struct inplace_writes inplace; /* inplace.c */
 
 	/* Write path (write.c, cluster_alloc.c, writeback.c) */
 	bool l1_dirty;
@@ -412,12 +426,6 @@ struct qcow2_image {
 	/* Data writes being gathered (write_gather_begin()). */
 	unsigned gather_depth;
 	struct write_batch *batch;
-	/* In-place writes in flight, oldest first (write.c). They do not wait
-	 * for metadata changes, so a cluster a discard dropped is decremented
-	 * only once every in-place write issued before the flush that wrote
-	 * the discard is done: a late one must not land in a reused cluster. */
-	struct inplace_write *ip_head, *ip_tail;
-	uint64_t ip_seq;             /* of the last one started */
 	struct writeback *wb;
 
 	/* single-entry cache of the last decompressed cluster, keyed by its
@@ -435,6 +443,12 @@ struct qcow2_image {
 };
 
 /* ---- Inline helpers ----------------------------------------------------- */
+
+/* The number of the last in-place write started (inplace.c). */
+static inline uint64_t inplace_last_started(const struct qcow2_image *img)
+{
+	return img->inplace.seq;
+}
 
 /* Read access to cluster_alloc.c's state (struct allocator). */
 
