@@ -336,8 +336,22 @@ bool inplace_ended(const struct qcow2_image *img, uint64_t seq);
 
 /* ---- Cluster writes (cluster_write.c) ----------------------------------- */
 
-#define ALLOC_HASH_BUCKETS 1024u
+/* The cluster writes in flight, so that those of one guest cluster, and
+ * those that need one new L2 table, go one at a time (or join). */
+struct cluster_writes {
+	struct cluster_write **hash; /* by guest cluster */
+	struct cluster_write *l2_allocators; /* allocating an L2 table */
+};
 
+/* Data writes being gathered (write_gather_begin()). */
+struct write_gather {
+	unsigned depth;              /* of nested begin/end */
+	struct write_batch *batch;   /* gathered so far, or NULL */
+};
+
+/* Read-write open and close. */
+int cluster_writes_init(struct qcow2_image *img);
+void cluster_writes_free(struct qcow2_image *img);
 /* A cluster write for [a, b) of the guest cluster at guest, the request's
  * bytes from req->pos: counted as a piece of the request (cluster_write.c). */
 int start_cluster_write(struct write_req *req, enum write_kind kind,
@@ -405,6 +419,8 @@ struct qcow2_image {
 
 	struct allocator alloc;      /* cluster_alloc.c */
 	struct inplace_writes inplace; /* inplace.c */
+	struct cluster_writes cluster_writes; /* cluster_write.c */
+	struct write_gather gather;  /* cluster_write.c */
 
 	/* Write path (write.c, cluster_alloc.c, writeback.c) */
 	bool l1_dirty;
@@ -419,13 +435,6 @@ struct qcow2_image {
 	 * close) once the dirty bit is on disk. */
 	bool lazy_refcounts;
 	bool dirty_on_disk;
-	/* In-flight allocations (write.c): hashed by guest cluster, and those
-	 * allocating an L2 table. */
-	struct cluster_write **alloc_hash;
-	struct cluster_write *l2_allocators;
-	/* Data writes being gathered (write_gather_begin()). */
-	unsigned gather_depth;
-	struct write_batch *batch;
 	struct writeback *wb;
 
 	/* single-entry cache of the last decompressed cluster, keyed by its

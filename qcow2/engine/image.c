@@ -274,9 +274,9 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 	img->lazy_refcounts = img->hdr.version >= 3 &&
 			      (img->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) &&
 			      !(img->flags & QCOW2_OPEN_STRICT_REFCOUNTS);
-	img->alloc_hash = calloc(ALLOC_HASH_BUCKETS, sizeof(*img->alloc_hash));
-	if (!img->alloc_hash)
-		return -ENOMEM;
+	ret = cluster_writes_init(img);
+	if (ret < 0)
+		return ret;
 	ret = writeback_init(img);
 	if (ret < 0)
 		return ret;
@@ -594,7 +594,7 @@ int qcow2_close(struct qcow2_image *img, struct qcow2_error *err)
 		cluster_alloc_trim(img);
 	}
 	writeback_free(img);
-	free(img->alloc_hash);
+	cluster_writes_free(img);
 	free(img->hdr_block);
 	refcount_close(img);
 	cluster_alloc_close(img);
