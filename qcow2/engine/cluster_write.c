@@ -257,7 +257,7 @@ static void l2_copy_written(struct file_read *fw, int err)
 	} else {
 		/* The copy must be durable before the L1 entry that points at
 		 * it: the flush syncs before writing L1 when data is unsynced. */
-		cw->img->data_unsynced = true;
+		image_mark_data_unsynced(cw->img);
 		cw->l2_copied = true;
 		cw->state = CW_L2;
 	}
@@ -660,7 +660,7 @@ static void cw_write_finished(struct cluster_write *cw, int err)
 		cw->err = err;
 		cw->state = CW_DONE;
 	} else {
-		cw->img->data_unsynced = true;
+		image_mark_data_unsynced(cw->img);
 		if (cw->owner)
 			cw->state = CW_JOIN_WAIT; /* the owner's cw_done ends us */
 		else

@@ -226,6 +226,25 @@ void cluster_alloc_trim(struct qcow2_image *img);
 
 /* ---- Write-back (writeback.c) ------------------------------------------- */
 
+/*
+ * What the next write-back must write or sync besides dirty slices:
+ * writeback.c's (others mark it through the functions below; the
+ * write-back's own progress is in struct writeback, img->wb).
+ */
+struct meta_dirty {
+	bool l1;                     /* entries [l1_lo, l1_hi) */
+	uint32_t l1_lo, l1_hi;
+	bool reftable;               /* entries [reftable_lo, reftable_hi) */
+	uint32_t reftable_lo, reftable_hi;
+	bool header;                 /* hdr_block changed */
+	bool data_unsynced;          /* data written since the last fdatasync */
+	/* Lazy refcounts: flushes leave refcounts in the cache (written at
+	 * close) once the header's dirty bit is on disk. */
+	bool lazy_refcounts;
+	bool bit_on_disk;            /* that dirty bit */
+};
+
+/* Read-write open (decides on lazy refcounts) and close. */
 int writeback_init(struct qcow2_image *img);
 void writeback_free(struct qcow2_image *img);
 /*
@@ -243,6 +262,12 @@ void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx);
 void image_set_header_u64(struct qcow2_image *img, unsigned off, uint64_t v);
 void image_set_header_u32(struct qcow2_image *img, unsigned off, uint32_t v);
 void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx);
+/* Is there anything to write back, or data to sync? */
+bool writeback_pending(const struct qcow2_image *img);
+/* Lazy refcounts, clean close: every refcount is on disk (the close flush
+ * wrote them, synced); now the image may say so, if nothing is dirty. On
+ * failure the bit stays set, which only costs a refcount rebuild. */
+void writeback_clear_dirty_bit(struct qcow2_image *img);
 
 /* ---- Guest-offset mapping (map.c: reads, writes, block status) ---------- */
 
@@ -421,20 +446,10 @@ struct qcow2_image {
 	struct inplace_writes inplace; /* inplace.c */
 	struct cluster_writes cluster_writes; /* cluster_write.c */
 	struct write_gather gather;  /* cluster_write.c */
+	struct meta_dirty dirty;     /* writeback.c */
 
-	/* Write path (write.c, cluster_alloc.c, writeback.c) */
-	bool l1_dirty;
-	uint32_t l1_dirty_lo, l1_dirty_hi;  /* dirty entries [lo, hi) */
-	bool reftable_dirty;
-	uint32_t reftable_dirty_lo, reftable_dirty_hi;
-	bool header_dirty;           /* hdr_block changed (written in a flush) */
 	uint8_t *hdr_block;          /* the image's first block, as on disk */
 	uint32_t hdr_block_len;
-	bool data_unsynced;          /* data written since the last fdatasync */
-	/* Lazy refcounts: flushes leave refcounts in the cache (written at
-	 * close) once the dirty bit is on disk. */
-	bool lazy_refcounts;
-	bool dirty_on_disk;
 	struct writeback *wb;
 
 	/* single-entry cache of the last decompressed cluster, keyed by its
@@ -452,6 +467,12 @@ struct qcow2_image {
 };
 
 /* ---- Inline helpers ----------------------------------------------------- */
+
+/* Data was written: the next write-back syncs it (writeback.c). */
+static inline void image_mark_data_unsynced(struct qcow2_image *img)
+{
+	img->dirty.data_unsynced = true;
+}
 
 /* The number of the last in-place write started (inplace.c). */
 static inline uint64_t inplace_last_started(const struct qcow2_image *img)

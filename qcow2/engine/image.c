@@ -271,9 +271,6 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 							"cannot load the refcount table");
 		return ret;
 	}
-	img->lazy_refcounts = img->hdr.version >= 3 &&
-			      (img->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) &&
-			      !(img->flags & QCOW2_OPEN_STRICT_REFCOUNTS);
 	ret = cluster_writes_init(img);
 	if (ret < 0)
 		return ret;
@@ -524,22 +521,6 @@ int qcow2_open(struct qcow2_ctx *ctx, const char *path,
 	return open_chain(ctx, path, opts, out, err, ids, 0);
 }
 
-/* Lazy refcounts, clean close: every refcount is on disk (the close flush
- * wrote them, synced); now the image may say so. On failure the bit stays
- * set, which only costs a refcount rebuild. */
-static void clear_dirty_bit(struct qcow2_image *img)
-{
-	uint64_t v;
-
-	memcpy(&v, img->hdr_block + 72, 8);
-	v = htobe64(be64toh(v) & ~QCOW2_INCOMPAT_DIRTY);
-	memcpy(img->hdr_block + 72, &v, 8);
-	if (qfile_write_now(img->ctx, &img->file, img->hdr_block,
-			    img->hdr_block_len, 0) == 0 &&
-	    qfile_sync_now(img->ctx, &img->file) == 0)
-		img->dirty_on_disk = false;
-}
-
 /*
  * Write everything back. Decrements released by a flush (rule 3) may need
  * refcount slices loaded, and they dirty refcount blocks again: run them to
@@ -552,8 +533,8 @@ static int close_flush(struct qcow2_image *img)
 		struct sync_wait w = { .img = img };
 		int ret;
 
-		if (round > 0 && !qcow2_has_dirty_metadata(img) &&
-		    !img->data_unsynced && !cluster_frees_pending(img, false))
+		if (round > 0 && !writeback_pending(img) &&
+		    !cluster_frees_pending(img, false))
 			break;
 		ret = sync_finish(img, &w, writeback_start(img, QCOW2_FLUSH_CLOSE,
 							   sync_cb, &w));
@@ -589,8 +570,7 @@ int qcow2_close(struct qcow2_image *img, struct qcow2_error *err)
 		       qcow2_ctx_inflight(img->ctx) > 0)
 			if (qcow2_ctx_process(img->ctx, true) < 0)
 				break;
-		if (img->dirty_on_disk && !qcow2_has_dirty_metadata(img))
-			clear_dirty_bit(img);
+		writeback_clear_dirty_bit(img);
 		cluster_alloc_trim(img);
 	}
 	writeback_free(img);

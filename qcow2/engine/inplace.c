@@ -64,7 +64,7 @@ static void inplace_done(struct file_read *fw, int err)
 		image_set_error(req->r.img, "write error on %s: %s",
 				req->r.img->filename, strerror(-err));
 	else
-		req->r.img->data_unsynced = true;
+		image_mark_data_unsynced(req->r.img);
 	req_slice_free(&w->rs);
 	free(w);
 	wreq_put(req, err);

@@ -231,18 +231,18 @@ static void dirty_of(const struct qcow2_image *img, struct dirty *d)
 	memset(d, 0, sizeof(*d));
 	d->rc = slice_cache_dirty_count(img->rc_cache);
 	d->l2 = slice_cache_dirty_count(img->l2_cache);
-	d->l1 = img->l1_dirty;
+	d->l1 = img->dirty.l1;
 	if (d->l1) {
-		d->l1_lo = img->l1_dirty_lo;
-		d->l1_hi = img->l1_dirty_hi;
+		d->l1_lo = img->dirty.l1_lo;
+		d->l1_hi = img->dirty.l1_hi;
 	}
-	d->rt = img->reftable_dirty;
+	d->rt = img->dirty.reftable;
 	if (d->rt) {
-		d->rt_lo = img->reftable_dirty_lo;
-		d->rt_hi = img->reftable_dirty_hi;
+		d->rt_lo = img->dirty.reftable_lo;
+		d->rt_hi = img->dirty.reftable_hi;
 	}
-	d->hdr = img->header_dirty;
-	d->on_disk = img->dirty_on_disk;
+	d->hdr = img->dirty.header;
+	d->on_disk = img->dirty.bit_on_disk;
 }
 
 /* No slice of c is left marked as being written; returns the dirty ones
@@ -366,7 +366,7 @@ static void run_stage_case(const struct stage_case *c)
 	assert_false(after.rt);
 	assert_false(after.hdr);
 	assert_int_equal(scan_slices(h.img->l2_cache, NULL), 0);
-	if (h.img->lazy_refcounts) {
+	if (h.img->dirty.lazy_refcounts) {
 		assert_true(after.on_disk);
 		assert_true(disk_dirty_bit());
 		assert_int_equal(after.rc, before.rc);
@@ -382,7 +382,7 @@ static void run_stage_case(const struct stage_case *c)
 		flush_ok(&h, seq);
 		assert_string_equal(seq, "rs");
 	}
-	if (!h.img->lazy_refcounts)
+	if (!h.img->dirty.lazy_refcounts)
 		assert_false(qcow2_has_dirty_metadata(h.img));
 	fx_close(&h);
 	check_reopen(c->sc);
@@ -599,7 +599,7 @@ static void check_sync_direct(struct fx *h, const struct dirty *b,
 	assert_int_equal(a->rc, 0);
 	assert_int_equal(a->l2, b->l2);
 	assert_true(a->l1);
-	assert_true(h->img->data_unsynced);
+	assert_true(h->img->dirty.data_unsynced);
 }
 
 static void test_fail_sync_direct(void **state)
@@ -743,7 +743,7 @@ static void test_lazy_round_without_io(void **state)
 	run_alloc(&h);
 	flush_ok(&h, seq);
 	assert_string_equal(seq, "hs22s1s");
-	assert_true(h.img->dirty_on_disk);
+	assert_true(h.img->dirty.bit_on_disk);
 	assert_int_equal(slice_cache_dirty_count(h.img->rc_cache), 1);
 	assert_int_equal(slice_cache_dirty_count(h.img->l2_cache), 0);
 	assert_true(qcow2_has_dirty_metadata(h.img));
