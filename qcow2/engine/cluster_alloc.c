@@ -415,7 +415,7 @@ static void pool_add(struct qcow2_image *img, uint64_t host)
 {
 	struct allocator *al = &img->alloc;
 
-	read_zbuf_drop(img);
+	read_zcache_drop(img);
 	vec_push(&al->free_pool, &al->free_pool_len, &al->free_pool_cap, host);
 }
 

@@ -296,9 +296,24 @@ void compressed_range(const struct qcow2_image *img, uint64_t desc,
 
 /* ---- Reads (read.c) ----------------------------------------------------- */
 
+/*
+ * A single-entry cache of the last decompressed cluster, keyed by its
+ * descriptor: read.c's. Dropped whenever a host cluster becomes reusable
+ * (a reused cluster can take a new blob with the same descriptor).
+ */
+struct zcache {
+	uint8_t *buf;                /* one cluster, allocated on first use */
+	uint64_t desc;               /* descriptor of the cluster in buf */
+	bool valid;
+	uint64_t gen;                /* bumped by every drop */
+	struct decompressor dec;
+};
+
 /* A host cluster became reusable (free pool): drop the decompressed
- * cluster cache, and make reads in flight not fill it (read.c). */
-void read_zbuf_drop(struct qcow2_image *img);
+ * cluster cache, and make reads in flight not fill it. */
+void read_zcache_drop(struct qcow2_image *img);
+/* Close. */
+void read_zcache_free(struct qcow2_image *img);
 
 /* Internal read: no alignment checks, callback may run synchronously. */
 int read_start(struct qcow2_image *img, uint64_t offset,
@@ -452,14 +467,7 @@ struct qcow2_image {
 	uint32_t hdr_block_len;
 	struct writeback *wb;
 
-	/* single-entry cache of the last decompressed cluster, keyed by its
-	 * descriptor: dropped whenever a host cluster becomes reusable (a
-	 * reused cluster can take a new blob with the same descriptor) */
-	uint8_t *zbuf;
-	uint64_t zbuf_desc;         /* descriptor of the cluster in zbuf */
-	bool zbuf_valid;
-	uint64_t zbuf_gen;          /* bumped by every drop */
-	struct decompressor dec;
+	struct zcache zcache;        /* read.c */
 
 	struct qcow2_stats stats;
 	char last_error[256];

@@ -581,8 +581,7 @@ int qcow2_close(struct qcow2_image *img, struct qcow2_error *err)
 	if (img->backing)
 		qcow2_close(img->backing, NULL); /* read-only: nothing to flush */
 	slice_cache_free(img->l2_cache);
-	decompress_cleanup(&img->dec);
-	free(img->zbuf);
+	read_zcache_free(img);
 	free(img->l1);
 	qcow2_header_free(&img->hdr);
 	qfile_close(&img->file);

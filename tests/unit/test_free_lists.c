@@ -177,7 +177,7 @@ static void test_compressed_overwrite(void **state)
 	/* a read keeps the decompressed cluster */
 	assert_int_equal(posix_memalign((void **)&buf, 4096, CS), 0);
 	assert_int_equal(qcow2_pread(h.img, buf, CS, 0), 0);
-	assert_true(h.img->zbuf_valid);
+	assert_true(h.img->zcache.valid);
 
 	/* overwritten with plain data: the blob's cluster waits */
 	assert_int_equal(fx_write(&h, 0, CS, 6), 0);
@@ -189,7 +189,7 @@ static void test_compressed_overwrite(void **state)
 	assert_int_equal(qcow2_fsync(h.img), 0);
 	assert_lists(h.img, 0, 0, 0);
 	assert_int_equal(fx_refcount(&h, host), 1);
-	assert_true(h.img->zbuf_valid);
+	assert_true(h.img->zcache.valid);
 
 	/* the hold is dropped (as when the next packing cluster starts, or
 	 * at close): the same life cycle, and at 0 it is reusable */
@@ -204,7 +204,7 @@ static void test_compressed_overwrite(void **state)
 	assert_int_equal(fx_refcount(&h, host), 0);
 	/* a reusable cluster may take a new blob: the cache of the old one
 	 * is dropped */
-	assert_false(h.img->zbuf_valid);
+	assert_false(h.img->zcache.valid);
 	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
 	assert_int_equal(st.freed_clusters, 2);
 
