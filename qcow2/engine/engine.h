@@ -86,9 +86,10 @@ void request_submitted(struct request *r);
 
 /* ---- Refcounts (refcount.c; refcount_rebuild.c) ------------------------- */
 
-/* The refcount table in memory (refcount.c's alone: others go through the
- * functions below); refcount blocks are sliced in img->rc_cache and
- * written back with the rest of the metadata. */
+/* The refcount table in memory: refcount.c's alone (the allocator changes
+ * it through the functions below, reads it through refcount_block_at()
+ * and the other inline accessors at the end). Refcount blocks are sliced
+ * in img->rc_cache and written back with the rest of the metadata. */
 struct refcounts {
 	uint64_t *reftable;         /* host-endian block offsets */
 	uint32_t reftable_entries;
@@ -136,7 +137,8 @@ int refcount_table_enlarge(struct qcow2_image *img, uint64_t need,
 
 /*
  * Where host clusters come from and how they go back: cluster_alloc.c's
- * alone (others call the functions below).
+ * alone (others call the functions below, or read it through
+ * cluster_alloc_end() and cluster_punches_inflight() at the end).
  */
 struct allocator {
 	uint64_t end;               /* end of the last allocated cluster */
@@ -228,8 +230,9 @@ void cluster_alloc_trim(struct qcow2_image *img);
 
 /*
  * What the next write-back must write or sync besides dirty slices:
- * writeback.c's (others mark it through the functions below; the
- * write-back's own progress is in struct writeback, img->wb).
+ * writeback.c's (others mark it through the functions below, and written
+ * data through image_mark_data_unsynced() at the end). The write-back's
+ * own progress is in struct writeback (img->wb).
  */
 struct meta_dirty {
 	bool l1;                     /* entries [l1_lo, l1_hi) */
@@ -422,6 +425,13 @@ int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret);
 
 /* ---- The image: its shared description and its modules' states ---------- */
 
+/*
+ * An open image. First what every module reads: its files, header,
+ * geometry, the metadata tables and caches (changed by the write path and
+ * resize, written back by writeback.c), its backing file. Then the state
+ * of each module, which only the file named beside it changes: the others
+ * call that module's functions, or the inline accessors below.
+ */
 struct qcow2_image {
 	struct qcow2_ctx *ctx;
 	char *filename;
@@ -431,6 +441,11 @@ struct qcow2_image {
 	struct qfile data_store;    /* external data file, if any */
 	struct qfile *data;         /* &file or &data_store */
 	struct qcow2_header hdr;
+	/* The header's first block as on disk (read-write images): read at
+	 * open, changed by a refcount rebuild and by writeback.c, written
+	 * whole (image_set_header_*()). */
+	uint8_t *hdr_block;
+	uint32_t hdr_block_len;
 	uint64_t virtual_size;
 	uint32_t block_size;        /* request alignment */
 
@@ -448,69 +463,31 @@ struct qcow2_image {
 
 	struct slice_cache *l2_cache;
 	uint32_t l2_slice_size;
+	/* refcount blocks (read-write images; made by refcount.c) */
+	struct slice_cache *rc_cache;
 
 	struct qcow2_image *backing;
 	char *backing_path;         /* hdr.backing_file beside the image */
 
-	/* refcount blocks (read-write images; made by refcount.c, written
-	 * back by writeback.c) */
-	struct slice_cache *rc_cache;
-	struct refcounts refcounts;  /* refcount.c */
+	struct writeback *wb;       /* writeback.c's; NULL: read-only */
 
-	struct allocator alloc;      /* cluster_alloc.c */
-	struct inplace_writes inplace; /* inplace.c */
+	/* Each module's own state */
+	struct refcounts refcounts;           /* refcount.c */
+	struct allocator alloc;               /* cluster_alloc.c */
+	struct inplace_writes inplace;        /* inplace.c */
 	struct cluster_writes cluster_writes; /* cluster_write.c */
-	struct write_gather gather;  /* cluster_write.c */
-	struct meta_dirty dirty;     /* writeback.c */
+	struct write_gather gather;           /* cluster_write.c */
+	struct meta_dirty dirty;              /* writeback.c */
+	struct zcache zcache;                 /* read.c */
 
-	uint8_t *hdr_block;          /* the image's first block, as on disk */
-	uint32_t hdr_block_len;
-	struct writeback *wb;
-
-	struct zcache zcache;        /* read.c */
-
-	struct qcow2_stats stats;
+	struct qcow2_stats stats;   /* counted by every module */
 	char last_error[256];
 	uint64_t error_seq;          /* bumped by every image_set_error() */
 };
 
 /* ---- Inline helpers ----------------------------------------------------- */
 
-/* Data was written: the next write-back syncs it (writeback.c). */
-static inline void image_mark_data_unsynced(struct qcow2_image *img)
-{
-	img->dirty.data_unsynced = true;
-}
-
-/* The number of the last in-place write started (inplace.c). */
-static inline uint64_t inplace_last_started(const struct qcow2_image *img)
-{
-	return img->inplace.seq;
-}
-
-/* Read access to cluster_alloc.c's state (struct allocator). */
-
-/* The end of the last cluster allocated (or of the file as opened,
- * rounded up to a cluster). */
-static inline uint64_t cluster_alloc_end(const struct qcow2_image *img)
-{
-	return img->alloc.end;
-}
-
-/* Holes being punched (a close waits for them). */
-static inline unsigned cluster_punches_inflight(const struct qcow2_image *img)
-{
-	return img->alloc.punches_inflight;
-}
-
-/* Where the image's clusters end: the file as opened, or, once we allocate,
- * the end of the last cluster we allocated. */
-static inline uint64_t image_end(const struct qcow2_image *img)
-{
-	return img->wb ? cluster_alloc_end(img) : img->file.size;
-}
-
-/* Read access to refcount.c's table (struct refcounts). */
+/* Read access to refcount.c's table (the allocator, the write-back). */
 
 /* The table entry whose block holds the refcount of cluster_index. */
 static inline uint64_t refcount_table_index(const struct qcow2_image *img,
@@ -546,10 +523,46 @@ static inline uint64_t refcount_max(const struct qcow2_image *img)
 	       (1ull << (1u << img->refcounts.order)) - 1;
 }
 
+/* Read access to cluster_alloc.c's state. */
+
+/* The end of the last cluster allocated (at open, of the file, rounded up
+ * to a cluster): what lies past it is not the image's (map.c, refcount.c
+ * check entries against it). */
+static inline uint64_t cluster_alloc_end(const struct qcow2_image *img)
+{
+	return img->alloc.end;
+}
+
+/* Holes being punched (a close waits for them). */
+static inline unsigned cluster_punches_inflight(const struct qcow2_image *img)
+{
+	return img->alloc.punches_inflight;
+}
+
+/* Where the image's clusters end: the file as opened, or, once we allocate,
+ * the end of the last cluster we allocated. */
+static inline uint64_t image_end(const struct qcow2_image *img)
+{
+	return img->wb ? cluster_alloc_end(img) : img->file.size;
+}
+
 /* Unmapped clusters would show the backing file: zeros need the flag. */
 static inline bool image_needs_zero_flag(const struct qcow2_image *img)
 {
 	return img->hdr.backing_file != NULL;
+}
+
+/* The number of the last in-place write started (inplace.c). */
+static inline uint64_t inplace_last_started(const struct qcow2_image *img)
+{
+	return img->inplace.seq;
+}
+
+/* Data was written: the next write-back syncs it (writeback.c; on the
+ * data path, so not a call). */
+static inline void image_mark_data_unsynced(struct qcow2_image *img)
+{
+	img->dirty.data_unsynced = true;
 }
 
 /* L2 entries of this image in a cached slice. */
