@@ -47,30 +47,39 @@ static int vec_push(uint64_t **v, size_t *len, size_t *cap, uint64_t x)
  */
 static void extend_file(struct qcow2_image *img)
 {
+	struct allocator *al = &img->alloc;
 	uint64_t step, target;
 
-	if (img->alloc_end <= img->file_len)
+	if (al->end <= al->file_len)
 		return;
-	step = img->alloc_end / 8;
+	step = al->end / 8;
 	if (step < (64ull << 20))
 		step = 64ull << 20;
-	target = align_up(img->alloc_end + step, img->cluster_size);
-	if (img->file_len < target &&
-	    qfile_reserve_now(img->ctx, &img->file, img->file_len,
-			      target - img->file_len) == 0) {
-		img->file_len = target;
+	target = align_up(al->end + step, img->cluster_size);
+	if (al->file_len < target &&
+	    qfile_reserve_now(img->ctx, &img->file, al->file_len,
+			      target - al->file_len) == 0) {
+		al->file_len = target;
 		return;
 	}
 	if (ftruncate(img->file.fd, (off_t)target) == 0)
-		img->file_len = target;
+		al->file_len = target;
 	/* On failure writes simply extend the file as they land. */
+}
+
+void cluster_alloc_init(struct qcow2_image *img)
+{
+	img->alloc.end = align_up(img->file.size, img->cluster_size);
+	img->alloc.file_len = img->file.size;
 }
 
 void cluster_alloc_trim(struct qcow2_image *img)
 {
-	if (img->file_len > img->alloc_end &&
-	    ftruncate(img->file.fd, (off_t)img->alloc_end) == 0)
-		img->file_len = img->alloc_end;
+	struct allocator *al = &img->alloc;
+
+	if (al->file_len > al->end &&
+	    ftruncate(img->file.fd, (off_t)al->end) == 0)
+		al->file_len = al->end;
 }
 
 static int reftable_grow(struct qcow2_image *img, uint64_t need,
@@ -79,40 +88,30 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 /*
  * Make sure a refcount block covers the cluster at alloc_end; if not, the
  * cluster there becomes that block and counts itself (it lies in its own
- * range). Its slice holding its own entry is created in the cache, already
- * dirty, so the block's refcount is written before the reftable entry that
- * points at it (rule 1). -EAGAIN (w queued) when the cache has no room;
- * blocks made before that stay made.
+ * range: refcount_new_block()). -EAGAIN (w queued) when the cache has no
+ * room; blocks made before that stay made.
  */
 static int cover_alloc_end(struct qcow2_image *img, struct slice_waiter *w)
 {
+	struct allocator *al = &img->alloc;
+
 	for (;;) {
-		uint64_t ci = img->alloc_end >> img->cluster_bits;
-		uint64_t rt = ci / img->refblock_entries;
-		uint64_t per_slice = ((uint64_t)img->rc_slice_size * 8) >>
-				     img->refcount_order;
-		uint64_t idx = ci % img->refblock_entries;
-		uint64_t block = img->alloc_end;
-		struct slice *s;
+		uint64_t rt = refcount_table_index(img, al->end >>
+						   img->cluster_bits);
 		int ret;
 
-		if (rt >= img->reftable_entries) {
+		if (rt >= refcount_table_entries(img)) {
 			ret = reftable_grow(img, rt + 1, w);
 			if (ret < 0)
 				return ret;
 			continue;
 		}
-		if (img->reftable[rt])
+		if (refcount_block_at(img, rt))
 			return 0;
-		ret = slice_cache_create(img->rc_cache,
-					 block + idx / per_slice * img->rc_slice_size,
-					 w, &s);
+		ret = refcount_new_block(img, rt, al->end, w);
 		if (ret < 0)
 			return ret;
-		refblock_set(s->data, idx % per_slice, img->refcount_order, 1);
-		img->reftable[rt] = block;
-		image_mark_reftable_dirty(img, (uint32_t)rt);
-		img->alloc_end += img->cluster_size;
+		al->end += img->cluster_size;
 		extend_file(img);
 	}
 }
@@ -121,11 +120,12 @@ static int cover_alloc_end(struct qcow2_image *img, struct slice_waiter *w)
  * block in the (possibly just enlarged) table. */
 static bool range_covered(struct qcow2_image *img, uint64_t start, uint64_t n)
 {
-	uint64_t first = (start >> img->cluster_bits) / img->refblock_entries;
-	uint64_t last = ((start >> img->cluster_bits) + n - 1) / img->refblock_entries;
+	uint64_t first = refcount_table_index(img, start >> img->cluster_bits);
+	uint64_t last = refcount_table_index(img, (start >> img->cluster_bits) +
+						  n - 1);
 
 	for (uint64_t rt = first; rt <= last; rt++)
-		if (rt >= img->reftable_entries || !img->reftable[rt])
+		if (!refcount_block_at(img, rt))
 			return false;
 	return true;
 }
@@ -135,50 +135,35 @@ static bool range_covered(struct qcow2_image *img, uint64_t start, uint64_t n)
  * is placed at the end (in clusters covered by refcount blocks, allocated
  * first if needed), counted, and installed in memory. The next flush writes
  * it, then switches the header to it, then frees the old one (rule 3).
- * Resumable: -EAGAIN (w queued) keeps its progress in img->grow_*.
+ * Resumable: -EAGAIN (w queued) keeps its progress in img->alloc.grow_*.
  */
 static int reftable_grow(struct qcow2_image *img, uint64_t need,
 			 struct slice_waiter *w)
 {
+	struct allocator *al = &img->alloc;
 	int ret;
 
-	if (img->grow_phase && img->grower != w) {
-		w->next = img->grow_waiters;
-		img->grow_waiters = w;
+	if (al->grow_phase && al->grower != w) {
+		w->next = al->grow_waiters;
+		al->grow_waiters = w;
 		return -EAGAIN;
 	}
-	if (img->grow_phase == 0) {
-		uint64_t entries = (uint64_t)img->reftable_entries * 2;
-		uint64_t bytes, *table;
-
-		if (entries < need + 1)
-			entries = need + 1;
-		bytes = align_up(entries * 8, img->cluster_size);
-		if (bytes > QCOW2_MAX_REFTABLE_BYTES * 8ull) {
-			image_set_error(img, "the refcount table would exceed %u MiB",
-					QCOW2_MAX_REFTABLE_BYTES * 8 >> 20);
-			return -ENOSPC;
-		}
-		table = realloc(img->reftable, bytes);
-		if (!table)
-			return -ENOMEM;
-		memset(table + img->reftable_entries, 0,
-		       bytes - (uint64_t)img->reftable_entries * 8);
-		img->reftable = table;
-		img->reftable_entries = (uint32_t)(bytes / 8);
-		img->grow_clusters = (uint32_t)(bytes >> img->cluster_bits);
-		img->grow_phase = 1;
-		img->grower = w;
+	if (al->grow_phase == 0) {
+		ret = refcount_table_enlarge(img, need, &al->grow_clusters);
+		if (ret < 0)
+			return ret;
+		al->grow_phase = 1;
+		al->grower = w;
 	}
-	if (img->grow_phase == 1) {
-		uint64_t n = img->grow_clusters;
+	if (al->grow_phase == 1) {
+		uint64_t n = al->grow_clusters;
 
 		/* Refcount blocks for the clusters the new table will take. */
-		while (!range_covered(img, img->alloc_end, n)) {
-			uint64_t ci = img->alloc_end >> img->cluster_bits;
-			uint64_t rt = ci / img->refblock_entries;
-			if (img->reftable[rt]) {
-				img->alloc_end += img->cluster_size;
+		while (!range_covered(img, al->end, n)) {
+			uint64_t rt = refcount_table_index(img, al->end >>
+							   img->cluster_bits);
+			if (refcount_block_at(img, rt)) {
+				al->end += img->cluster_size;
 				/* skip: that cluster stays a hole, counted 0 */
 				continue;
 			}
@@ -186,39 +171,39 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 			if (ret < 0)
 				return ret;
 		}
-		img->grow_off = img->alloc_end;
-		img->grow_counted = 0;
-		img->alloc_end += n << img->cluster_bits;
+		al->grow_off = al->end;
+		al->grow_counted = 0;
+		al->end += n << img->cluster_bits;
 		extend_file(img);
-		img->grow_phase = 2;
+		al->grow_phase = 2;
 	}
-	while (img->grow_counted < img->grow_clusters) {
-		ret = refcount_update(img, img->grow_off +
-				     ((uint64_t)img->grow_counted << img->cluster_bits),
+	while (al->grow_counted < al->grow_clusters) {
+		ret = refcount_update(img, al->grow_off +
+				     ((uint64_t)al->grow_counted << img->cluster_bits),
 				     1, w);
 		if (ret < 0)
 			return ret;
-		img->grow_counted++;
+		al->grow_counted++;
 	}
 	/* Install: the old table's clusters are freed once the header that
 	 * stops pointing at them is on disk. */
 	for (uint32_t i = 0; i < img->hdr.refcount_table_clusters; i++)
 		cluster_free_later(img, img->hdr.refcount_table_offset +
 					  ((uint64_t)i << img->cluster_bits));
-	img->hdr.refcount_table_offset = img->grow_off;
-	img->hdr.refcount_table_clusters = img->grow_clusters;
-	image_set_header_u64(img, 48, img->grow_off);
-	image_set_header_u32(img, 56, img->grow_clusters);
+	img->hdr.refcount_table_offset = al->grow_off;
+	img->hdr.refcount_table_clusters = al->grow_clusters;
+	image_set_header_u64(img, 48, al->grow_off);
+	image_set_header_u32(img, 56, al->grow_clusters);
 	image_mark_reftable_dirty(img, 0);
-	image_mark_reftable_dirty(img, img->reftable_entries - 1);
-	img->grow_off = 0;
-	img->grow_phase = 0;
-	img->grower = NULL;
-	img->grow_waiters = slice_waiters_oldest_first(img->grow_waiters);
+	image_mark_reftable_dirty(img, refcount_table_entries(img) - 1);
+	al->grow_off = 0;
+	al->grow_phase = 0;
+	al->grower = NULL;
+	al->grow_waiters = slice_waiters_oldest_first(al->grow_waiters);
 	write_gather_begin(img);
-	while (img->grow_waiters) {
-		struct slice_waiter *x = img->grow_waiters;
-		img->grow_waiters = x->next;
+	while (al->grow_waiters) {
+		struct slice_waiter *x = al->grow_waiters;
+		al->grow_waiters = x->next;
 		x->next = NULL;
 		x->wake(x, 0);
 	}
@@ -232,7 +217,7 @@ static uint64_t first_uncovered(struct qcow2_image *img, uint64_t first,
 				uint64_t last)
 {
 	for (uint64_t rt = first; rt <= last; rt++)
-		if (rt >= img->reftable_entries || !img->reftable[rt])
+		if (!refcount_block_at(img, rt))
 			return rt;
 	return UINT64_MAX;
 }
@@ -240,28 +225,30 @@ static uint64_t first_uncovered(struct qcow2_image *img, uint64_t first,
 int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 		      struct slice_waiter *w, uint64_t *off)
 {
-	uint64_t per = img->refblock_entries;
+	struct allocator *al = &img->alloc;
 	int ret;
 
-	if (img->grow_phase && img->grower != w) {
-		w->next = img->grow_waiters;
-		img->grow_waiters = w;
+	if (al->grow_phase && al->grower != w) {
+		w->next = al->grow_waiters;
+		al->grow_waiters = w;
 		return -EAGAIN;
 	}
 	for (;;) {
-		uint64_t a, k = 0, rt;
+		uint64_t a, k = 0, rt, first, last;
 
 		ret = cover_alloc_end(img, w);
 		if (ret < 0)
 			return ret;
-		a = img->alloc_end >> img->cluster_bits;
+		a = al->end >> img->cluster_bits;
 		/* k blocks placed at a.. and the run after them: how many
 		 * ranges they touch have no block (a fixed point; k only
 		 * grows, bounded by the ranges the run spans). */
 		for (;;) {
 			uint64_t u = 0;
-			for (uint64_t r = a / per; r <= (a + k + n - 1) / per; r++)
-				if (r >= img->reftable_entries || !img->reftable[r])
+			first = refcount_table_index(img, a);
+			last = refcount_table_index(img, a + k + n - 1);
+			for (uint64_t r = first; r <= last; r++)
+				if (!refcount_block_at(img, r))
 					u++;
 			if (u <= k)
 				break;
@@ -273,23 +260,22 @@ int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 		 * range without one. Counted first, so that -EAGAIN leaves
 		 * nothing half done. It is a fresh cluster: its entries read
 		 * zero until the run's clusters are counted in it. */
-		rt = first_uncovered(img, a / per, (a + k + n - 1) / per);
-		if (rt >= img->reftable_entries) {
+		rt = first_uncovered(img, first, last);
+		if (rt >= refcount_table_entries(img)) {
 			ret = reftable_grow(img, rt + 1, w);
 			if (ret < 0)
 				return ret;
 			continue;
 		}
-		ret = refcount_update(img, img->alloc_end, 1, w);
+		ret = refcount_update(img, al->end, 1, w);
 		if (ret < 0)
 			return ret;
-		img->reftable[rt] = img->alloc_end;
-		image_mark_reftable_dirty(img, (uint32_t)rt);
-		img->alloc_end += img->cluster_size;
+		refcount_set_block(img, rt, al->end);
+		al->end += img->cluster_size;
 		extend_file(img);
 	}
-	*off = img->alloc_end;
-	img->alloc_end += n << img->cluster_bits;
+	*off = al->end;
+	al->end += n << img->cluster_bits;
 	extend_file(img);
 	return 0;
 }
@@ -297,26 +283,27 @@ int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
 		  uint64_t *host, bool *fresh)
 {
+	struct allocator *al = &img->alloc;
 	int ret;
 
-	if (!table && img->free_pool_len) {
-		*host = img->free_pool[--img->free_pool_len];
+	if (!table && al->free_pool_len) {
+		*host = al->free_pool[--al->free_pool_len];
 		*fresh = false;
 		return 0;
 	}
-	if (img->grow_phase && img->grower != w) {
+	if (al->grow_phase && al->grower != w) {
 		/* Appending now could use refcount blocks that only the new
 		 * table, not yet on disk, points at. */
-		w->next = img->grow_waiters;
-		img->grow_waiters = w;
+		w->next = al->grow_waiters;
+		al->grow_waiters = w;
 		return -EAGAIN;
 	}
 	ret = cover_alloc_end(img, w);
 	if (ret < 0)
 		return ret;
-	*host = img->alloc_end;
+	*host = al->end;
 	*fresh = true;
-	img->alloc_end += img->cluster_size;
+	al->end += img->cluster_size;
 	extend_file(img);
 	return 0;
 }
@@ -335,34 +322,34 @@ int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
 			uint64_t blob_len, struct slice_waiter *w, uint64_t *host,
 			uint64_t touch[2], int64_t delta[2], int *ntouch)
 {
+	struct allocator *al = &img->alloc;
 	uint64_t cs = img->cluster_size, max_rc, n, end;
 	bool fresh, hold, span;
 	int ret;
 
-	max_rc = img->refcount_order == 6 ? UINT64_MAX :
-		 (1ull << (1u << img->refcount_order)) - 1;
+	max_rc = refcount_max(img);
 	hold = max_rc >= 3;
-	end = img->cz_cluster + cs;
-	if (img->cz_cluster && img->cz_off + reserve <= end &&
-	    img->cz_blobs + 2 <= max_rc) {
-		*host = img->cz_off;
-		touch[0] = img->cz_cluster;
+	end = al->cz_cluster + cs;
+	if (al->cz_cluster && al->cz_off + reserve <= end &&
+	    al->cz_blobs + 2 <= max_rc) {
+		*host = al->cz_off;
+		touch[0] = al->cz_cluster;
 		delta[0] = 1;
 		*ntouch = 1;
-		img->cz_off += reserve;
-		img->cz_blobs++;
+		al->cz_off += reserve;
+		al->cz_blobs++;
 		return 0;
 	}
 	ret = cluster_alloc(img, false, w, &n, &fresh);
 	if (ret < 0)
 		return ret;
 	/* Continue across the boundary when the new cluster follows. */
-	span = img->cz_cluster && n == end && img->cz_off < end &&
-	       img->cz_blobs + 2 <= max_rc;
+	span = al->cz_cluster && n == end && al->cz_off < end &&
+	       al->cz_blobs + 2 <= max_rc;
 	*ntouch = 0;
 	if (span) {
-		*host = img->cz_off;
-		touch[0] = img->cz_cluster;
+		*host = al->cz_off;
+		touch[0] = al->cz_cluster;
 		delta[0] = 1;
 		*ntouch = 1;
 	} else {
@@ -373,14 +360,14 @@ int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
 		delta[*ntouch] = 1;
 		(*ntouch)++;
 	}
-	if (img->cz_cluster)
-		cluster_free_later(img, img->cz_cluster); /* its hold */
-	img->cz_cluster = 0;
-	img->cz_off = 0;
+	if (al->cz_cluster)
+		cluster_free_later(img, al->cz_cluster); /* its hold */
+	al->cz_cluster = 0;
+	al->cz_off = 0;
 	if (hold && *host + reserve < n + cs) {
-		img->cz_cluster = n;
-		img->cz_off = *host + reserve;
-		img->cz_blobs = *host + blob_len > n ? 1 : 0;
+		al->cz_cluster = n;
+		al->cz_off = *host + reserve;
+		al->cz_blobs = *host + blob_len > n ? 1 : 0;
 		if (*ntouch && touch[*ntouch - 1] == n) {
 			delta[*ntouch - 1]++;
 		} else {
@@ -399,16 +386,20 @@ int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
 
 void cluster_alloc_bytes_release(struct qcow2_image *img)
 {
-	if (img->cz_cluster)
-		cluster_free_later(img, img->cz_cluster);
-	img->cz_cluster = 0;
-	img->cz_off = 0;
+	struct allocator *al = &img->alloc;
+
+	if (al->cz_cluster)
+		cluster_free_later(img, al->cz_cluster);
+	al->cz_cluster = 0;
+	al->cz_off = 0;
 }
 
 int cluster_free_later(struct qcow2_image *img, uint64_t host)
 {
-	return vec_push(&img->frees_waiting, &img->frees_waiting_len,
-			&img->frees_waiting_cap, host);
+	struct allocator *al = &img->alloc;
+
+	return vec_push(&al->frees_waiting, &al->frees_waiting_len,
+			&al->frees_waiting_cap, host);
 }
 
 /* Bit 0 of a queued free (cluster offsets are aligned): punch a hole. */
@@ -422,8 +413,10 @@ int cluster_discard_later(struct qcow2_image *img, uint64_t host)
 /* A cluster at refcount 0 becomes reusable. */
 static void pool_add(struct qcow2_image *img, uint64_t host)
 {
-	read_zbuf_drop(img);
-	vec_push(&img->free_pool, &img->free_pool_len, &img->free_pool_cap, host);
+	struct allocator *al = &img->alloc;
+
+	read_zcache_drop(img);
+	vec_push(&al->free_pool, &al->free_pool_len, &al->free_pool_cap, host);
 }
 
 struct punch {
@@ -440,7 +433,7 @@ static void punch_done(struct io_op *op, int64_t res)
 	 * blocks, and is free all the same. */
 	pool_add(img, op->offset);
 	img->stats.punched_clusters += res == 0;
-	img->punches_inflight--;
+	img->alloc.punches_inflight--;
 	free(p);
 }
 
@@ -461,74 +454,79 @@ static void punch_then_pool(struct qcow2_image *img, uint64_t host)
 	p->op.offset = host;
 	p->op.len = img->cluster_size;
 	p->op.complete = punch_done;
-	img->punches_inflight++;
+	img->alloc.punches_inflight++;
 	ctx_queue(img->ctx, &p->op);
 }
 
 void cluster_frees_flush_started(struct qcow2_image *img)
 {
+	struct allocator *al = &img->alloc;
+
 	/* Entries dropped so far are written by this flush; in-place writes
 	 * issued so far may still target their clusters. */
-	img->frees_flushing_seq = img->ip_seq;
-	for (size_t i = 0; i < img->frees_waiting_len; i++) {
-		if (vec_push(&img->frees_flushing, &img->frees_flushing_len,
-			     &img->frees_flushing_cap, img->frees_waiting[i]) < 0)
+	al->frees_flushing_seq = inplace_last_started(img);
+	for (size_t i = 0; i < al->frees_waiting_len; i++) {
+		if (vec_push(&al->frees_flushing, &al->frees_flushing_len,
+			     &al->frees_flushing_cap, al->frees_waiting[i]) < 0)
 			break; /* out of memory: the cluster leaks, safely */
 	}
-	img->frees_waiting_len = 0;
+	al->frees_waiting_len = 0;
 }
 
 static void free_worker(struct qcow2_image *img);
 
 static void free_worker_wake(struct slice_waiter *w, int err)
 {
-	struct qcow2_image *img = (struct qcow2_image *)
-		((char *)w - offsetof(struct qcow2_image, free_waiter));
+	struct qcow2_image *img = container_of(w, struct qcow2_image,
+					       alloc.free_waiter);
+	struct allocator *al = &img->alloc;
 
-	img->free_worker_parked = false;
+	al->free_worker_parked = false;
 	/* The refcount slice of the decrement it waited for could not be
 	 * loaded: that cluster leaks (safe), as when the decrement fails.
 	 * Retrying would load the failing slice again, forever. */
-	if (err < 0 && img->frees_ready_pos < img->frees_ready_len)
-		img->frees_ready_pos++;
+	if (err < 0 && al->frees_ready_pos < al->frees_ready_len)
+		al->frees_ready_pos++;
 	free_worker(img);
 }
 
 /* Apply ready decrements one by one; parks on slice loads and flushes. */
 static void free_worker(struct qcow2_image *img)
 {
-	img->free_worker_waits_ip = false;
-	if (img->frees_ready_pos < img->frees_ready_len &&
-	    inplace_oldest_seq(img) <= img->frees_ready_seq) {
-		img->free_worker_waits_ip = true; /* cluster_frees_kick resumes */
+	struct allocator *al = &img->alloc;
+
+	al->free_worker_waits_ip = false;
+	if (al->frees_ready_pos < al->frees_ready_len &&
+	    !inplace_ended(img, al->frees_ready_seq)) {
+		al->free_worker_waits_ip = true; /* cluster_frees_kick resumes */
 		return;
 	}
-	while (!img->free_worker_parked &&
-	       img->frees_ready_pos < img->frees_ready_len) {
-		uint64_t host = img->frees_ready[img->frees_ready_pos] & ~FREE_PUNCH;
-		bool punch = img->frees_ready[img->frees_ready_pos] & FREE_PUNCH;
+	while (!al->free_worker_parked &&
+	       al->frees_ready_pos < al->frees_ready_len) {
+		uint64_t host = al->frees_ready[al->frees_ready_pos] & ~FREE_PUNCH;
+		bool punch = al->frees_ready[al->frees_ready_pos] & FREE_PUNCH;
 		uint64_t rc;
 		int ret;
 
-		img->free_waiter.wake = free_worker_wake;
-		ret = writeback_gate(img, &img->free_waiter);
+		al->free_waiter.wake = free_worker_wake;
+		ret = writeback_gate(img, &al->free_waiter);
 		if (ret == -EAGAIN) {
-			img->free_worker_parked = true;
+			al->free_worker_parked = true;
 			return;
 		}
 		if (ret < 0)
 			return; /* metadata cannot change: the clusters stay leaked */
-		ret = refcount_update(img, host, -1, &img->free_waiter);
+		ret = refcount_update(img, host, -1, &al->free_waiter);
 		if (ret == -EAGAIN) {
-			img->free_worker_parked = true;
+			al->free_worker_parked = true;
 			return;
 		}
-		img->frees_ready_pos++;
+		al->frees_ready_pos++;
 		if (ret < 0)
 			continue; /* a failed decrement leaks: safe */
 		img->stats.freed_clusters++;
 		/* the slice is cached: refcount_update just used it */
-		ret = refcount_get(img, host, &rc, &img->free_waiter);
+		ret = refcount_get(img, host, &rc, &al->free_waiter);
 		if (ret == 0 && rc == 0) {
 			if (punch)
 				punch_then_pool(img, host);
@@ -536,48 +534,56 @@ static void free_worker(struct qcow2_image *img)
 				pool_add(img, host);
 		}
 	}
-	if (img->frees_ready_pos == img->frees_ready_len) {
-		img->frees_ready_len = 0;
-		img->frees_ready_pos = 0;
+	if (al->frees_ready_pos == al->frees_ready_len) {
+		al->frees_ready_len = 0;
+		al->frees_ready_pos = 0;
 	}
 }
 
 void cluster_frees_flush_done(struct qcow2_image *img, int err)
 {
+	struct allocator *al = &img->alloc;
+
 	if (err) {
 		/* Not known to be on disk: keep them for the next flush. */
-		for (size_t i = 0; i < img->frees_flushing_len; i++)
-			cluster_free_later(img, img->frees_flushing[i]);
+		for (size_t i = 0; i < al->frees_flushing_len; i++)
+			cluster_free_later(img, al->frees_flushing[i]);
 	} else {
-		for (size_t i = 0; i < img->frees_flushing_len; i++)
-			vec_push(&img->frees_ready, &img->frees_ready_len,
-				 &img->frees_ready_cap, img->frees_flushing[i]);
-		if (img->frees_flushing_len &&
-		    img->frees_flushing_seq > img->frees_ready_seq)
-			img->frees_ready_seq = img->frees_flushing_seq;
+		for (size_t i = 0; i < al->frees_flushing_len; i++)
+			vec_push(&al->frees_ready, &al->frees_ready_len,
+				 &al->frees_ready_cap, al->frees_flushing[i]);
+		if (al->frees_flushing_len &&
+		    al->frees_flushing_seq > al->frees_ready_seq)
+			al->frees_ready_seq = al->frees_flushing_seq;
 	}
-	img->frees_flushing_len = 0;
+	al->frees_flushing_len = 0;
 	free_worker(img);
 }
 
 void cluster_frees_kick(struct qcow2_image *img)
 {
-	if (img->free_worker_waits_ip &&
-	    inplace_oldest_seq(img) > img->frees_ready_seq)
+	struct allocator *al = &img->alloc;
+
+	if (al->free_worker_waits_ip &&
+	    inplace_ended(img, al->frees_ready_seq))
 		free_worker(img);
 }
 
 void cluster_alloc_close(struct qcow2_image *img)
 {
-	free(img->free_pool);
-	free(img->frees_waiting);
-	free(img->frees_flushing);
-	free(img->frees_ready);
+	struct allocator *al = &img->alloc;
+
+	free(al->free_pool);
+	free(al->frees_waiting);
+	free(al->frees_flushing);
+	free(al->frees_ready);
 }
 
 bool cluster_frees_pending(const struct qcow2_image *img, bool ready_only)
 {
-	if (img->frees_ready_pos < img->frees_ready_len)
+	const struct allocator *al = &img->alloc;
+
+	if (al->frees_ready_pos < al->frees_ready_len)
 		return true;
-	return !ready_only && (img->frees_waiting_len || img->frees_flushing_len);
+	return !ready_only && (al->frees_waiting_len || al->frees_flushing_len);
 }

@@ -41,12 +41,12 @@ struct cluster_write {
 	uint64_t a, b;          /* the request writes [a, b) of it */
 	uint64_t req_off;       /* request buffer offset of byte a */
 	struct slice_waiter waiter;
-	struct cluster_write *next_alloc; /* img->alloc_hash chain */
-	struct cluster_write *next_l2alloc; /* img->l2_allocators */
+	struct cluster_write *next_alloc; /* cluster_writes.hash chain */
+	struct cluster_write *next_l2alloc; /* cluster_writes.l2_allocators */
 	struct cluster_write *blocked;    /* same cluster, waiting for us */
 	struct cluster_write *next_blocked;
 	struct cluster_write *l2_blocked; /* same L2 table, waiting for it */
-	struct cluster_write *next_batched; /* in img->batch */
+	struct cluster_write *next_batched; /* in img->gather.batch */
 	struct cluster_write *owner;      /* joiner: the allocation we ride */
 	struct cluster_write *joiners;    /* owner: writes riding on us */
 	bool joinable;                    /* owner: host chosen, no COW buffer */
@@ -92,11 +92,26 @@ static void cw_wake(struct slice_waiter *w, int err)
 	cw_run(cw);
 }
 
+#define ALLOC_HASH_BUCKETS 1024u
+
+int cluster_writes_init(struct qcow2_image *img)
+{
+	img->cluster_writes.hash = calloc(ALLOC_HASH_BUCKETS,
+					  sizeof(*img->cluster_writes.hash));
+	return img->cluster_writes.hash ? 0 : -ENOMEM;
+}
+
+void cluster_writes_free(struct qcow2_image *img)
+{
+	free(img->cluster_writes.hash);
+	img->cluster_writes.hash = NULL;
+}
+
 static struct cluster_write **alloc_bucket(struct qcow2_image *img,
 					   uint64_t guest)
 {
-	return &img->alloc_hash[(guest >> img->cluster_bits) &
-				(ALLOC_HASH_BUCKETS - 1)];
+	return &img->cluster_writes.hash[(guest >> img->cluster_bits) &
+					 (ALLOC_HASH_BUCKETS - 1)];
 }
 
 /* Resume the writes of a list (pushed at the head: oldest last), oldest
@@ -159,7 +174,7 @@ static int cw_start(struct cluster_write *cw)
 
 static void l2_allocator_remove(struct cluster_write *cw)
 {
-	struct cluster_write **pp = &cw->img->l2_allocators;
+	struct cluster_write **pp = &cw->img->cluster_writes.l2_allocators;
 
 	while (*pp && *pp != cw)
 		pp = &(*pp)->next_l2alloc;
@@ -242,7 +257,7 @@ static void l2_copy_written(struct file_read *fw, int err)
 	} else {
 		/* The copy must be durable before the L1 entry that points at
 		 * it: the flush syncs before writing L1 when data is unsynced. */
-		cw->img->data_unsynced = true;
+		image_mark_data_unsynced(cw->img);
 		cw->l2_copied = true;
 		cw->state = CW_L2;
 	}
@@ -272,8 +287,8 @@ static int cw_l2(struct cluster_write *cw)
 		return 0;
 	}
 	if (!cw->allocating_l2) {
-		for (struct cluster_write *x = img->l2_allocators; x;
-		     x = x->next_l2alloc) {
+		for (struct cluster_write *x = img->cluster_writes.l2_allocators;
+		     x; x = x->next_l2alloc) {
 			if (x != cw && x->l1_idx == cw->l1_idx) {
 				cw->next_blocked = x->l2_blocked;
 				x->l2_blocked = cw;
@@ -281,8 +296,8 @@ static int cw_l2(struct cluster_write *cw)
 			}
 		}
 		cw->allocating_l2 = true;
-		cw->next_l2alloc = img->l2_allocators;
-		img->l2_allocators = cw;
+		cw->next_l2alloc = img->cluster_writes.l2_allocators;
+		img->cluster_writes.l2_allocators = cw;
 		cw->old_l2 = e & L1E_OFFSET_MASK;
 	}
 	ret = writeback_gate(img, &cw->waiter);
@@ -645,7 +660,7 @@ static void cw_write_finished(struct cluster_write *cw, int err)
 		cw->err = err;
 		cw->state = CW_DONE;
 	} else {
-		cw->img->data_unsynced = true;
+		image_mark_data_unsynced(cw->img);
 		if (cw->owner)
 			cw->state = CW_JOIN_WAIT; /* the owner's cw_done ends us */
 		else
@@ -699,10 +714,10 @@ static void batch_written(struct file_read *fw, int err)
 
 static void batch_submit(struct qcow2_image *img)
 {
-	struct write_batch *b = img->batch;
+	struct write_batch *b = img->gather.batch;
 	int ret;
 
-	img->batch = NULL;
+	img->gather.batch = NULL;
 	if (!b)
 		return;
 	ret = file_write_start(img->ctx, b->file, b->off, b->iov, b->iovcnt,
@@ -713,12 +728,12 @@ static void batch_submit(struct qcow2_image *img)
 
 void write_gather_begin(struct qcow2_image *img)
 {
-	img->gather_depth++;
+	img->gather.depth++;
 }
 
 void write_gather_end(struct qcow2_image *img)
 {
-	if (--img->gather_depth == 0)
+	if (--img->gather.depth == 0)
 		batch_submit(img);
 }
 
@@ -767,10 +782,10 @@ static int batch_add(struct cluster_write *cw, struct qfile *file,
 
 	/* (A submit that fails at once ends writes that may start others,
 	 * which may gather a new batch: look again.) */
-	while (img->batch &&
-	       !(side = batch_side(img->batch, file, off, iovcnt, len)))
+	while (img->gather.batch &&
+	       !(side = batch_side(img->gather.batch, file, off, iovcnt, len)))
 		batch_submit(img);
-	b = img->batch;
+	b = img->gather.batch;
 	if (!b) {
 		b = malloc(sizeof(*b));
 		if (!b)
@@ -781,7 +796,7 @@ static int batch_add(struct cluster_write *cw, struct qfile *file,
 		b->len = 0;
 		b->first = b->last = NULL;
 		b->iovcnt = 0;
-		img->batch = b;
+		img->gather.batch = b;
 		side = 1;
 	}
 	if (side > 0) {
@@ -850,7 +865,7 @@ static int cw_write(struct cluster_write *cw)
 		len = cw->b - cw->a;
 	}
 	cw->state = CW_WRITE_WAIT;
-	if (img->gather_depth && cw->kind != WRITE_COMPRESSED &&
+	if (img->gather.depth && cw->kind != WRITE_COMPRESSED &&
 	    iovcnt <= WRITE_BATCH_MAX_IOV)
 		return batch_add(cw, img->data, off, iov, iovcnt, len);
 	ret = file_write_start(img->ctx, img->data, off, iov, iovcnt, len,

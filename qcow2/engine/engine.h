@@ -4,6 +4,10 @@
  * closing, guest-to-host mapping, reads, writes, cluster allocation with
  * deferred frees, refcounts, lazy write-back in soft-update order, resize,
  * block status. An image is touched by one thread at a time (its context's).
+ *
+ * One section per module below: its functions, and the state it owns,
+ * which struct qcow2_image (after the sections) embeds. Inline helpers
+ * that need the whole image come last.
  */
 #ifndef QCOW2_ENGINE_H
 #define QCOW2_ENGINE_H
@@ -18,124 +22,19 @@
 #include "format/format.h"
 #include "io/io.h"
 
-struct qcow2_image {
-	struct qcow2_ctx *ctx;
-	char *filename;
-	unsigned flags;
-	bool raw;
-	struct qfile file;
-	struct qfile data_store;    /* external data file, if any */
-	struct qfile *data;         /* &file or &data_store */
-	struct qcow2_header hdr;
-	uint64_t virtual_size;
-	uint32_t block_size;        /* request alignment */
+struct qcow2_image;
+struct cluster_write;
 
-	/* geometry */
-	uint32_t cluster_bits;
-	uint64_t cluster_size;
-	uint32_t l2_bits;           /* log2(entries per L2 table) */
-	uint32_t l2_entry_size;     /* 8, or 16 with extended L2 */
-	uint32_t subcluster_bits;   /* log2(subcluster size) */
-	bool extl2;
-	bool has_data_file;
-
-	uint64_t *l1;               /* host-endian */
-	uint32_t l1_size;
-
-	struct slice_cache *l2_cache;
-	uint32_t l2_slice_size;
-
-	struct qcow2_image *backing;
-	char *backing_path;         /* hdr.backing_file beside the image */
-
-	/* Allocation and refcounts (read-write images; refcount.c) */
-	uint64_t alloc_end;         /* end of the last allocated cluster */
-	uint64_t file_len;          /* the image file's size as we set it */
-	uint64_t *reftable;         /* host-endian block offsets */
-	uint32_t reftable_entries;
-	struct slice_cache *rc_cache;
-	uint32_t rc_slice_size;
-	uint32_t refcount_order;
-	uint64_t refblock_entries;  /* entries per refcount block */
-
-	/* Write path (write.c, cluster_alloc.c, writeback.c) */
-	bool l1_dirty;
-	uint32_t l1_dirty_lo, l1_dirty_hi;  /* dirty entries [lo, hi) */
-	bool reftable_dirty;
-	uint32_t reftable_dirty_lo, reftable_dirty_hi;
-	bool header_dirty;           /* hdr_block changed (written in a flush) */
-	uint8_t *hdr_block;          /* the image's first block, as on disk */
-	uint32_t hdr_block_len;
-	/* Refcount table growth in progress (cluster_alloc.c): phase 1, the
-	 * table is enlarged in memory; phase 2, placed at grow_off. */
-	int grow_phase;
-	struct slice_waiter *grower;    /* the allocation doing it */
-	struct slice_waiter *grow_waiters; /* other appends wait (they would
-					      use blocks not yet on disk) */
-	uint64_t grow_off;
-	uint32_t grow_clusters;
-	uint32_t grow_counted;
-	bool data_unsynced;          /* data written since the last fdatasync */
-	/* Lazy refcounts: flushes leave refcounts in the cache (written at
-	 * close) once the dirty bit is on disk. */
-	bool lazy_refcounts;
-	bool dirty_on_disk;
-	/* In-flight allocations (write.c): hashed by guest cluster, and those
-	 * allocating an L2 table. */
-	struct cluster_write **alloc_hash;
-	struct cluster_write *l2_allocators;
-	/* Data writes being gathered (write_gather_begin()). */
-	unsigned gather_depth;
-	struct write_batch *batch;
-	/* Reusable clusters: their dropping entries and decrements are done. */
-	uint64_t *free_pool;
-	size_t free_pool_len, free_pool_cap;
-	/* Clusters to decrement once the entries that dropped them are on
-	 * disk (rule 3): queued now, released by the next completed flush. */
-	uint64_t *frees_waiting;     /* waiting for a flush to start */
-	size_t frees_waiting_len, frees_waiting_cap;
-	uint64_t *frees_flushing;    /* covered by the running flush */
-	size_t frees_flushing_len, frees_flushing_cap;
-	uint64_t *frees_ready;       /* decrement now */
-	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
-	struct slice_waiter free_waiter;
-	/* In-place writes in flight, oldest first (write.c). They do not wait
-	 * for metadata changes, so a cluster a discard dropped is decremented
-	 * only once every in-place write issued before the flush that wrote
-	 * the discard is done: a late one must not land in a reused cluster. */
-	struct inplace_write *ip_head, *ip_tail;
-	uint64_t ip_seq;             /* of the last one started */
-	uint64_t frees_flushing_seq; /* ip_seq when the running flush began */
-	uint64_t frees_ready_seq;    /* ready frees wait for writes <= this */
-	bool free_worker_waits_ip;
-	unsigned punches_inflight;   /* holes being punched (cluster_alloc.c) */
-	/* Packing of compressed clusters (cluster_alloc_bytes) */
-	uint64_t cz_cluster;         /* cluster taking blobs, held; or 0 */
-	uint64_t cz_off;             /* its next free byte */
-	uint64_t cz_blobs;           /* blobs counted in it */
-	bool free_worker_parked;
-	struct writeback *wb;
-
-	/* single-entry cache of the last decompressed cluster, keyed by its
-	 * descriptor: dropped whenever a host cluster becomes reusable (a
-	 * reused cluster can take a new blob with the same descriptor) */
-	uint8_t *zbuf;
-	uint64_t zbuf_desc;         /* descriptor of the cluster in zbuf */
-	bool zbuf_valid;
-	uint64_t zbuf_gen;          /* bumped by every drop */
-	struct decompressor dec;
-
-	struct qcow2_stats stats;
-	char last_error[256];
-	uint64_t error_seq;          /* bumped by every image_set_error() */
-};
-
-#define ALLOC_HASH_BUCKETS 1024u
+/* ---- The image (image.c: open, close, info) ----------------------------- */
 
 /* Set the image's message of the failure being handled (bumps
  * img->error_seq; see request_fail()). */
 void image_set_error(struct qcow2_image *img, const char *fmt, ...)
 	QCOW2_PRINTF(2, 3);
+/* slice_load_fn of the image's caches: read the slice from the image file. */
+int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s);
+
+/* ---- Requests (request.c) ----------------------------------------------- */
 
 /*
  * What reads and writes share (request.c): the caller's iovec (copied),
@@ -184,11 +83,105 @@ void request_put(struct request *r);
 /* The call that started the request returns: later completions call back
  * directly. */
 void request_submitted(struct request *r);
-/* slice_load_fn of the image's caches: read the slice from the image file. */
-int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s);
 
-/* Allocation (cluster_alloc.c) */
-struct cluster_write;
+/* ---- Refcounts (refcount.c; refcount_rebuild.c) ------------------------- */
+
+/* The refcount table in memory: refcount.c's alone (the allocator changes
+ * it through the functions below, reads it through refcount_block_at()
+ * and the other inline accessors at the end). Refcount blocks are sliced
+ * in img->rc_cache and written back with the rest of the metadata. */
+struct refcounts {
+	uint64_t *reftable;         /* host-endian block offsets */
+	uint32_t reftable_entries;
+	uint32_t order;             /* log2(bits per refcount) */
+	uint64_t block_entries;     /* refcounts per refcount block */
+	uint32_t slice_size;        /* of img->rc_cache */
+};
+
+int refcount_open(struct qcow2_image *img);
+/* A dirty image (lazy refcounts): count every reference, write new
+ * refcount structures past the end, then point the header at them and
+ * clear the dirty bit (refcount_rebuild.c). Before refcount_open(). */
+int refcount_rebuild(struct qcow2_image *img);
+void refcount_close(struct qcow2_image *img);
+
+/*
+ * Add delta to the refcount of the host cluster at offset host (in the
+ * cache; written back by the next flush). Returns 0, -EAGAIN when a slice
+ * must be loaded first (w is woken; call again), -ERANGE on overflow or
+ * underflow (corruption), or another negative errno.
+ */
+int refcount_update(struct qcow2_image *img, uint64_t host, int64_t delta,
+		    struct slice_waiter *w);
+/* Read the refcount of the cluster at host; same return convention. */
+int refcount_get(struct qcow2_image *img, uint64_t host, uint64_t *out,
+		 struct slice_waiter *w);
+
+/* The cluster at block, in the range of refcount table entry rt, becomes
+ * that range's refcount block and counts itself: the slice holding its own
+ * entry is created in the cache already dirty, so the block's refcount is
+ * written before the table entry that points at it (rule 1). -EAGAIN (w
+ * queued) when the cache has no room. */
+int refcount_new_block(struct qcow2_image *img, uint64_t rt, uint64_t block,
+		       struct slice_waiter *w);
+/* Point table entry rt at block (counted by the caller), dirty. */
+void refcount_set_block(struct qcow2_image *img, uint64_t rt, uint64_t block);
+/* Enlarge the table in memory to at least need + 1 entries, at least
+ * doubling it, in whole clusters (*clusters: how many). The caller
+ * places and counts it, then points the header at it. -ENOSPC past the
+ * largest table, -ENOMEM. */
+int refcount_table_enlarge(struct qcow2_image *img, uint64_t need,
+			   uint32_t *clusters);
+
+/* ---- Allocation (cluster_alloc.c) --------------------------------------- */
+
+/*
+ * Where host clusters come from and how they go back: cluster_alloc.c's
+ * alone (others call the functions below, or read it through
+ * cluster_alloc_end() and cluster_punches_inflight() at the end).
+ */
+struct allocator {
+	uint64_t end;               /* end of the last allocated cluster */
+	uint64_t file_len;          /* the image file's size as we set it */
+	/* Refcount table growth in progress: phase 1, the table is enlarged
+	 * in memory; phase 2, placed at grow_off. */
+	int grow_phase;
+	struct slice_waiter *grower;    /* the allocation doing it */
+	struct slice_waiter *grow_waiters; /* other appends wait (they would
+					      use blocks not yet on disk) */
+	uint64_t grow_off;
+	uint32_t grow_clusters;
+	uint32_t grow_counted;
+	/* Reusable clusters: their dropping entries and decrements are done. */
+	uint64_t *free_pool;
+	size_t free_pool_len, free_pool_cap;
+	/* Clusters to decrement once the entries that dropped them are on
+	 * disk (rule 3): queued now, released by the next completed flush. */
+	uint64_t *frees_waiting;     /* waiting for a flush to start */
+	size_t frees_waiting_len, frees_waiting_cap;
+	uint64_t *frees_flushing;    /* covered by the running flush */
+	size_t frees_flushing_len, frees_flushing_cap;
+	uint64_t *frees_ready;       /* decrement now */
+	size_t frees_ready_len, frees_ready_cap, frees_ready_pos;
+	/* ...and once every in-place write issued before that flush began
+	 * is done: a late one must not land in a reused cluster. */
+	uint64_t frees_flushing_seq; /* inplace_last_started() when the
+					running flush began */
+	uint64_t frees_ready_seq;    /* ready frees wait for writes <= this */
+	/* The worker that makes the ready decrements */
+	struct slice_waiter free_waiter;
+	bool free_worker_parked;     /* on a slice load or a flush */
+	bool free_worker_waits_ip;   /* on in-place writes */
+	unsigned punches_inflight;   /* holes being punched */
+	/* Packing of compressed clusters (cluster_alloc_bytes) */
+	uint64_t cz_cluster;         /* cluster taking blobs, held; or 0 */
+	uint64_t cz_off;             /* its next free byte */
+	uint64_t cz_blobs;           /* blobs counted in it */
+};
+
+/* Allocations start at the end of the file as it is (open; again after a
+ * refcount rebuild wrote past it). */
+void cluster_alloc_init(struct qcow2_image *img);
 /*
  * A new host cluster. Data may reuse one from the free pool (*fresh false:
  * it holds old bytes); otherwise, and always for tables, it is appended at
@@ -230,15 +223,31 @@ bool cluster_frees_pending(const struct qcow2_image *img, bool ready_only);
 /* An in-place write finished: frees waiting for it may go on. */
 void cluster_frees_kick(struct qcow2_image *img);
 void cluster_alloc_close(struct qcow2_image *img);
-/* Sequence number of the oldest in-place write still in flight
- * (inplace.c, which owns the ordering of in-place writes against
- * deferred frees: it kicks the frees when its oldest write ends), or
- * UINT64_MAX when none is. */
-uint64_t inplace_oldest_seq(const struct qcow2_image *img);
 /* Cut the file back to the end of its last cluster (clean close). */
 void cluster_alloc_trim(struct qcow2_image *img);
 
-/* Write-back (writeback.c) */
+/* ---- Write-back (writeback.c) ------------------------------------------- */
+
+/*
+ * What the next write-back must write or sync besides dirty slices:
+ * writeback.c's (others mark it through the functions below, and written
+ * data through image_mark_data_unsynced() at the end). The write-back's
+ * own progress is in struct writeback (img->wb).
+ */
+struct meta_dirty {
+	bool l1;                     /* entries [l1_lo, l1_hi) */
+	uint32_t l1_lo, l1_hi;
+	bool reftable;               /* entries [reftable_lo, reftable_hi) */
+	uint32_t reftable_lo, reftable_hi;
+	bool header;                 /* hdr_block changed */
+	bool data_unsynced;          /* data written since the last fdatasync */
+	/* Lazy refcounts: flushes leave refcounts in the cache (written at
+	 * close) once the header's dirty bit is on disk. */
+	bool lazy_refcounts;
+	bool bit_on_disk;            /* that dirty bit */
+};
+
+/* Read-write open (decides on lazy refcounts) and close. */
 int writeback_init(struct qcow2_image *img);
 void writeback_free(struct qcow2_image *img);
 /*
@@ -256,9 +265,15 @@ void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx);
 void image_set_header_u64(struct qcow2_image *img, unsigned off, uint64_t v);
 void image_set_header_u32(struct qcow2_image *img, unsigned off, uint32_t v);
 void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx);
-int write_open(struct qcow2_image *img, struct qcow2_error *err);
+/* Is there anything to write back, or data to sync? */
+bool writeback_pending(const struct qcow2_image *img);
+/* Lazy refcounts, clean close: every refcount is on disk (the close flush
+ * wrote them, synced); now the image may say so, if nothing is dirty. On
+ * failure the bit stays set, which only costs a refcount rebuild. */
+void writeback_clear_dirty_bit(struct qcow2_image *img);
 
-/* Guest-offset mapping (map.c) shared by reads and block status. */
+/* ---- Guest-offset mapping (map.c: reads, writes, block status) ---------- */
+
 struct map_extent {
 	uint64_t len;
 	enum qcow2_extent_type type;
@@ -282,24 +297,36 @@ int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
 void compressed_range(const struct qcow2_image *img, uint64_t desc,
 		      uint64_t *host, uint64_t *len);
 
+/* ---- Reads (read.c) ----------------------------------------------------- */
+
+/*
+ * A single-entry cache of the last decompressed cluster, keyed by its
+ * descriptor: read.c's. Dropped whenever a host cluster becomes reusable
+ * (a reused cluster can take a new blob with the same descriptor).
+ */
+struct zcache {
+	uint8_t *buf;                /* one cluster, allocated on first use */
+	uint64_t desc;               /* descriptor of the cluster in buf */
+	bool valid;
+	uint64_t gen;                /* bumped by every drop */
+	struct decompressor dec;
+};
+
 /* A host cluster became reusable (free pool): drop the decompressed
- * cluster cache, and make reads in flight not fill it (read.c). */
-void read_zbuf_drop(struct qcow2_image *img);
+ * cluster cache, and make reads in flight not fill it. */
+void read_zcache_drop(struct qcow2_image *img);
+/* Close. */
+void read_zcache_free(struct qcow2_image *img);
 
 /* Internal read: no alignment checks, callback may run synchronously. */
 int read_start(struct qcow2_image *img, uint64_t offset,
 	       const struct iovec *iov, int iovcnt, uint64_t len,
 	       bool top_level, qcow2_complete_fn cb, void *opaque);
 
-/* Where the image's clusters end: the file as opened, or, once we allocate,
- * the end of the last cluster we allocated. */
-static inline uint64_t image_end(const struct qcow2_image *img)
-{
-	return img->wb ? img->alloc_end : img->file.size;
-}
+/* ---- Write requests (write.c: the cursor over the range) ---------------- */
 
-/* ---- The write path (write.c: the request cursor; inplace.c: writes to
- * clusters already ours; cluster_write.c: the others) -------------------- */
+/* Each cluster of a write request is written in place (inplace.c) when it
+ * is already ours, else by a cluster write (cluster_write.c). */
 
 enum write_kind { WRITE_DATA, WRITE_ZEROES, WRITE_DISCARD, WRITE_COMPRESSED };
 
@@ -326,9 +353,48 @@ int req_slice_init(struct req_slice *rs, struct write_req *req, uint64_t off,
 void req_slice_free(struct req_slice *rs);
 /* A piece of a write request done, failed with err (0: it succeeded). */
 void wreq_put(struct write_req *req, int err);
+
+/* ---- In-place writes (inplace.c) ---------------------------------------- */
+
+/*
+ * In-place writes in flight, numbered in issue order: inplace.c's alone.
+ * They do not wait for metadata changes, so a cluster a discard dropped is
+ * decremented only once every in-place write issued before the flush that
+ * wrote the discard is done: a late one must not land in a reused
+ * cluster. inplace.c owns that ordering: the allocator notes
+ * inplace_last_started() when a flush begins, asks inplace_ended() before
+ * it decrements, and is kicked (cluster_frees_kick()) when the oldest
+ * write ends.
+ */
+struct inplace_writes {
+	struct inplace_write *head, *tail; /* oldest first */
+	uint64_t seq;                /* number of the last one started */
+};
+
 /* Write [req->pos, +len) of the request in place at host: one IO, counted
- * as a piece of the request (inplace.c). */
+ * as a piece of the request. */
 int start_inplace(struct write_req *req, uint64_t host, uint64_t len);
+/* Have all in-place writes numbered up to seq ended? */
+bool inplace_ended(const struct qcow2_image *img, uint64_t seq);
+
+/* ---- Cluster writes (cluster_write.c) ----------------------------------- */
+
+/* The cluster writes in flight, so that those of one guest cluster, and
+ * those that need one new L2 table, go one at a time (or join). */
+struct cluster_writes {
+	struct cluster_write **hash; /* by guest cluster */
+	struct cluster_write *l2_allocators; /* allocating an L2 table */
+};
+
+/* Data writes being gathered (write_gather_begin()). */
+struct write_gather {
+	unsigned depth;              /* of nested begin/end */
+	struct write_batch *batch;   /* gathered so far, or NULL */
+};
+
+/* Read-write open and close. */
+int cluster_writes_init(struct qcow2_image *img);
+void cluster_writes_free(struct qcow2_image *img);
 /* A cluster write for [a, b) of the guest cluster at guest, the request's
  * bytes from req->pos: counted as a piece of the request (cluster_write.c). */
 int start_cluster_write(struct write_req *req, enum write_kind kind,
@@ -342,6 +408,162 @@ void write_gather_begin(struct qcow2_image *img);
 void write_gather_end(struct qcow2_image *img);
 /* Is a cluster write allocating the guest cluster at guest? */
 bool cluster_allocating(struct qcow2_image *img, uint64_t guest);
+
+/* ---- Synchronous calls (sync.c) ----------------------------------------- */
+
+/* Waiting for one request (sync.c): pass sync_cb with a struct sync_wait
+ * as its opaque, then sync_finish() with what starting it returned: runs
+ * the context until it completes; its result. A failure's message becomes
+ * the image's last one. */
+struct sync_wait {
+	struct qcow2_image *img;
+	bool done;
+	int ret;
+};
+void sync_cb(void *opaque, int ret, const char *error);
+int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret);
+
+/* ---- The image: its shared description and its modules' states ---------- */
+
+/*
+ * An open image. First what every module reads: its files, header,
+ * geometry, the metadata tables and caches (changed by the write path and
+ * resize, written back by writeback.c), its backing file. Then the state
+ * of each module, which only the file named beside it changes: the others
+ * call that module's functions, or the inline accessors below.
+ */
+struct qcow2_image {
+	struct qcow2_ctx *ctx;
+	char *filename;
+	unsigned flags;
+	bool raw;
+	struct qfile file;
+	struct qfile data_store;    /* external data file, if any */
+	struct qfile *data;         /* &file or &data_store */
+	struct qcow2_header hdr;
+	/* The header's first block as on disk (read-write images): read at
+	 * open, changed by a refcount rebuild and by writeback.c, written
+	 * whole (image_set_header_*()). */
+	uint8_t *hdr_block;
+	uint32_t hdr_block_len;
+	uint64_t virtual_size;
+	uint32_t block_size;        /* request alignment */
+
+	/* geometry */
+	uint32_t cluster_bits;
+	uint64_t cluster_size;
+	uint32_t l2_bits;           /* log2(entries per L2 table) */
+	uint32_t l2_entry_size;     /* 8, or 16 with extended L2 */
+	uint32_t subcluster_bits;   /* log2(subcluster size) */
+	bool extl2;
+	bool has_data_file;
+
+	uint64_t *l1;               /* host-endian */
+	uint32_t l1_size;
+
+	struct slice_cache *l2_cache;
+	uint32_t l2_slice_size;
+	/* refcount blocks (read-write images; made by refcount.c) */
+	struct slice_cache *rc_cache;
+
+	struct qcow2_image *backing;
+	char *backing_path;         /* hdr.backing_file beside the image */
+
+	struct writeback *wb;       /* writeback.c's; NULL: read-only */
+
+	/* Each module's own state */
+	struct refcounts refcounts;           /* refcount.c */
+	struct allocator alloc;               /* cluster_alloc.c */
+	struct inplace_writes inplace;        /* inplace.c */
+	struct cluster_writes cluster_writes; /* cluster_write.c */
+	struct write_gather gather;           /* cluster_write.c */
+	struct meta_dirty dirty;              /* writeback.c */
+	struct zcache zcache;                 /* read.c */
+
+	struct qcow2_stats stats;   /* counted by every module */
+	char last_error[256];
+	uint64_t error_seq;          /* bumped by every image_set_error() */
+};
+
+/* ---- Inline helpers ----------------------------------------------------- */
+
+/* Read access to refcount.c's table (the allocator, the write-back). */
+
+/* The table entry whose block holds the refcount of cluster_index. */
+static inline uint64_t refcount_table_index(const struct qcow2_image *img,
+					    uint64_t cluster_index)
+{
+	return cluster_index / img->refcounts.block_entries;
+}
+
+static inline uint32_t refcount_table_entries(const struct qcow2_image *img)
+{
+	return img->refcounts.reftable_entries;
+}
+
+/* The refcount block of table entry rt; 0 when there is none (past the
+ * table too). */
+static inline uint64_t refcount_block_at(const struct qcow2_image *img,
+					 uint64_t rt)
+{
+	return rt < img->refcounts.reftable_entries ?
+		       img->refcounts.reftable[rt] : 0;
+}
+
+/* The whole table (host-endian), for its write-back. */
+static inline const uint64_t *refcount_table(const struct qcow2_image *img)
+{
+	return img->refcounts.reftable;
+}
+
+/* The largest refcount an entry holds. */
+static inline uint64_t refcount_max(const struct qcow2_image *img)
+{
+	return img->refcounts.order == 6 ? UINT64_MAX :
+	       (1ull << (1u << img->refcounts.order)) - 1;
+}
+
+/* Read access to cluster_alloc.c's state. */
+
+/* The end of the last cluster allocated (at open, of the file, rounded up
+ * to a cluster): what lies past it is not the image's (map.c, refcount.c
+ * check entries against it). */
+static inline uint64_t cluster_alloc_end(const struct qcow2_image *img)
+{
+	return img->alloc.end;
+}
+
+/* Holes being punched (a close waits for them). */
+static inline unsigned cluster_punches_inflight(const struct qcow2_image *img)
+{
+	return img->alloc.punches_inflight;
+}
+
+/* Where the image's clusters end: the file as opened, or, once we allocate,
+ * the end of the last cluster we allocated. */
+static inline uint64_t image_end(const struct qcow2_image *img)
+{
+	return img->wb ? cluster_alloc_end(img) : img->file.size;
+}
+
+/* Unmapped clusters would show the backing file: zeros need the flag. */
+static inline bool image_needs_zero_flag(const struct qcow2_image *img)
+{
+	return img->hdr.backing_file != NULL;
+}
+
+/* The number of the last in-place write started (inplace.c). */
+static inline uint64_t inplace_last_started(const struct qcow2_image *img)
+{
+	return img->inplace.seq;
+}
+
+/* Data was written: the next write-back syncs it (writeback.c; on the
+ * data path, so not a call). */
+static inline void image_mark_data_unsynced(struct qcow2_image *img)
+{
+	img->dirty.data_unsynced = true;
+}
 
 /* L2 entries of this image in a cached slice. */
 /* The entry maps a host cluster. With an external data file, clusters are
@@ -414,44 +636,5 @@ static inline bool l2e_range_in_place(const struct qcow2_image *img,
 	m = l2e_sc_mask(img, a, b);
 	return (bitmap & m) == m;
 }
-
-/* Unmapped clusters would show the backing file: zeros need the flag. */
-static inline bool image_needs_zero_flag(const struct qcow2_image *img)
-{
-	return img->hdr.backing_file != NULL;
-}
-
-/* Waiting for one request (sync.c): pass sync_cb with a struct sync_wait
- * as its opaque, then sync_finish() with what starting it returned: runs
- * the context until it completes; its result. A failure's message becomes
- * the image's last one. */
-struct sync_wait {
-	struct qcow2_image *img;
-	bool done;
-	int ret;
-};
-void sync_cb(void *opaque, int ret, const char *error);
-int sync_finish(struct qcow2_image *img, struct sync_wait *w, int ret);
-
-/* Refcounts (refcount.c): the refcount table in memory, refcount blocks
- * sliced, cached and written back with the rest of the metadata. */
-int refcount_open(struct qcow2_image *img);
-/* A dirty image (lazy refcounts): count every reference, write new
- * refcount structures past the end, then point the header at them and
- * clear the dirty bit (refcount_rebuild.c). Before refcount_open(). */
-int refcount_rebuild(struct qcow2_image *img);
-void refcount_close(struct qcow2_image *img);
-
-/*
- * Add delta to the refcount of the host cluster at offset host (in the
- * cache; written back by the next flush). Returns 0, -EAGAIN when a slice
- * must be loaded first (w is woken; call again), -ERANGE on overflow or
- * underflow (corruption), or another negative errno.
- */
-int refcount_update(struct qcow2_image *img, uint64_t host, int64_t delta,
-		    struct slice_waiter *w);
-/* Read the refcount of the cluster at host; same return convention. */
-int refcount_get(struct qcow2_image *img, uint64_t host, uint64_t *out,
-		 struct slice_waiter *w);
 
 #endif

@@ -271,12 +271,9 @@ static int write_setup(struct qcow2_image *img, struct qcow2_error *err)
 							"cannot load the refcount table");
 		return ret;
 	}
-	img->lazy_refcounts = img->hdr.version >= 3 &&
-			      (img->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) &&
-			      !(img->flags & QCOW2_OPEN_STRICT_REFCOUNTS);
-	img->alloc_hash = calloc(ALLOC_HASH_BUCKETS, sizeof(*img->alloc_hash));
-	if (!img->alloc_hash)
-		return -ENOMEM;
+	ret = cluster_writes_init(img);
+	if (ret < 0)
+		return ret;
 	ret = writeback_init(img);
 	if (ret < 0)
 		return ret;
@@ -427,8 +424,7 @@ static int open_qcow2(struct qcow2_image *img,
 	img->subcluster_bits = img->extl2 ? img->cluster_bits - 5 : img->cluster_bits;
 	img->l1_size = img->hdr.l1_size;
 	img->data = &img->file;
-	img->alloc_end = align_up(img->file.size, img->cluster_size);
-	img->file_len = img->file.size;
+	cluster_alloc_init(img);
 
 	if (img->hdr.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
 		ret = open_data_file(img, opts, err);
@@ -544,22 +540,6 @@ int qcow2_open(struct qcow2_ctx *ctx, const char *path,
 	return open_chain(ctx, path, opts, out, err, ids, 0);
 }
 
-/* Lazy refcounts, clean close: every refcount is on disk (the close flush
- * wrote them, synced); now the image may say so. On failure the bit stays
- * set, which only costs a refcount rebuild. */
-static void clear_dirty_bit(struct qcow2_image *img)
-{
-	uint64_t v;
-
-	memcpy(&v, img->hdr_block + 72, 8);
-	v = htobe64(be64toh(v) & ~QCOW2_INCOMPAT_DIRTY);
-	memcpy(img->hdr_block + 72, &v, 8);
-	if (qfile_write_now(img->ctx, &img->file, img->hdr_block,
-			    img->hdr_block_len, 0) == 0 &&
-	    qfile_sync_now(img->ctx, &img->file) == 0)
-		img->dirty_on_disk = false;
-}
-
 /*
  * Write everything back. Decrements released by a flush (rule 3) may need
  * refcount slices loaded, and they dirty refcount blocks again: run them to
@@ -572,8 +552,8 @@ static int close_flush(struct qcow2_image *img)
 		struct sync_wait w = { .img = img };
 		int ret;
 
-		if (round > 0 && !qcow2_has_dirty_metadata(img) &&
-		    !img->data_unsynced && !cluster_frees_pending(img, false))
+		if (round > 0 && !writeback_pending(img) &&
+		    !cluster_frees_pending(img, false))
 			break;
 		ret = sync_finish(img, &w, writeback_start(img, QCOW2_FLUSH_CLOSE,
 							   sync_cb, &w));
@@ -605,23 +585,22 @@ int qcow2_close(struct qcow2_image *img, struct qcow2_error *err)
 			snprintf(err->msg, sizeof(err->msg), "%s",
 				 img->last_error[0] ? img->last_error :
 				 strerror(-ret));
-		while (img->punches_inflight && qcow2_ctx_inflight(img->ctx) > 0)
+		while (cluster_punches_inflight(img) &&
+		       qcow2_ctx_inflight(img->ctx) > 0)
 			if (qcow2_ctx_process(img->ctx, true) < 0)
 				break;
-		if (img->dirty_on_disk && !qcow2_has_dirty_metadata(img))
-			clear_dirty_bit(img);
+		writeback_clear_dirty_bit(img);
 		cluster_alloc_trim(img);
 	}
 	writeback_free(img);
-	free(img->alloc_hash);
+	cluster_writes_free(img);
 	free(img->hdr_block);
 	refcount_close(img);
 	cluster_alloc_close(img);
 	if (img->backing)
 		qcow2_close(img->backing, NULL); /* read-only: nothing to flush */
 	slice_cache_free(img->l2_cache);
-	decompress_cleanup(&img->dec);
-	free(img->zbuf);
+	read_zcache_free(img);
 	free(img->l1);
 	qcow2_header_free(&img->hdr);
 	qfile_close(&img->file);

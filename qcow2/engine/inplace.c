@@ -4,8 +4,8 @@
  * (COPIED) is written where it is, with no metadata change. They are kept
  * in issue order: a cluster a discard dropped is decremented only once
  * every in-place write issued before the flush that wrote the discard is
- * done (inplace_oldest_seq(), cluster_alloc.c), so that a late one never
- * lands in a reused cluster.
+ * done (inplace_ended(), asked by cluster_alloc.c), so that a late one
+ * never lands in a reused cluster.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -18,36 +18,36 @@ struct inplace_write {
 	struct write_req *req;
 	struct req_slice rs;
 	uint64_t seq;
-	struct inplace_write *prev, *next; /* img->ip_head list */
+	struct inplace_write *prev, *next; /* img->inplace list */
 };
 
-uint64_t inplace_oldest_seq(const struct qcow2_image *img)
+bool inplace_ended(const struct qcow2_image *img, uint64_t seq)
 {
-	return img->ip_head ? img->ip_head->seq : UINT64_MAX;
+	return !img->inplace.head || img->inplace.head->seq > seq;
 }
 
-static void inplace_link(struct qcow2_image *img, struct inplace_write *w)
+static void inplace_link(struct inplace_writes *ip, struct inplace_write *w)
 {
-	w->seq = ++img->ip_seq;
-	w->prev = img->ip_tail;
+	w->seq = ++ip->seq;
+	w->prev = ip->tail;
 	w->next = NULL;
-	if (img->ip_tail)
-		img->ip_tail->next = w;
+	if (ip->tail)
+		ip->tail->next = w;
 	else
-		img->ip_head = w;
-	img->ip_tail = w;
+		ip->head = w;
+	ip->tail = w;
 }
 
-static void inplace_unlink(struct qcow2_image *img, struct inplace_write *w)
+static void inplace_unlink(struct inplace_writes *ip, struct inplace_write *w)
 {
 	if (w->prev)
 		w->prev->next = w->next;
 	else
-		img->ip_head = w->next;
+		ip->head = w->next;
 	if (w->next)
 		w->next->prev = w->prev;
 	else
-		img->ip_tail = w->prev;
+		ip->tail = w->prev;
 }
 
 static void inplace_done(struct file_read *fw, int err)
@@ -56,7 +56,7 @@ static void inplace_done(struct file_read *fw, int err)
 	struct write_req *req = w->req;
 	bool oldest = !w->prev;
 
-	inplace_unlink(req->r.img, w);
+	inplace_unlink(&req->r.img->inplace, w);
 	if (oldest)
 		cluster_frees_kick(req->r.img);
 
@@ -64,7 +64,7 @@ static void inplace_done(struct file_read *fw, int err)
 		image_set_error(req->r.img, "write error on %s: %s",
 				req->r.img->filename, strerror(-err));
 	else
-		req->r.img->data_unsynced = true;
+		image_mark_data_unsynced(req->r.img);
 	req_slice_free(&w->rs);
 	free(w);
 	wreq_put(req, err);
@@ -84,11 +84,11 @@ int start_inplace(struct write_req *req, uint64_t host, uint64_t len)
 		return ret;
 	}
 	req->r.pending++;
-	inplace_link(req->r.img, w);
+	inplace_link(&req->r.img->inplace, w);
 	ret = file_write_start(req->r.img->ctx, req->r.img->data, host, w->rs.iov,
 			       w->rs.iovcnt, len, &w->fw, inplace_done);
 	if (ret < 0) {
-		inplace_unlink(req->r.img, w);
+		inplace_unlink(&req->r.img->inplace, w);
 		req_slice_free(&w->rs);
 		free(w);
 		req->r.pending--;

@@ -71,8 +71,9 @@ int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
 	if (l1_idx >= img->l1_size || !(img->l1[l1_idx] & L1E_OFFSET_MASK))
 		return 1;
 	l2_off = img->l1[l1_idx] & L1E_OFFSET_MASK;
-	if ((l2_off & (img->cluster_size - 1)) || l2_off >= img->alloc_end ||
-	    img->alloc_end - l2_off < img->cluster_size) {
+	if ((l2_off & (img->cluster_size - 1)) ||
+	    l2_off >= cluster_alloc_end(img) ||
+	    cluster_alloc_end(img) - l2_off < img->cluster_size) {
 		image_set_error(img,
 				"corrupt image: L1 entry %llu points to an L2 table at 0x%llx, "
 				"which is %s", (unsigned long long)l1_idx,

@@ -29,7 +29,7 @@ struct read_sub {
 	uint64_t len;
 	uint64_t desc;          /* compressed: the descriptor */
 	uint64_t in_cluster;    /* compressed: offset of req_off's byte */
-	uint64_t zbuf_gen;      /* compressed: img->zbuf_gen at the start */
+	uint64_t zcache_gen;    /* compressed: img->zcache.gen at the start */
 	struct file_read fr;
 	struct iovec *iov;
 	int iovcnt;
@@ -109,14 +109,15 @@ static void compressed_done(struct file_read *fr, int err)
 {
 	struct read_sub *sub = container_of(fr, struct read_sub, fr);
 	struct qcow2_image *img = sub->req->r.img;
+	struct zcache *z = &img->zcache;
 	uint64_t host, clen;
 
 	if (!err) {
 		compressed_range(img, sub->desc, &host, &clen);
-		img->zbuf_valid = false;
-		err = decompress_cluster(&img->dec, img->hdr.compression_type,
+		z->valid = false;
+		err = decompress_cluster(&z->dec, img->hdr.compression_type,
 					 fr->bounce + fr->bounce_skip, clen,
-					 img->zbuf, img->cluster_size);
+					 z->buf, img->cluster_size);
 		if (err) {
 			image_set_error(img,
 					"corrupt image: compressed cluster at host offset 0x%llx "
@@ -125,11 +126,11 @@ static void compressed_done(struct file_read *fr, int err)
 		} else {
 			/* Bytes read before their cluster was reused may be
 			 * stale: serve this request, keep nothing. */
-			img->zbuf_desc = sub->desc;
-			img->zbuf_valid = sub->zbuf_gen == img->zbuf_gen;
+			z->desc = sub->desc;
+			z->valid = sub->zcache_gen == z->gen;
 			img->stats.compressed_reads++;
 			iov_from_buf(sub->iov, sub->iovcnt, 0,
-				     img->zbuf + sub->in_cluster, sub->len);
+				     z->buf + sub->in_cluster, sub->len);
 		}
 	}
 	free(fr->bounce);
@@ -137,10 +138,17 @@ static void compressed_done(struct file_read *fr, int err)
 	sub_end(sub, err, NULL);
 }
 
-void read_zbuf_drop(struct qcow2_image *img)
+void read_zcache_drop(struct qcow2_image *img)
 {
-	img->zbuf_valid = false;
-	img->zbuf_gen++;
+	img->zcache.valid = false;
+	img->zcache.gen++;
+}
+
+void read_zcache_free(struct qcow2_image *img)
+{
+	decompress_cleanup(&img->zcache.dec);
+	free(img->zcache.buf);
+	img->zcache.buf = NULL;
 }
 
 static int start_data(struct read_req *req, struct qfile *f, uint64_t host,
@@ -189,18 +197,19 @@ static int start_compressed(struct read_req *req, uint64_t guest,
 			    uint64_t desc, uint64_t len)
 {
 	struct qcow2_image *img = req->r.img;
+	struct zcache *z = &img->zcache;
 	uint64_t in_cluster = guest & (img->cluster_size - 1);
 	struct read_sub *sub;
 	uint64_t host, clen;
 	int ret;
 
-	if (!img->zbuf) {
-		if (posix_memalign((void **)&img->zbuf, 4096, img->cluster_size))
+	if (!z->buf) {
+		if (posix_memalign((void **)&z->buf, 4096, img->cluster_size))
 			return -ENOMEM;
 	}
-	if (img->zbuf_valid && img->zbuf_desc == desc) {
+	if (z->valid && z->desc == desc) {
 		iov_from_buf(req->r.iov, req->r.iovcnt, req->pos,
-			     img->zbuf + in_cluster, len);
+			     z->buf + in_cluster, len);
 		return 0;
 	}
 	sub = sub_new(req, len);
@@ -208,7 +217,7 @@ static int start_compressed(struct read_req *req, uint64_t guest,
 		return -ENOMEM;
 	sub->desc = desc;
 	sub->in_cluster = in_cluster;
-	sub->zbuf_gen = img->zbuf_gen;
+	sub->zcache_gen = z->gen;
 	compressed_range(img, desc, &host, &clen);
 	ret = file_read_start(img->ctx, &img->file, host, NULL, 0, clen, true,
 			      &sub->fr, compressed_done);

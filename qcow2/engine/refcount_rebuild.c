@@ -275,8 +275,7 @@ int refcount_rebuild(struct qcow2_image *img)
 	img->hdr.incompatible_features &= ~(QCOW2_INCOMPAT_DIRTY |
 		(rb.fix_copied ? QCOW2_INCOMPAT_CORRUPT : 0));
 	img->file.size = rt_off + ((uint64_t)rt_clusters << img->cluster_bits);
-	img->alloc_end = img->file.size;
-	img->file_len = img->file.size;
+	cluster_alloc_init(img);
 	img->stats.refcount_rebuilds++;
 	if (rb.copied_fixed) {
 		rb.copied_fixed = 0;

@@ -100,6 +100,10 @@ static uint64_t now_ns(void)
 
 int writeback_init(struct qcow2_image *img)
 {
+	img->dirty.lazy_refcounts =
+		img->hdr.version >= 3 &&
+		(img->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) &&
+		!(img->flags & QCOW2_OPEN_STRICT_REFCOUNTS);
 	img->wb = calloc(1, sizeof(*img->wb));
 	if (!img->wb)
 		return -ENOMEM;
@@ -132,51 +136,71 @@ int writeback_gate(struct qcow2_image *img, struct slice_waiter *w)
 
 bool qcow2_has_dirty_metadata(const struct qcow2_image *img)
 {
-	return img->l1_dirty || img->reftable_dirty || img->header_dirty ||
+	return img->dirty.l1 || img->dirty.reftable || img->dirty.header ||
 	       (img->l2_cache && slice_cache_dirty_count(img->l2_cache)) ||
 	       (img->rc_cache && slice_cache_dirty_count(img->rc_cache));
 }
 
+bool writeback_pending(const struct qcow2_image *img)
+{
+	return qcow2_has_dirty_metadata(img) || img->dirty.data_unsynced;
+}
+
+void writeback_clear_dirty_bit(struct qcow2_image *img)
+{
+	uint64_t v;
+
+	if (!img->dirty.bit_on_disk || qcow2_has_dirty_metadata(img))
+		return;
+	memcpy(&v, img->hdr_block + 72, 8);
+	v = htobe64(be64toh(v) & ~QCOW2_INCOMPAT_DIRTY);
+	memcpy(img->hdr_block + 72, &v, 8);
+	if (qfile_write_now(img->ctx, &img->file, img->hdr_block,
+			    img->hdr_block_len, 0) == 0 &&
+	    qfile_sync_now(img->ctx, &img->file) == 0)
+		img->dirty.bit_on_disk = false;
+}
+
 void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx)
 {
-	if (!img->l1_dirty) {
-		img->l1_dirty = true;
-		img->l1_dirty_lo = idx;
-		img->l1_dirty_hi = idx + 1;
+	if (!img->dirty.l1) {
+		img->dirty.l1 = true;
+		img->dirty.l1_lo = idx;
+		img->dirty.l1_hi = idx + 1;
 		return;
 	}
-	if (idx < img->l1_dirty_lo)
-		img->l1_dirty_lo = idx;
-	if (idx + 1 > img->l1_dirty_hi)
-		img->l1_dirty_hi = idx + 1;
+	if (idx < img->dirty.l1_lo)
+		img->dirty.l1_lo = idx;
+	if (idx + 1 > img->dirty.l1_hi)
+		img->dirty.l1_hi = idx + 1;
 }
 
 void image_set_header_u64(struct qcow2_image *img, unsigned off, uint64_t v)
 {
 	v = htobe64(v);
 	memcpy(img->hdr_block + off, &v, 8);
-	img->header_dirty = true;
+	img->dirty.header = true;
 }
 
 void image_set_header_u32(struct qcow2_image *img, unsigned off, uint32_t v)
 {
 	v = htobe32(v);
 	memcpy(img->hdr_block + off, &v, 4);
-	img->header_dirty = true;
+	img->dirty.header = true;
 }
 
 void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx)
 {
-	if (!img->reftable_dirty) {
-		img->reftable_dirty = true;
-		img->reftable_dirty_lo = idx;
-		img->reftable_dirty_hi = idx + 1;
+	if (!img->dirty.reftable) {
+		img->dirty.reftable = true;
+		img->dirty.reftable_lo = idx;
+		img->dirty.reftable_hi = idx + 1;
 		return;
 	}
-	if (idx < img->reftable_dirty_lo)
-		img->reftable_dirty_lo = idx;
-	if (idx + 1 > img->reftable_dirty_hi)
-		img->reftable_dirty_hi = idx + 1;
+	if (idx < img->dirty.reftable_lo)
+		img->dirty.reftable_lo = idx;
+	if (idx + 1 > img->dirty.reftable_hi)
+		img->dirty.reftable_hi = idx + 1;
 }
 
 static void wb_advance(struct writeback *wb);
@@ -208,15 +232,15 @@ static void wb_io_failed(struct writeback *wb, const struct wb_io *io, int err)
 			image_mark_l1_dirty(img, i);
 		break;
 	case WB_W_HEADER:
-		img->header_dirty = true;
+		img->dirty.header = true;
 		break;
 	case WB_W_DIRTY_BIT:
-		break; /* dirty_on_disk is set only when it succeeds */
+		break; /* dirty.bit_on_disk is set only when it succeeds */
 	case WB_W_SYNC:
 		/* Nothing written since the last good fdatasync is known to
 		 * be durable: the next flush syncs before going on. */
 		wb->wrote_since_sync = true;
-		img->data_unsynced = true;
+		img->dirty.data_unsynced = true;
 		if (!(fd == img->file.fd ? img->file.direct : img->data->direct) &&
 		    err != -ENOMEM && !wb->sync_lost)
 			wb->sync_lost = err;
@@ -247,7 +271,7 @@ static void wb_io_done(struct io_op *op, int64_t res)
 		slice_cache_clean(io->cache, io->slice, false);
 		write_gather_end(wb->img);
 	} else if (io->what == WB_W_DIRTY_BIT) {
-		wb->img->dirty_on_disk = true;
+		wb->img->dirty.bit_on_disk = true;
 	}
 	free(io->buf);
 	free(io);
@@ -375,10 +399,10 @@ static bool wb_sync(struct writeback *wb, bool force)
 		.what = WB_W_SYNC,
 	};
 
-	if (!force && !wb->wrote_since_sync && !img->data_unsynced)
+	if (!force && !wb->wrote_since_sync && !img->dirty.data_unsynced)
 		return false;
 	wb->wrote_since_sync = false;
-	img->data_unsynced = false;
+	img->dirty.data_unsynced = false;
 	if (img->file.no_sync)
 		return false;
 	wb_submit(wb, &t);
@@ -479,8 +503,9 @@ static void wb_advance(struct writeback *wb)
 					 "qcow2-img check on it", img->filename,
 					 strerror(-wb->sync_lost));
 			}
-			if (wb->lazy && !img->dirty_on_disk && !wb->error &&
-			    (img->l1_dirty || slice_cache_dirty_count(img->l2_cache))) {
+			if (wb->lazy && !img->dirty.bit_on_disk && !wb->error &&
+			    (img->dirty.l1 ||
+			     slice_cache_dirty_count(img->l2_cache))) {
 				uint64_t v;
 				memcpy(&v, img->hdr_block + 72, 8);
 				v = htobe64(be64toh(v) | QCOW2_INCOMPAT_DIRTY);
@@ -496,20 +521,22 @@ static void wb_advance(struct writeback *wb)
 								      &fs->refblock_slices);
 			break;
 		case WB_REFTABLE:
-			if (img->reftable_dirty && !wb->error && !wb->lazy) {
+			if (img->dirty.reftable && !wb->error && !wb->lazy) {
 				if (wb_sync(wb, false))
 					break; /* blocks before the table */
-				img->reftable_dirty = false;
+				img->dirty.reftable = false;
 				fs->reftable_writes++;
 				/* Only the table the header points at is written:
 				 * a growing table waits for its installation. */
 				fs->reftable_bytes += wb_write_table(
 					wb, WB_W_REFTABLE,
-					img->hdr.refcount_table_offset, img->reftable,
-					img->reftable_entries,
+					img->hdr.refcount_table_offset,
+					refcount_table(img),
+					refcount_table_entries(img),
 					(uint64_t)img->hdr.refcount_table_clusters
 						<< img->cluster_bits,
-					img->reftable_dirty_lo, img->reftable_dirty_hi);
+					img->dirty.reftable_lo,
+					img->dirty.reftable_hi);
 			}
 			wb->stage = WB_L2;
 			break;
@@ -523,25 +550,25 @@ static void wb_advance(struct writeback *wb)
 			wb->stage = WB_L1;
 			break;
 		case WB_L1:
-			if (!wb->error && img->l1_dirty) {
+			if (!wb->error && img->dirty.l1) {
 				if (wb_sync(wb, false))
 					break; /* L2 tables before L1 */
-				img->l1_dirty = false;
+				img->dirty.l1 = false;
 				fs->l1_writes++;
 				fs->l1_bytes += wb_write_table(
 					wb, WB_W_L1, img->hdr.l1_table_offset, img->l1,
 					img->l1_size,
 					align_up((uint64_t)img->l1_size * 8,
 						 img->cluster_size),
-					img->l1_dirty_lo, img->l1_dirty_hi);
+					img->dirty.l1_lo, img->dirty.l1_hi);
 			}
 			wb->stage = WB_HEADER;
 			break;
 		case WB_HEADER:
-			if (img->header_dirty && !wb->error) {
+			if (img->dirty.header && !wb->error) {
 				if (wb_sync(wb, false))
 					break; /* tables before the header */
-				img->header_dirty = false;
+				img->dirty.header = false;
 				wb_write_header(wb, WB_W_HEADER);
 			}
 			wb->stage = WB_SYNC_LAST;
@@ -606,8 +633,8 @@ int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
 	/* Lazy refcounts: refcounts stay cached, except at close, when a
 	 * table moved (the header will point at it), or when the refcount
 	 * cache fills up. */
-	wb->lazy = img->lazy_refcounts && cause != QCOW2_FLUSH_CLOSE &&
-		   !img->header_dirty && img->rc_cache &&
+	wb->lazy = img->dirty.lazy_refcounts && cause != QCOW2_FLUSH_CLOSE &&
+		   !img->dirty.header && img->rc_cache &&
 		   slice_cache_dirty_count(img->rc_cache) * 2 <
 			   slice_cache_capacity(img->rc_cache);
 	wb->stage = WB_DIRTY_BIT;

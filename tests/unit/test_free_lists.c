@@ -39,9 +39,9 @@ static uint64_t host_of(struct fx *h, uint64_t guest)
 static void assert_lists(const struct qcow2_image *img, size_t waiting,
 			 size_t flushing, size_t pool)
 {
-	assert_int_equal(img->frees_waiting_len, waiting);
-	assert_int_equal(img->frees_flushing_len, flushing);
-	assert_int_equal(img->free_pool_len, pool);
+	assert_int_equal(img->alloc.frees_waiting_len, waiting);
+	assert_int_equal(img->alloc.frees_flushing_len, flushing);
+	assert_int_equal(img->alloc.free_pool_len, pool);
 }
 
 /* A cluster dropped by a discard (its hole punched once free), across a
@@ -80,7 +80,7 @@ static void test_discard_cycle(void **state)
 	/* dropped: waiting, not decremented before a flush writes the entry
 	 * that dropped it */
 	assert_lists(h.img, 1, 0, 0);
-	assert_int_equal(cluster_of(h.img->frees_waiting[0]), host);
+	assert_int_equal(cluster_of(h.img->alloc.frees_waiting[0]), host);
 	assert_int_equal(fx_refcount(&h, host), 1);
 	fx_status(&h, 0, &ext);
 	assert_int_not_equal(ext.type, QCOW2_EXTENT_DATA);
@@ -88,11 +88,11 @@ static void test_discard_cycle(void **state)
 	/* a flush covers it while it runs; this one fails */
 	assert_int_equal(qcow2_flush(h.img, fx_on_done, &d), 0);
 	assert_lists(h.img, 0, 1, 0);
-	assert_int_equal(cluster_of(h.img->frees_flushing[0]), host);
+	assert_int_equal(cluster_of(h.img->alloc.frees_flushing[0]), host);
 	assert_int_equal(fx_wait(&h, &d), -ENOSPC);
 	/* back to waiting, once, not decremented, not in the pool */
 	assert_lists(h.img, 1, 0, 0);
-	assert_int_equal(cluster_of(h.img->frees_waiting[0]), host);
+	assert_int_equal(cluster_of(h.img->alloc.frees_waiting[0]), host);
 	assert_int_equal(fx_refcount(&h, host), 1);
 	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
 	assert_int_equal(st.freed_clusters, 0);
@@ -106,14 +106,14 @@ static void test_discard_cycle(void **state)
 	assert_int_equal(qcow2_flush(h.img, fx_on_done, &d), 0);
 	assert_lists(h.img, 0, 1, 0);
 	assert_int_equal(fx_wait(&h, &d), 0);
-	assert_int_equal(h.img->frees_flushing_len, 0);
-	assert_int_equal(h.img->frees_waiting_len, 0);
-	assert_int_equal(h.img->punches_inflight, 1);
-	assert_int_equal(h.img->free_pool_len, 0);
+	assert_int_equal(h.img->alloc.frees_flushing_len, 0);
+	assert_int_equal(h.img->alloc.frees_waiting_len, 0);
+	assert_int_equal(h.img->alloc.punches_inflight, 1);
+	assert_int_equal(h.img->alloc.free_pool_len, 0);
 	assert_int_equal(qcow2_ctx_run(h.ctx), 0);
-	assert_int_equal(h.img->punches_inflight, 0);
+	assert_int_equal(h.img->alloc.punches_inflight, 0);
 	assert_lists(h.img, 0, 0, 1);
-	assert_int_equal(h.img->free_pool[0], host);
+	assert_int_equal(h.img->alloc.free_pool[0], host);
 	assert_int_equal(fx_refcount(&h, host), 0);
 	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
 	assert_int_equal(st.freed_clusters, 1);
@@ -171,40 +171,40 @@ static void test_compressed_overwrite(void **state)
 	fx_open(&h, BUFFERED, NULL, false);
 	host = write_compressed(&h, 0, 5);
 	/* its blob and the packing hold (more blobs may join it) */
-	assert_int_equal(h.img->cz_cluster, host);
+	assert_int_equal(h.img->alloc.cz_cluster, host);
 	assert_int_equal(fx_refcount(&h, host), 2);
 	assert_int_equal(qcow2_fsync(h.img), 0);
 	/* a read keeps the decompressed cluster */
 	assert_int_equal(posix_memalign((void **)&buf, 4096, CS), 0);
 	assert_int_equal(qcow2_pread(h.img, buf, CS, 0), 0);
-	assert_true(h.img->zbuf_valid);
+	assert_true(h.img->zcache.valid);
 
 	/* overwritten with plain data: the blob's cluster waits */
 	assert_int_equal(fx_write(&h, 0, CS, 6), 0);
 	assert_int_not_equal(host_of(&h, 0), host);
 	assert_lists(h.img, 1, 0, 0);
-	assert_int_equal(h.img->frees_waiting[0], host);
+	assert_int_equal(h.img->alloc.frees_waiting[0], host);
 	assert_int_equal(fx_refcount(&h, host), 2);
 	/* the flush decrements it; the hold keeps it out of the pool */
 	assert_int_equal(qcow2_fsync(h.img), 0);
 	assert_lists(h.img, 0, 0, 0);
 	assert_int_equal(fx_refcount(&h, host), 1);
-	assert_true(h.img->zbuf_valid);
+	assert_true(h.img->zcache.valid);
 
 	/* the hold is dropped (as when the next packing cluster starts, or
 	 * at close): the same life cycle, and at 0 it is reusable */
 	cluster_alloc_bytes_release(h.img);
-	assert_int_equal(h.img->cz_cluster, 0);
+	assert_int_equal(h.img->alloc.cz_cluster, 0);
 	assert_lists(h.img, 1, 0, 0);
-	assert_int_equal(h.img->frees_waiting[0], host);
+	assert_int_equal(h.img->alloc.frees_waiting[0], host);
 	assert_int_equal(fx_refcount(&h, host), 1);
 	assert_int_equal(qcow2_fsync(h.img), 0);
 	assert_lists(h.img, 0, 0, 1);
-	assert_int_equal(h.img->free_pool[0], host);
+	assert_int_equal(h.img->alloc.free_pool[0], host);
 	assert_int_equal(fx_refcount(&h, host), 0);
 	/* a reusable cluster may take a new blob: the cache of the old one
 	 * is dropped */
-	assert_false(h.img->zbuf_valid);
+	assert_false(h.img->zcache.valid);
 	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
 	assert_int_equal(st.freed_clusters, 2);
 

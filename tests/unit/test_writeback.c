@@ -115,8 +115,8 @@ static char classify(const struct qcow2_image *img, uint64_t off)
 	if (within(off, img->hdr.l1_table_offset,
 		   align_up((uint64_t)img->l1_size * 8, cs)))
 		return '1';
-	for (uint32_t i = 0; i < img->reftable_entries; i++)
-		if (within(off, img->reftable[i], cs))
+	for (uint32_t i = 0; i < img->refcounts.reftable_entries; i++)
+		if (within(off, img->refcounts.reftable[i], cs))
 			return 'r';
 	for (uint32_t i = 0; i < img->l1_size; i++)
 		if (within(off, img->l1[i] & L1E_OFFSET_MASK, cs))
@@ -231,18 +231,18 @@ static void dirty_of(const struct qcow2_image *img, struct dirty *d)
 	memset(d, 0, sizeof(*d));
 	d->rc = slice_cache_dirty_count(img->rc_cache);
 	d->l2 = slice_cache_dirty_count(img->l2_cache);
-	d->l1 = img->l1_dirty;
+	d->l1 = img->dirty.l1;
 	if (d->l1) {
-		d->l1_lo = img->l1_dirty_lo;
-		d->l1_hi = img->l1_dirty_hi;
+		d->l1_lo = img->dirty.l1_lo;
+		d->l1_hi = img->dirty.l1_hi;
 	}
-	d->rt = img->reftable_dirty;
+	d->rt = img->dirty.reftable;
 	if (d->rt) {
-		d->rt_lo = img->reftable_dirty_lo;
-		d->rt_hi = img->reftable_dirty_hi;
+		d->rt_lo = img->dirty.reftable_lo;
+		d->rt_hi = img->dirty.reftable_hi;
 	}
-	d->hdr = img->header_dirty;
-	d->on_disk = img->dirty_on_disk;
+	d->hdr = img->dirty.header;
+	d->on_disk = img->dirty.bit_on_disk;
 }
 
 /* No slice of c is left marked as being written; returns the dirty ones
@@ -355,8 +355,8 @@ static void run_stage_case(const struct stage_case *c)
 	c->check(&h, &before, &after, failed_off);
 
 	/* the next flush writes what is dirty, and leaves nothing dirty */
-	frees = h.img->frees_waiting_len;
-	freed = frees ? h.img->frees_waiting[0] : 0;
+	frees = h.img->alloc.frees_waiting_len;
+	freed = frees ? h.img->alloc.frees_waiting[0] : 0;
 	flush_ok(&h, seq);
 	assert_string_equal(seq, c->retry_seq);
 	assert_int_equal(gate(h.img), 0);
@@ -366,7 +366,7 @@ static void run_stage_case(const struct stage_case *c)
 	assert_false(after.rt);
 	assert_false(after.hdr);
 	assert_int_equal(scan_slices(h.img->l2_cache, NULL), 0);
-	if (h.img->lazy_refcounts) {
+	if (h.img->dirty.lazy_refcounts) {
 		assert_true(after.on_disk);
 		assert_true(disk_dirty_bit());
 		assert_int_equal(after.rc, before.rc);
@@ -374,15 +374,15 @@ static void run_stage_case(const struct stage_case *c)
 		/* it released the frees the failed flush kept: their
 		 * decrements dirty a refcount block again */
 		assert_int_equal(frees, 1);
-		assert_int_equal(h.img->frees_waiting_len, 0);
-		assert_int_equal(h.img->free_pool_len, 1);
-		assert_int_equal(h.img->free_pool[0], freed);
+		assert_int_equal(h.img->alloc.frees_waiting_len, 0);
+		assert_int_equal(h.img->alloc.free_pool_len, 1);
+		assert_int_equal(h.img->alloc.free_pool[0], freed);
 		assert_int_equal(fx_refcount(&h, freed), 0);
 		assert_int_equal(after.rc, 1);
 		flush_ok(&h, seq);
 		assert_string_equal(seq, "rs");
 	}
-	if (!h.img->lazy_refcounts)
+	if (!h.img->dirty.lazy_refcounts)
 		assert_false(qcow2_has_dirty_metadata(h.img));
 	fx_close(&h);
 	check_reopen(c->sc);
@@ -511,9 +511,9 @@ static void check_l1_relocated(struct fx *h, const struct dirty *b,
 	assert_int_equal(a->l1_lo, 0);
 	assert_int_equal(a->l1_hi, h->img->l1_size);
 	assert_true(a->hdr);
-	assert_int_equal(h->img->frees_flushing_len, 0);
-	assert_int_equal(h->img->frees_waiting_len, 1);
-	assert_int_equal(fx_refcount(h, h->img->frees_waiting[0]), 1);
+	assert_int_equal(h->img->alloc.frees_flushing_len, 0);
+	assert_int_equal(h->img->alloc.frees_waiting_len, 1);
+	assert_int_equal(fx_refcount(h, h->img->alloc.frees_waiting[0]), 1);
 }
 
 static void test_fail_l1_relocated(void **state)
@@ -541,12 +541,12 @@ static void check_header(struct fx *h, const struct dirty *b,
 	assert_false(a->l1);
 	assert_int_equal(a->l2, 0);
 	assert_int_equal(a->rc, 0);
-	assert_int_equal(h->img->frees_flushing_len, 0);
-	assert_int_equal(h->img->frees_waiting_len, 1);
-	old_l1 = h->img->frees_waiting[0];
+	assert_int_equal(h->img->alloc.frees_flushing_len, 0);
+	assert_int_equal(h->img->alloc.frees_waiting_len, 1);
+	old_l1 = h->img->alloc.frees_waiting[0];
 	assert_int_not_equal(old_l1, h->img->hdr.l1_table_offset);
 	assert_int_equal(fx_refcount(h, old_l1), 1);
-	assert_int_equal(h->img->free_pool_len, 0);
+	assert_int_equal(h->img->alloc.free_pool_len, 0);
 }
 
 static void test_fail_header(void **state)
@@ -599,7 +599,7 @@ static void check_sync_direct(struct fx *h, const struct dirty *b,
 	assert_int_equal(a->rc, 0);
 	assert_int_equal(a->l2, b->l2);
 	assert_true(a->l1);
-	assert_true(h->img->data_unsynced);
+	assert_true(h->img->dirty.data_unsynced);
 }
 
 static void test_fail_sync_direct(void **state)
@@ -743,7 +743,7 @@ static void test_lazy_round_without_io(void **state)
 	run_alloc(&h);
 	flush_ok(&h, seq);
 	assert_string_equal(seq, "hs22s1s");
-	assert_true(h.img->dirty_on_disk);
+	assert_true(h.img->dirty.bit_on_disk);
 	assert_int_equal(slice_cache_dirty_count(h.img->rc_cache), 1);
 	assert_int_equal(slice_cache_dirty_count(h.img->l2_cache), 0);
 	assert_true(qcow2_has_dirty_metadata(h.img));
