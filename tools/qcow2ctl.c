@@ -1364,7 +1364,7 @@ static int cmd_detach(struct ctl *ctl, int argc, char **argv)
 
 static int cmd_metrics(struct ctl *ctl, int argc, char **argv)
 {
-	int status = parse_plain(ctl, argc, argv, metrics_help, 0, 0, NULL);
+	int status = parse_plain(ctl, argc, argv, metrics_help, 0, 0, "");
 	json_t *res;
 
 	if (status >= 0)
@@ -1385,7 +1385,7 @@ static int cmd_events(struct ctl *ctl, int argc, char **argv)
 				     &status);
 	sigset_t waitmask, orig;
 	json_t *list, *res, *msg;
-	int ret;
+	int ret = 0;
 
 	if (c == -2)
 		return status;
