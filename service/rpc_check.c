@@ -132,19 +132,13 @@ static void after_check(uv_work_t *w, int status)
 
 	if (status < 0)
 		j->result = status;
-	if (si->state != IMG_OPEN || !(r = calloc(1, sizeof(*r)))) {
+	if (si->state != IMG_OPEN ||
+	    !(r = image_req_new(j->svc, si, worker_image_stats, after_stats))) {
 		/* closing: its final write-back may have moved metadata */
 		finish_check(j, false);
 		return;
 	}
-	r->m.fn = worker_image_stats;
-	r->svc = j->svc;
-	r->si = si;
-	r->worker = si->home;
-	r->wi = si->wi;
-	r->name = si->name;
 	r->since_open = true;
-	r->done = after_stats;
 	r->reply_opaque = j;
 	mailbox_post(&si->home->mb, &r->m);
 }
@@ -196,7 +190,11 @@ void rpc_image_check(struct rpc_call *call, json_t *params)
 	if (!(si = rpc_open_image(call, p.name)))
 		return;
 	j = calloc(1, sizeof(*j));
-	r = calloc(1, sizeof(*r));
+	/* the home worker writes back (a read-only image has nothing to
+	 * write), then reports its counters */
+	r = image_req_new(call->svc, si, si->read_only ? worker_image_stats :
+							worker_flush_image,
+			  after_flush);
 	if (!j || !r || !(j->path = strdup(si->path)) ||
 	    !(j->problems = json_array())) {
 		if (j)
@@ -210,17 +208,8 @@ void rpc_image_check(struct rpc_call *call, json_t *params)
 	j->svc = call->svc;
 	j->si = si;
 	si->pins++;
-	/* the home worker writes back (a read-only image has nothing to
-	 * write), then reports its counters */
-	r->m.fn = si->read_only ? worker_image_stats : worker_flush_image;
 	r->then_stats = true;
-	r->svc = call->svc;
-	r->si = si;
-	r->worker = si->home;
-	r->wi = si->wi;
-	r->name = si->name;
 	r->since_open = true;
-	r->done = after_flush;
 	r->reply_opaque = j;
 	mailbox_post(&si->home->mb, &r->m);
 }

@@ -13,27 +13,36 @@
 
 #define NAME_MAX_LEN 64
 
-static struct image_req *req_new(struct rpc_call *call, struct svc *svc,
-				 struct svc_image *si,
-				 void (*fn)(struct msg *m),
-				 void (*done)(struct image_req *r))
+struct image_req *image_req_new(struct svc *svc, struct svc_image *si,
+				void (*fn)(struct msg *m),
+				void (*done)(struct image_req *r))
 {
 	struct image_req *r = calloc(1, sizeof(*r));
 
-	if (!r) {
-		if (call)
-			rpc_reply_protocol_error(call, RPC_INTERNAL_ERROR,
-						 "out of memory");
+	if (!r)
 		return NULL;
-	}
 	r->m.fn = fn;
 	r->svc = svc;
 	r->si = si;
 	r->worker = si->home;
 	r->wi = si->wi;
 	r->name = si->name;
-	r->call = call;
 	r->done = done;
+	return r;
+}
+
+/* image_req_new() for call (may be NULL), or an error reply and NULL. */
+static struct image_req *req_new(struct rpc_call *call, struct svc *svc,
+				 struct svc_image *si,
+				 void (*fn)(struct msg *m),
+				 void (*done)(struct image_req *r))
+{
+	struct image_req *r = image_req_new(svc, si, fn, done);
+
+	if (!r && call)
+		rpc_reply_protocol_error(call, RPC_INTERNAL_ERROR, "out of memory");
+	if (r)
+		r->call = call;
 	return r;
 }
 

@@ -23,7 +23,8 @@ struct gather {
 	json_t *images;             /* name -> {"stats", "clients"} */
 };
 
-static json_int_t ival(json_t *o, const char *path)
+/* The member at a dotted path ("flush.by_cause.client"), or NULL. */
+static json_t *at(json_t *o, const char *path)
 {
 	char key[64];
 	const char *dot;
@@ -36,23 +37,17 @@ static json_int_t ival(json_t *o, const char *path)
 		o = json_object_get(o, key);
 		path = dot + 1;
 	}
-	return json_integer_value(json_object_get(o, path));
+	return json_object_get(o, path);
+}
+
+static json_int_t ival(json_t *o, const char *path)
+{
+	return json_integer_value(at(o, path));
 }
 
 static double rval(json_t *o, const char *path)
 {
-	char key[64];
-	const char *dot;
-
-	while ((dot = strchr(path, '.'))) {
-		size_t n = (size_t)(dot - path) < sizeof(key) - 1 ?
-				   (size_t)(dot - path) : sizeof(key) - 1;
-		memcpy(key, path, n);
-		key[n] = '\0';
-		o = json_object_get(o, key);
-		path = dot + 1;
-	}
-	return json_number_value(json_object_get(o, path));
+	return json_number_value(at(o, path));
 }
 
 static void family(FILE *f, const char *name, const char *type,
@@ -322,17 +317,10 @@ void rpc_service_metrics(struct rpc_call *call, json_t *params)
 
 		if (si->state != IMG_OPEN)
 			continue;
-		r = calloc(1, sizeof(*r));
+		r = image_req_new(svc, si, worker_image_stats, image_done);
 		if (!r)
 			continue;
-		r->m.fn = worker_image_stats;
-		r->svc = svc;
-		r->si = si;
-		r->worker = si->home;
-		r->wi = si->wi;
-		r->name = si->name;
 		r->since_open = true;
-		r->done = image_done;
 		r->reply_opaque = g;
 		g->pending++;
 		mailbox_post(&si->home->mb, &r->m);

@@ -384,6 +384,12 @@ struct image_req {
 	struct image_open_args open;
 };
 
+/* A request to si's home worker: fn runs there, done back on the main
+ * thread (NULL when out of memory). */
+struct image_req *image_req_new(struct svc *svc, struct svc_image *si,
+				void (*fn)(struct msg *m),
+				void (*done)(struct image_req *r));
+
 void worker_open_image(struct msg *m);
 void worker_close_image(struct msg *m);
 void worker_image_info(struct msg *m);
