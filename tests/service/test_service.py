@@ -801,6 +801,13 @@ def locked(ctx):
                                stderr=subprocess.STDOUT, text=True)
             check(p.returncode != 0 and "lock" in p.stdout,
                   "qemu-img info on an image qcow2d has open: %d %s" % (p.returncode, p.stdout))
+            # a second qcow2d (its own socket) is locked out as well
+            svc2 = ctx.service()
+            with svc2.conn() as c2:
+                c2.fail("image.open", {"path": img}, "Locked", "lock")
+                c2.fail("image.open", {"path": img, "read_only": True}, "Locked", "lock")
+            svc2.stop()
+            say("a second qcow2d cannot open an image the first has open read-write")
             c.ok("image.close", {"name": "held.qcow2"})
             qemu_img("info", img)
             say("after qemu-io quits it opens; while qcow2d has it, qemu-img is locked "
@@ -811,6 +818,48 @@ def locked(ctx):
             holder.wait()
     svc.stop()
     qemu_img_check(img)
+
+
+# ---- events ------------------------------------------------------------------------
+
+
+@case
+def events(ctx):
+    """events.subscribe: the subscriber gets a notification per event it
+    asked for, each valid against components.schemas.EventNotification, and
+    none of those it did not ask for; bad event names are invalid params."""
+    img = make_image(ctx.path("ev.qcow2"), "16M")
+    svc = ctx.service()
+    note = ctx.rpc.schema("EventNotification")
+    with svc.conn() as sub, svc.conn() as all_, svc.conn() as c:
+        sub.fail("events.subscribe", {"events": ["image.opened", "nope"]},
+                 -32602, "param 'events'", "nope")
+        r = sub.ok("events.subscribe", {"events": ["image.closed"]})
+        check(r["events"] == ["image.closed"], "subscribed %r" % r)
+        r = all_.ok("events.subscribe")
+        check(len(r["events"]) == 5, "all events by default: %r" % r)
+        c.ok("image.open", {"path": img, "name": "ev"})
+        c.ok("image.close", {"name": "ev"})
+        seen = {}
+        for who, conn, n in (("all", all_, 2), ("sub", sub, 1)):
+            got = []
+            for _ in range(n):
+                line = conn.read_line()
+                check(line is not None, "%s: the connection closed" % who)
+                msg = json.loads(line.decode("utf-8"))
+                errors = sorted(note.iter_errors(msg), key=lambda e: e.path)
+                check(not errors, "%s: %r does not fit EventNotification: %s"
+                      % (who, msg, errors[0].message if errors else ""))
+                check(msg["params"]["data"]["name"] == "ev", "%s: %r" % (who, msg))
+                got.append(msg["params"]["event"])
+            seen[who] = got
+        check(seen["all"] == ["image.opened", "image.closed"], "all: %r" % seen["all"])
+        check(seen["sub"] == ["image.closed"], "subscribed to closes only: %r" % seen["sub"])
+        # nothing more queued for the subscriber: a request's reply is next
+        r = sub.ok("service.version")
+        check(r["name"] == "qcow2d", "after the events, a reply: %r" % r)
+        say("notifications fit EventNotification; each subscriber gets what it asked for")
+    svc.stop()
 
 
 # ---- queue.attach (the control side; tests/queue drives the data path) ----------
