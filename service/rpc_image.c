@@ -106,6 +106,7 @@ struct open_params {
 	bool read_only;
 	bool buffered;
 	uint64_t l2_cache_size;
+	uint64_t refcount_cache_size;
 	uint32_t l2_slice_size;
 	uint32_t flush_interval_ms;
 	bool has_flush_interval;
@@ -122,6 +123,7 @@ static const struct param_spec open_spec[] = {
 	{ "read_only", P_BOOL, OP(read_only), false, 0 },
 	{ "buffered", P_BOOL, OP(buffered), false, 0 },
 	{ "l2_cache_size", P_U64, OP(l2_cache_size), false, 0 },
+	{ "refcount_cache_size", P_U64, OP(refcount_cache_size), false, 0 },
 	{ "l2_slice_size", P_U32, OP(l2_slice_size), false, 0 },
 	{ "flush_interval_ms", P_U32, OP(flush_interval_ms), false,
 	  OP(has_flush_interval) },
@@ -244,6 +246,10 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 		BAD_PARAM("param 'l2_cache_size': expected at most %llu bytes "
 			  "(1 GiB), got %llu", (unsigned long long)QCOW2D_MAX_L2_CACHE,
 			  (unsigned long long)p->l2_cache_size);
+	if (p->refcount_cache_size > QCOW2D_MAX_L2_CACHE)
+		BAD_PARAM("param 'refcount_cache_size': expected at most %llu bytes "
+			  "(1 GiB), got %llu", (unsigned long long)QCOW2D_MAX_L2_CACHE,
+			  (unsigned long long)p->refcount_cache_size);
 	if (p->l2_slice_size && (p->l2_slice_size & (p->l2_slice_size - 1)))
 		BAD_PARAM("param 'l2_slice_size': expected a power of two, got %u",
 			  p->l2_slice_size);
@@ -294,6 +300,7 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 	o->r.open.read_only = p->read_only;
 	o->r.open.buffered = p->buffered;
 	o->r.open.l2_cache_size = p->l2_cache_size;
+	o->r.open.refcount_cache_size = p->refcount_cache_size;
 	o->r.open.l2_slice_size = p->l2_slice_size;
 	o->r.open.flush_interval_ms = p->has_flush_interval ?
 		p->flush_interval_ms : svc->cfg.flush_interval_ms;

@@ -211,6 +211,16 @@ static void write_images(FILE *f, json_t *images)
 		paths[i] = buf[i];
 	}
 	per_image(f, images, "image_clusters", "_total", "event", clusters, paths, 4);
+	family(f, "image_file_size_bytes", "gauge", "bytes",
+	       "Size of the image file.");
+	json_object_foreach(images, img, v)
+		fprintf(f, "qcow2d_image_file_size_bytes{image=\"%s\"} %lld\n", img,
+			(long long)ival(json_object_get(v, "stats"), "file.size"));
+	family(f, "image_file_allocated_bytes", "gauge", "bytes",
+	       "Bytes the image file takes on disk.");
+	json_object_foreach(images, img, v)
+		fprintf(f, "qcow2d_image_file_allocated_bytes{image=\"%s\"} %lld\n", img,
+			(long long)ival(json_object_get(v, "stats"), "file.allocated"));
 	family(f, "image_clients", "gauge", NULL, "Queues attached to the image.");
 	json_object_foreach(images, img, v)
 		fprintf(f, "qcow2d_image_clients{image=\"%s\"} %lld\n", img,

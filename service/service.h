@@ -351,6 +351,7 @@ struct image_open_args {
 	bool read_only;
 	bool buffered;
 	uint64_t l2_cache_size;
+	uint64_t refcount_cache_size;
 	uint32_t l2_slice_size;
 	uint32_t flush_interval_ms;
 	char *const *allow_dirs;

@@ -188,6 +188,7 @@ void worker_open_image(struct msg *m)
 	oo.flags = (a->read_only ? 0 : QCOW2_OPEN_RDWR) |
 		   (a->buffered ? QCOW2_OPEN_BUFFERED : 0);
 	oo.l2_cache_size = a->l2_cache_size;
+	oo.refcount_cache_size = a->refcount_cache_size;
 	oo.l2_slice_size = a->l2_slice_size;
 	oo.data_file = a->data_file;
 	oo.allow_file = allow_file;
@@ -409,10 +410,11 @@ void worker_image_info(struct msg *m)
 	json_t *o;
 
 	qcow2_get_info(wi->img, &in);
-	o = json_pack("{s:s, s:I, s:I, s:i, s:i, s:b, s:b, s:I}",
+	o = json_pack("{s:s, s:I, s:I, s:I, s:i, s:i, s:b, s:b, s:I}",
 		      "format", in.format == QCOW2_FORMAT_RAW ? "raw" : "qcow2",
 		      "virtual_size", (json_int_t)in.virtual_size,
 		      "file_size", (json_int_t)in.file_size,
+		      "file_allocated", (json_int_t)in.file_allocated,
 		      "block_size", (int)in.block_size,
 		      "mem_align", (int)in.mem_align,
 		      "read_only", in.read_only,
@@ -567,6 +569,15 @@ void worker_image_stats(struct msg *m)
 		"errors", (json_int_t)(wi->timer_writeback_errors -
 				      b->timer_writeback_errors),
 		"seconds", (double)(t - b->ns) / 1e9);
+	if (o) {
+		/* not counters: the file as it is now */
+		struct qcow2_info in;
+		qcow2_get_info(wi->img, &in);
+		json_object_set_new(o, "file",
+				    json_pack("{s:I, s:I}", "size",
+					      (json_int_t)in.file_size, "allocated",
+					      (json_int_t)in.file_allocated));
+	}
 	if (o && json_object_set_new(o, "ops", ops_json(wi, b)) < 0) {
 		json_decref(o);
 		o = NULL;

@@ -96,6 +96,7 @@ struct refcounts {
 	uint32_t order;             /* log2(bits per refcount) */
 	uint64_t block_entries;     /* refcounts per refcount block */
 	uint32_t slice_size;        /* of img->rc_cache */
+	uint64_t cache_bytes;       /* asked for at open (0: the default) */
 };
 
 int refcount_open(struct qcow2_image *img);

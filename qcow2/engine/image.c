@@ -439,6 +439,7 @@ static int open_qcow2(struct qcow2_image *img,
 	ret = setup_l2_cache(img, opts, err);
 	if (ret < 0)
 		return ret;
+	img->refcounts.cache_bytes = opts ? opts->refcount_cache_size : 0;
 	if (img->flags & QCOW2_OPEN_RDWR)
 		return write_setup(img, err);
 	return 0;
@@ -632,6 +633,11 @@ int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info)
 	info->filename = img->filename;
 	info->virtual_size = img->virtual_size;
 	info->file_size = img->file.size;
+	{
+		struct stat st;
+		if (fstat(img->file.fd, &st) == 0)
+			info->file_allocated = (uint64_t)st.st_blocks * 512;
+	}
 	info->block_size = img->block_size;
 	info->mem_align = img->data->mem_align > img->file.mem_align ?
 				  img->data->mem_align : img->file.mem_align;

@@ -49,7 +49,9 @@ int refcount_open(struct qcow2_image *img)
 		rc->reftable[i] = off;
 	}
 	rc->slice_size = img->l2_slice_size;
-	nslots = (4ull << 20) / rc->slice_size; /* 4 MiB of refcounts */
+	nslots = (rc->cache_bytes ? rc->cache_bytes : 4ull << 20) / rc->slice_size;
+	if (nslots > UINT32_MAX)
+		nslots = UINT32_MAX;
 	if (nslots < 16)
 		nslots = 16;
 	ret = slice_cache_new(rc->slice_size, (uint32_t)nslots,

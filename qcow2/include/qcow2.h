@@ -129,9 +129,12 @@ struct qcow2_open_opts {
 	 */
 	int (*allow_file)(void *opaque, const char *path, const char *role);
 	void *allow_file_opaque;
+	/* Bytes of refcount slices cached (read-write); 0 = 4 MiB; at least
+	 * 16 slices. */
+	uint64_t refcount_cache_size;
 	/* Zero (a designated initializer does it): room for later options;
 	 * a nonzero word fails the call with -EINVAL. */
-	uint64_t reserved[2];
+	uint64_t reserved[1];
 };
 
 /* Human-readable reason for a failure, filled by functions that take it. */
@@ -208,7 +211,8 @@ struct qcow2_info {
 	bool data_file_raw;
 	uint32_t l2_slice_size;     /* bytes, in effect */
 	uint64_t l2_cache_size;     /* bytes, in effect */
-	uint64_t reserved[8];       /* zero: room for later fields */
+	uint64_t file_allocated;    /* bytes the image file takes on disk */
+	uint64_t reserved[7];       /* zero: room for later fields */
 };
 
 int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info);

@@ -272,13 +272,21 @@ def methods(ctx):
 
         r = c.ok("image.open", {"path": v2, "name": "v2", "flush_interval_ms": 250,
                                 "worker": 0, "l2_slice_size": 0, "l2_cache_size": 0,
+                                "refcount_cache_size": 65536,
                                 "read_only": False, "buffered": False})
         check(r["worker"] == 0 and r["read_only"] is False, "v2: %r" % r)
         i = c.ok("image.info", {"name": "v2"})
         check(i["version"] == 2 and i["flush_interval_ms"] == 250 and i["direct"] is True
               and i["l2_slice_size"] == 4096, "v2 info %r" % i)
+        st = c.ok("image.stats", {"name": "v2"})
+        check(st["caches"]["refcount"]["slices"] * st["caches"]["refcount"]["slice_size"]
+              == 65536, "v2's refcount cache: %r" % st["caches"]["refcount"])
+        check(st["file"]["size"] == os.path.getsize(v2) and
+              st["file"]["allocated"] == os.stat(v2).st_blocks * 512 and
+              i["file_allocated"] == st["file"]["allocated"], "v2's file: %r" % st["file"])
         say("image.open with name, read_only, buffered, l2_cache_size, l2_slice_size, "
-            "flush_interval_ms, worker")
+            "refcount_cache_size, flush_interval_ms, worker; the file's size and "
+            "allocation")
 
         lst = c.ok("image.list")["images"]
         check([x["name"] for x in lst] == ["a.qcow2", "bee", "v2"], "list order %r" % lst)

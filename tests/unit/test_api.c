@@ -71,10 +71,10 @@ static void test_create_open_check_opts(void **state)
 	assert_int_equal(qcow2_create(path, &co, &err), 0);
 
 	assert_int_equal(qcow2_ctx_new(&xo, &ctx), 0);
-	oo.reserved[1] = 7;
+	oo.reserved[0] = 7;
 	assert_int_equal(qcow2_open(ctx, path, &oo, &img, &err), -EINVAL);
 	assert_null(img);
-	oo.reserved[1] = 0;
+	oo.reserved[0] = 0;
 	assert_int_equal(qcow2_open(ctx, path, &oo, &img, &err), 0);
 	assert_int_equal(qcow2_close(img, NULL), 0);
 	qcow2_ctx_free(ctx);
