@@ -261,6 +261,24 @@ static void write_service(FILE *f, struct svc *svc)
 			(unsigned long long)atomic_load_explicit(
 				&svc->workers[i].stats.loop_iterations,
 				memory_order_relaxed));
+	family(f, "worker_idle_seconds", "counter", "seconds",
+	       "Time each worker's loop slept waiting for work.");
+	for (unsigned i = 0; i < svc->nworkers; i++)
+		fprintf(f, "qcow2d_worker_idle_seconds_total{worker=\"%u\"} %.6f\n", i,
+			(double)atomic_load_explicit(&svc->workers[i].stats.idle_ns,
+						     memory_order_relaxed) / 1e9);
+	family(f, "worker_ring_batches", "counter", NULL,
+	       "Takes from a client's ring that found requests.");
+	for (unsigned i = 0; i < svc->nworkers; i++)
+		fprintf(f, "qcow2d_worker_ring_batches_total{worker=\"%u\"} %llu\n", i,
+			(unsigned long long)atomic_load_explicit(
+				&svc->workers[i].stats.ring_batches, memory_order_relaxed));
+	family(f, "worker_ring_requests", "counter", NULL,
+	       "Requests those takes found (divided by the batches: the mean batch).");
+	for (unsigned i = 0; i < svc->nworkers; i++)
+		fprintf(f, "qcow2d_worker_ring_requests_total{worker=\"%u\"} %llu\n", i,
+			(unsigned long long)atomic_load_explicit(
+				&svc->workers[i].stats.ring_requests, memory_order_relaxed));
 	family(f, "worker_images", "gauge", NULL, "Images whose home is the worker.");
 	for (unsigned i = 0; i < svc->nworkers; i++)
 		fprintf(f, "qcow2d_worker_images{worker=\"%u\"} %llu\n", i,

@@ -28,9 +28,17 @@ void rpc_service_stats(struct rpc_call *call, json_t *params)
 	}
 	for (unsigned i = 0; i < svc->nworkers && workers; i++) {
 		struct worker_stats *st = &svc->workers[i].stats;
+		uint64_t up = now_ns() - st->start_ns;
+		uint64_t idle = atomic_load_explicit(&st->idle_ns, memory_order_relaxed);
+		uint64_t batches = atomic_load_explicit(&st->ring_batches,
+							memory_order_relaxed);
+		uint64_t reqs = atomic_load_explicit(&st->ring_requests,
+						     memory_order_relaxed);
+
 		json_array_append_new(
 			workers,
-			json_pack("{s:i, s:I, s:I, s:I}", "id", (int)i, "images",
+			json_pack("{s:i, s:I, s:I, s:I, s:I, s:I, s:f, s:f}", "id", (int)i,
+				  "images",
 				  (json_int_t)atomic_load_explicit(
 					  &st->images, memory_order_relaxed),
 				  "loop_iterations",
@@ -38,7 +46,13 @@ void rpc_service_stats(struct rpc_call *call, json_t *params)
 					  &st->loop_iterations, memory_order_relaxed),
 				  "timer_writebacks",
 				  (json_int_t)atomic_load_explicit(
-					  &st->writebacks, memory_order_relaxed)));
+					  &st->writebacks, memory_order_relaxed),
+				  "ring_batches", (json_int_t)batches,
+				  "ring_requests", (json_int_t)reqs,
+				  "idle_seconds", (double)idle / 1e9,
+				  /* (idle is as of the worker's last loop turn) */
+				  "busy_ratio", up && idle < up ?
+						1.0 - (double)idle / (double)up : 0.0));
 	}
 	rpc_reply_result(
 		call,

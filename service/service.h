@@ -86,6 +86,10 @@ struct worker_stats {
 	_Atomic uint64_t loop_iterations;
 	_Atomic uint64_t images;
 	_Atomic uint64_t writebacks;    /* timer write-backs started */
+	_Atomic uint64_t ring_batches;  /* takes from a queue that got requests */
+	_Atomic uint64_t ring_requests; /* requests those takes got */
+	_Atomic uint64_t idle_ns;       /* the loop's time asleep in poll */
+	uint64_t start_ns;              /* set before the thread starts */
 };
 
 struct worker {

@@ -38,6 +38,8 @@ static void on_prepare(uv_prepare_t *p)
 
 	atomic_fetch_add_explicit(&w->stats.loop_iterations, 1,
 				  memory_order_relaxed);
+	atomic_store_explicit(&w->stats.idle_ns, uv_metrics_idle_time(&w->loop),
+			      memory_order_relaxed);
 	worker_publish_queues(w);
 	ret = qcow2_ctx_submit(w->ctx);
 	if (ret < 0)
@@ -60,6 +62,8 @@ static void worker_main(void *arg)
 	ret = uv_loop_init(&w->loop);
 	if (ret < 0)
 		goto fail;
+	/* time asleep, for the busy ratio in service.stats */
+	uv_loop_configure(&w->loop, UV_METRICS_IDLE_TIME);
 	ret = qcow2_ctx_new(NULL, &w->ctx);
 	if (ret < 0) {
 		uv_loop_close(&w->loop);
@@ -107,6 +111,7 @@ int workers_start(struct svc *svc, unsigned n)
 
 		w->id = i;
 		w->svc = svc;
+		w->stats.start_ns = now_ns();
 		uv_sem_init(&w->ready, 0);
 		ret = uv_thread_create(&w->thread, worker_main, w);
 		if (ret == 0) {

@@ -212,8 +212,13 @@ static void queue_run(struct wqueue *q)
 		}
 		for (unsigned i = 0; i < n; i++)
 			start_op(q, &reqs[i]);
-		if (n)
+		if (n) {
+			atomic_fetch_add_explicit(&q->w->stats.ring_batches, 1,
+						  memory_order_relaxed);
+			atomic_fetch_add_explicit(&q->w->stats.ring_requests, n,
+						  memory_order_relaxed);
 			continue;
+		}
 		ret = qcow2_ipc_server_prepare_sleep(q->srv);
 		if (ret == -EAGAIN)
 			continue;

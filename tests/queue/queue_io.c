@@ -355,6 +355,28 @@ static int run(const char *qemu_img)
 	json_decref(r);
 	r = NULL;
 
+	/* the workers took the requests from the rings in batches */
+	r = call(ctl, "service.stats", "{}");
+	CHECK(ok(r));
+	{
+		json_int_t batches = 0, reqs = 0;
+		size_t i;
+		json_t *w;
+		json_array_foreach(json_object_get(json_object_get(r, "result"), "workers"),
+				   i, w) {
+			double busy = json_number_value(json_object_get(w, "busy_ratio"));
+			batches += json_integer_value(json_object_get(w, "ring_batches"));
+			reqs += json_integer_value(json_object_get(w, "ring_requests"));
+			CHECK(busy >= 0 && busy <= 1);
+		}
+		/* (invalid entries are taken but not counted: none yet) */
+		CHECK(batches > 0 && reqs >= batches &&
+		      reqs == (json_int_t)(n_ops[0] + n_ops[1] + n_ops[2] + n_ops[3] +
+					   n_ops[4]));
+	}
+	json_decref(r);
+	r = NULL;
+
 	/* the same figures as OpenMetrics text, judged by a strict parser */
 	r = call(ctl, "service.metrics", "{}");
 	CHECK(ok(r));
