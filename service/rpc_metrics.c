@@ -184,6 +184,16 @@ static void write_images(FILE *f, json_t *images)
 	       "fdatasync calls made for the image.");
 	paths[0] = "flush.fdatasyncs";
 	per_image(f, images, "image_fdatasyncs", "_total", NULL, NULL, paths, 1);
+	family(f, "image_dirty_slices", "gauge", NULL,
+	       "L2 and refcount slices not yet written back.");
+	paths[0] = "flush.dirty_slices";
+	per_image(f, images, "image_dirty_slices", "", NULL, NULL, paths, 1);
+	family(f, "image_oldest_dirty_seconds", "gauge", "seconds",
+	       "How long the oldest metadata change not yet written back has "
+	       "waited (at most).");
+	json_object_foreach(images, img, v)
+		fprintf(f, "qcow2d_image_oldest_dirty_seconds{image=\"%s\"} %.6f\n", img,
+			rval(json_object_get(v, "stats"), "flush.oldest_dirty_seconds"));
 	family(f, "image_metadata_dirty", "gauge", NULL,
 	       "1 while the image has metadata not yet written back.");
 	json_object_foreach(images, img, v)

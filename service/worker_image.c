@@ -570,6 +570,14 @@ void worker_image_stats(struct msg *m)
 				      b->timer_writeback_errors),
 		"seconds", (double)(t - b->ns) / 1e9);
 	if (o) {
+		json_t *f = json_object_get(o, "flush");
+		/* not counters: what waits to be written back now */
+		json_object_set_new(f, "dirty_slices",
+				    json_integer((json_int_t)now.dirty_slices));
+		json_object_set_new(f, "oldest_dirty_seconds",
+				    json_real((double)now.dirty_age_ns / 1e9));
+	}
+	if (o) {
 		/* not counters: the file as it is now */
 		struct qcow2_info in;
 		qcow2_get_info(wi->img, &in);

@@ -89,6 +89,10 @@ void slice_cache_mark_dirty(struct slice_cache *c, struct slice *s);
  * requests waiting for a free slot. */
 void slice_cache_clean(struct slice_cache *c, struct slice *s, bool redirtied);
 unsigned slice_cache_dirty_count(const struct slice_cache *c);
+/* When the cache last went from no dirty slice to one (CLOCK_MONOTONIC
+ * ns), or 0 when none is dirty: the age of its oldest unwritten change is
+ * at most now minus this. */
+uint64_t slice_cache_dirty_since(const struct slice_cache *c);
 /* A write-back failed: requests waiting for a free slot get its error
  * (dirty slices that could not be written still hold every slot). */
 void slice_cache_fail_waiters(struct slice_cache *c, int err);

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cache/cache.h"
 
@@ -19,8 +20,17 @@ struct slice_cache {
 	slice_full_fn full;
 	void *opaque;
 	unsigned ndirty;
+	uint64_t dirty_since_ns;   /* when ndirty last left 0 (monotonic) */
 	struct qcow2_cache_stats st;
 };
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static void list_init(struct slice *head)
 {
@@ -296,7 +306,8 @@ void slice_cache_mark_dirty(struct slice_cache *c, struct slice *s)
 {
 	if (!s->dirty) {
 		s->dirty = true;
-		c->ndirty++;
+		if (c->ndirty++ == 0)
+			c->dirty_since_ns = mono_ns();
 	}
 }
 
@@ -307,7 +318,8 @@ void slice_cache_clean(struct slice_cache *c, struct slice *s, bool redirtied)
 	s->writing = false;
 	if (!redirtied && s->dirty) {
 		s->dirty = false;
-		c->ndirty--;
+		if (--c->ndirty == 0)
+			c->dirty_since_ns = 0;
 	}
 	full = c->full_waiters;
 	c->full_waiters = NULL;
@@ -325,6 +337,11 @@ void slice_cache_fail_waiters(struct slice_cache *c, int err)
 unsigned slice_cache_dirty_count(const struct slice_cache *c)
 {
 	return c->ndirty;
+}
+
+uint64_t slice_cache_dirty_since(const struct slice_cache *c)
+{
+	return c->ndirty ? c->dirty_since_ns : 0;
 }
 
 struct slice *slice_cache_slot(struct slice_cache *c, uint32_t i)

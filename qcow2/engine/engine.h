@@ -246,6 +246,9 @@ struct meta_dirty {
 	 * close) once the header's dirty bit is on disk. */
 	bool lazy_refcounts;
 	bool bit_on_disk;            /* that dirty bit */
+	/* When l1, reftable or header last became dirty from all clean
+	 * (monotonic ns; 0: clean); kept through a failed write-back. */
+	uint64_t since_ns;
 };
 
 /* Read-write open (decides on lazy refcounts) and close. */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "engine/engine.h"
 
@@ -678,10 +679,28 @@ int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info)
 
 int qcow2_get_stats(const struct qcow2_image *img, struct qcow2_stats *st)
 {
+	uint64_t since[3] = { img->dirty.since_ns, 0, 0 }, oldest = 0;
+	struct timespec ts;
+
 	*st = img->stats;
-	if (img->l2_cache)
+	if (img->l2_cache) {
 		slice_cache_stats(img->l2_cache, &st->l2_cache);
-	if (img->rc_cache)
+		st->dirty_slices += slice_cache_dirty_count(img->l2_cache);
+		since[1] = slice_cache_dirty_since(img->l2_cache);
+	}
+	if (img->rc_cache) {
 		slice_cache_stats(img->rc_cache, &st->refcount_cache);
+		st->dirty_slices += slice_cache_dirty_count(img->rc_cache);
+		since[2] = slice_cache_dirty_since(img->rc_cache);
+	}
+	for (int i = 0; i < 3; i++)
+		if (since[i] && (!oldest || since[i] < oldest))
+			oldest = since[i];
+	if (oldest) {
+		uint64_t now;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+		st->dirty_age_ns = now > oldest ? now - oldest : 0;
+	}
 	return 0;
 }

@@ -161,8 +161,17 @@ void writeback_clear_dirty_bit(struct qcow2_image *img)
 		img->dirty.bit_on_disk = false;
 }
 
+/* The tables or the header change: remember since when they differ from
+ * the file (the age statistics report). */
+static void note_dirty(struct qcow2_image *img)
+{
+	if (!img->dirty.since_ns)
+		img->dirty.since_ns = now_ns();
+}
+
 void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx)
 {
+	note_dirty(img);
 	if (!img->dirty.l1) {
 		img->dirty.l1 = true;
 		img->dirty.l1_lo = idx;
@@ -179,6 +188,7 @@ void image_set_header_u64(struct qcow2_image *img, unsigned off, uint64_t v)
 {
 	v = htobe64(v);
 	memcpy(img->hdr_block + off, &v, 8);
+	note_dirty(img);
 	img->dirty.header = true;
 }
 
@@ -186,11 +196,13 @@ void image_set_header_u32(struct qcow2_image *img, unsigned off, uint32_t v)
 {
 	v = htobe32(v);
 	memcpy(img->hdr_block + off, &v, 4);
+	note_dirty(img);
 	img->dirty.header = true;
 }
 
 void image_mark_reftable_dirty(struct qcow2_image *img, uint32_t idx)
 {
+	note_dirty(img);
 	if (!img->dirty.reftable) {
 		img->dirty.reftable = true;
 		img->dirty.reftable_lo = idx;
@@ -447,6 +459,8 @@ static void wb_finish(struct writeback *wb)
 	 * that cannot be written hold the caches, and requests would wait
 	 * for room forever. */
 	wb->failed = err;
+	if (!err && !img->dirty.l1 && !img->dirty.reftable && !img->dirty.header)
+		img->dirty.since_ns = 0;
 	cluster_frees_flush_done(img, err);
 	if (err) {
 		/* Requests waiting for room held by unwritable slices fail

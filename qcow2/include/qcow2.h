@@ -479,7 +479,12 @@ struct qcow2_stats {
 	uint64_t compressed_reads;   /* clusters decompressed */
 	uint64_t backing_reads;      /* requests forwarded to the backing file */
 	struct qcow2_cache_stats l2_cache;
-	uint64_t reserved[8];        /* zero: room for later fields */
+	/* Metadata not yet written back: dirty L2 and refcount slices now,
+	 * and how long the oldest change not yet written has waited (at
+	 * most; 0 when nothing is dirty). Not counters. */
+	uint64_t dirty_slices;
+	uint64_t dirty_age_ns;
+	uint64_t reserved[6];        /* zero: room for later fields */
 };
 
 int qcow2_get_stats(const struct qcow2_image *img, struct qcow2_stats *st);

@@ -42,7 +42,7 @@ static const char *workdir, *metrics_checker;
 /* requests issued per operation (read, write, flush, write_zeroes,
  * discard) and bytes written, to compare with image.stats */
 static uint64_t n_ops[5], n_write_bytes;
-static char sock_path[100], img_path[256];
+static char sock_path[100], img_path[256], img2_path[256];
 static pid_t svc_pid = -1;
 static int failures;
 
@@ -295,6 +295,7 @@ static int run(const char *qemu_img)
 {
 	uint8_t *model = calloc(1, DISK), *disk = NULL;
 	struct queue q1 = { .sock = -1 }, q2 = { .sock = -1 }, q3 = { .sock = -1 };
+	struct queue q4 = { .sock = -1 };
 	char cmd[1024], raw[300];
 	json_t *r = NULL;
 	int ctl = -1, ev = -1, status, fd;
@@ -460,6 +461,52 @@ static int run(const char *qemu_img)
 		}
 	}
 
+	/* the write-back's causes and the dirty state: "disk" has a 50 ms
+	 * timer, which must have written back; "d2" has none and an L2 cache
+	 * of 4 slices of 1 KiB, so writes to 8 regions (8 MiB apart: one L2
+	 * slice each) evict, and what is left stays dirty until a flush */
+	r = call(ctl, "image.stats", "{\"name\":\"disk\"}");
+	CHECK(ok(r) && json_integer_value(json_object_get(json_object_get(json_object_get(
+			       json_object_get(r, "result"), "flush"), "by_cause"), "timer")) > 0);
+	json_decref(r);
+	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"d2\","
+		 "\"flush_interval_ms\":0,\"l2_cache_size\":4096,\"l2_slice_size\":1024}",
+		 img2_path);
+	CHECK(ok(r));
+	json_decref(r);
+	CHECK(queue_attach(&q4, "d2") == 0);
+	memset(q4.data, 0x77, BLK);
+	for (int k = 0; k < 8; k++)
+		CHECK(do_io(&q4, QCOW2_IPC_OP_WRITE, 0, (uint64_t)k << 23, BLK, 0) == 0);
+	r = call(ctl, "image.stats", "{\"name\":\"d2\"}");
+	CHECK(ok(r));
+	{
+		json_t *f = json_object_get(json_object_get(r, "result"), "flush");
+		json_t *by = json_object_get(f, "by_cause");
+		CHECK(json_integer_value(json_object_get(by, "eviction")) > 0);
+		CHECK(json_integer_value(json_object_get(by, "timer")) == 0);
+		CHECK(json_is_true(json_object_get(f, "dirty")));
+		CHECK(json_integer_value(json_object_get(f, "dirty_slices")) > 0);
+		CHECK(json_number_value(json_object_get(f, "oldest_dirty_seconds")) > 0);
+	}
+	json_decref(r);
+	r = call(ctl, "image.flush", "{\"name\":\"d2\"}");
+	CHECK(ok(r));
+	json_decref(r);
+	r = call(ctl, "image.stats", "{\"name\":\"d2\"}");
+	CHECK(ok(r));
+	{
+		json_t *f = json_object_get(json_object_get(r, "result"), "flush");
+		CHECK(!json_is_true(json_object_get(f, "dirty")) &&
+		      json_integer_value(json_object_get(f, "dirty_slices")) == 0 &&
+		      json_number_value(json_object_get(f, "oldest_dirty_seconds")) == 0 &&
+		      json_integer_value(json_object_get(json_object_get(f, "by_cause"),
+							 "client")) == 1);
+	}
+	json_decref(r);
+	r = NULL;
+	queue_free(&q4);
+
 	/* queue.detach: the service hangs up on the queue's connection */
 	CHECK(queue_attach(&q3, "disk") == 0);
 	CHECK(do_io(&q3, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0) == 0);
@@ -505,6 +552,7 @@ out:
 	queue_free(&q1);
 	queue_free(&q2);
 	queue_free(&q3);
+	queue_free(&q4);
 	if (ctl >= 0)
 		close(ctl);
 	if (ev >= 0)
@@ -530,8 +578,13 @@ int main(int argc, char **argv)
 		die("workdir");
 	snprintf(sock_path, sizeof(sock_path), "%s/s.sock", workdir);
 	snprintf(img_path, sizeof(img_path), "%s/disk.qcow2", workdir);
+	snprintf(img2_path, sizeof(img2_path), "%s/d2.qcow2", workdir);
 	snprintf(cmd, sizeof(cmd), "%s create -q -f qcow2 %s %llu", argv[2],
 		 img_path, (unsigned long long)DISK);
+	if (system(cmd) != 0)
+		die("qemu-img create");
+	snprintf(cmd, sizeof(cmd), "%s create -q -f qcow2 %s %llu", argv[2],
+		 img2_path, (unsigned long long)DISK);
 	if (system(cmd) != 0)
 		die("qemu-img create");
 	svc_pid = fork();

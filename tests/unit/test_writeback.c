@@ -691,6 +691,55 @@ static void test_nothing_to_write(void **state)
 	fx_close(&h);
 }
 
+/* The dirty state in the statistics: slices not yet written back and the
+ * age of the oldest change not yet written; both go back to 0 once a
+ * write-back succeeds, and a failed one keeps the age (the change is still
+ * not on disk). */
+static void test_dirty_age(void **state)
+{
+	struct qcow2_fault_opts fo = { .fail_errno = EIO,
+				       .fail_ops = QCOW2_FAULT_WRITE };
+	struct fx_done d = { 0 };
+	struct qcow2_stats st;
+	uint64_t age;
+	struct fx h;
+
+	(void)state;
+	/* probe: the first write of the write-back after one allocating write */
+	fx_create(&sc_alloc.co);
+	fx_open(&h, BUFFERED, NULL, true);
+	assert_int_equal(fx_write(&h, 0, 65536, 1), 0);
+	fo.fail_at = fx_log_count(&h, QCOW2_FAULT_WRITE) + 1;
+	fx_close(&h);
+
+	fx_create(&sc_alloc.co);
+	fx_open(&h, BUFFERED, &fo, false);
+	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
+	assert_int_equal(st.dirty_slices, 0);
+	assert_int_equal(st.dirty_age_ns, 0);
+	assert_int_equal(fx_write(&h, 0, 65536, 1), 0);
+	usleep(30 * 1000);
+	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
+	assert_true(st.dirty_slices >= 2); /* an L2 slice, a refcount slice */
+	assert_true(st.dirty_age_ns >= 30 * 1000000ull);
+	age = st.dirty_age_ns;
+	/* the write-back fails: still dirty, and older */
+	assert_int_equal(qcow2_flush(h.img, fx_on_done, &d), 0);
+	assert_int_equal(fx_wait(&h, &d), -EIO);
+	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
+	assert_true(st.dirty_slices >= 1);
+	assert_true(st.dirty_age_ns > age);
+	/* the next one succeeds: clean */
+	d.done = false;
+	assert_int_equal(qcow2_flush(h.img, fx_on_done, &d), 0);
+	assert_int_equal(fx_wait(&h, &d), 0);
+	assert_int_equal(qcow2_get_stats(h.img, &st), 0);
+	assert_int_equal(st.dirty_slices, 0);
+	assert_int_equal(st.dirty_age_ns, 0);
+	fx_close(&h);
+	fx_check(0);
+}
+
 /* QCOW2_OPEN_UNSAFE: every stage is written, in order, but no fdatasync is
  * issued, by the flushes, the close or the open; a client flush with
  * nothing to write still completes later, not inside the call. */
@@ -831,6 +880,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_fail_sync_direct, fx_cleanup),
 		cmocka_unit_test_teardown(test_fail_sync_buffered, fx_cleanup),
 		cmocka_unit_test_teardown(test_nothing_to_write, fx_cleanup),
+		cmocka_unit_test_teardown(test_dirty_age, fx_cleanup),
 		cmocka_unit_test_teardown(test_unsafe_never_syncs, fx_cleanup),
 		cmocka_unit_test_teardown(test_lazy_round_without_io, fx_cleanup),
 		cmocka_unit_test_teardown(test_flush_during_flush, fx_cleanup),
