@@ -148,7 +148,14 @@ void conn_subscribe(struct conn *c, unsigned mask)
 
 unsigned conn_subscription(const struct conn *c)
 {
-	return c->closing ? 0 : c->events;
+	/* (a connection becoming a queue's carries nothing but the
+	 * attach reply) */
+	return c->closing || c->handover ? 0 : c->events;
+}
+
+unsigned conn_inflight(const struct conn *c)
+{
+	return c->inflight;
 }
 
 struct conn *conn_next(struct svc *svc, struct conn *prev)
@@ -437,8 +444,16 @@ static int prepare_path(const char *path)
 			"choose another --socket", path);
 		return -EADDRINUSE;
 	}
+	ret = fd < 0 ? -EMFILE : -errno;
 	if (fd >= 0)
 		close(fd);
+	if (ret != -ECONNREFUSED) {
+		/* (EACCES, say: a live service's socket we may not use) */
+		log_msg(LOG_ERROR, "cannot tell whether a qcow2d listens on %s (%s); "
+			"remove it if none does, or choose another --socket", path,
+			strerror(-ret));
+		return ret;
+	}
 	unlink(path); /* stale: its service is gone */
 	return 0;
 }

@@ -51,6 +51,7 @@ static void job_free(struct check_job *j)
 {
 	struct svc_image *si = j->si;
 
+	si->checking = false;
 	json_decref(j->problems);
 	free(j->path);
 	free(j);
@@ -189,6 +190,11 @@ void rpc_image_check(struct rpc_call *call, json_t *params)
 		return;
 	if (!(si = rpc_open_image(call, p.name)))
 		return;
+	if (si->checking) {
+		rpc_reply_error(call, ERR_BUSY, EBUSY, "image '%s' is being checked "
+				"already; wait for that check's reply", si->name);
+		return;
+	}
 	j = calloc(1, sizeof(*j));
 	/* the home worker writes back (a read-only image has nothing to
 	 * write), then reports its counters */
@@ -208,6 +214,7 @@ void rpc_image_check(struct rpc_call *call, json_t *params)
 	j->svc = call->svc;
 	j->si = si;
 	si->pins++;
+	si->checking = true;
 	r->then_stats = true;
 	r->since_open = true;
 	r->reply_opaque = j;

@@ -152,8 +152,28 @@ void rpc_queue_attach(struct rpc_call *call, json_t *params)
 					 "connection becomes the queue's");
 		return;
 	}
+	if (conn_inflight(conn) > 1) {
+		rpc_reply_protocol_error(call, RPC_INVALID_REQUEST,
+					 "queue.attach must be the connection's only "
+					 "request in flight: the connection becomes the "
+					 "queue's once its reply is written");
+		return;
+	}
 	if (!(si = rpc_open_image(call, p.name)))
 		return;
+	{
+		unsigned total = 0;
+		for (struct svc_image *x = svc->images; x; x = x->next)
+			total += x->clients;
+		if (si->clients >= QUEUES_MAX_PER_IMAGE || total >= QUEUES_MAX) {
+			rpc_reply_error(call, ERR_BUSY, EBUSY,
+					"too many queues: image '%s' has %u (at most "
+					"%u), qcow2d %u (at most %u); detach some first",
+					si->name, si->clients, QUEUES_MAX_PER_IMAGE,
+					total, QUEUES_MAX);
+			return;
+		}
+	}
 	h = malloc(sizeof(*h));
 	if (!h) {
 		rpc_reply_protocol_error(call, RPC_INTERNAL_ERROR, "out of memory");

@@ -132,6 +132,7 @@ struct svc_image {
 				     * online check): it outlives its removal
 				     * from the registry until they end */
 	bool unlinked;
+	bool checking;              /* an image.check runs (one at a time) */
 	uint64_t virtual_size;      /* from the open, for queue.attach's reply */
 	uint32_t block_size, mem_align;
 	struct worker_image *wi;    /* the worker's record: touched there only */
@@ -188,6 +189,8 @@ void svc_stop(struct svc *svc);
 #define CONTROL_MAX_BATCH 256           /* requests in one batch */
 #define CONTROL_MAX_BACKLOG (16u << 20) /* reply bytes a client has not read */
 #define CONTROL_MAX_CONNS 4096
+#define QUEUES_MAX_PER_IMAGE 64         /* queues (and attaches under way) */
+#define QUEUES_MAX 1024                 /* in the whole service */
 
 int control_listen(struct svc *svc);
 void control_close_all(struct svc *svc);
@@ -312,6 +315,8 @@ enum svc_event {
 	EV_IO_ERROR, EV_NEVENTS,
 };
 void conn_subscribe(struct conn *conn, unsigned mask);
+/* Calls on the connection not yet answered (the caller's included). */
+unsigned conn_inflight(const struct conn *conn);
 unsigned conn_subscription(const struct conn *conn);
 struct conn *conn_next(struct svc *svc, struct conn *prev); /* NULL: first */
 /* Send an event to its subscribers (data taken). */

@@ -15,8 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include "qcow2_ipc.h"
@@ -24,6 +24,8 @@
 
 #define QUEUE_TAKE_BATCH 64
 #define QUEUE_MAX_IO_BYTES (8u << 20)
+/* A client has this long after the attach reply to send its hello. */
+#define QUEUE_HELLO_TIMEOUT_MS 5000
 
 struct wqueue {
 	struct wqueue *next;         /* the worker's queues */
@@ -37,6 +39,9 @@ struct wqueue {
 	uv_poll_t sock_poll;
 	uv_poll_t kick_poll;
 	bool kick_polling;
+	uv_timer_t hello_timer;      /* until the hello is in */
+	bool hello_timing;
+	bool reported;               /* the main thread knows how it ended */
 	struct qcow2_ipc_server *srv;
 	unsigned inflight;           /* engine requests not completed */
 	unsigned handles;            /* open uv handles */
@@ -110,7 +115,17 @@ static void queue_free(struct wqueue *q)
 		 * reply this lets through */
 		post_event(q, 0, NULL);
 		worker_image_queue_gone(q->wi);
+	} else if (!q->reported) {
+		/* detached before its hello (a forced close, a stop): the
+		 * client learns it from the reply, the main thread from us */
+		qcow2_ipc_server_send_reply(q->sock, 1, -ESHUTDOWN);
+		log_msg(LOG_INFO, "queue %llu of image %s: dropped before its hello "
+			"(the image is closing)", (unsigned long long)q->id,
+			worker_image_name(q->wi));
+		post_event(q, -ESHUTDOWN, "the image was closed before the hello");
 	}
+	if (q->hello_timing)
+		uv_close((uv_handle_t *)&q->hello_timer, handle_closed);
 	uv_close((uv_handle_t *)&q->sock_poll, handle_closed);
 	if (q->kick_polling)
 		uv_close((uv_handle_t *)&q->kick_poll, handle_closed);
@@ -269,9 +284,18 @@ static void attach_failed(struct wqueue *q, int err, const char *what)
 	log_msg(LOG_WARN, "queue %llu of image %s not attached: %s",
 		(unsigned long long)q->id, worker_image_name(q->wi), msg);
 	post_event(q, err, msg);
+	q->reported = true;
 	q->closing = true;
 	uv_poll_stop(&q->sock_poll);
 	queue_free(q);
+}
+
+static void on_hello_timeout(uv_timer_t *t)
+{
+	struct wqueue *q = t->data;
+
+	qcow2_ipc_server_send_reply(q->sock, 1, -ETIMEDOUT);
+	attach_failed(q, -ETIMEDOUT, "no hello within 5 s of the attach reply");
 }
 
 /* The client's hello arrived (or it hung up): finish the handshake. */
@@ -280,20 +304,32 @@ static void on_hello(uv_poll_t *p, int status, int events)
 	struct wqueue *q = p->data;
 	struct qcow2_ipc_attach att = { .size = sizeof(att) };
 	struct qcow2_ipc_server_opts so = { .size = sizeof(so) };
-	struct timeval tv = { .tv_sec = 1 };
 	struct qcow2_info info;
-	int ret;
+	int ret, avail = 0;
 
 	(void)events;
-	uv_poll_stop(p);
 	if (status < 0) {
+		uv_poll_stop(p);
 		attach_failed(q, status, "waiting for the hello");
 		return;
 	}
-	/* The hello is one message: readable means it is all there, but a
-	 * client that sends part of one must not hold the worker long. */
-	fcntl(q->sock, F_SETFL, fcntl(q->sock, F_GETFL) & ~O_NONBLOCK);
-	setsockopt(q->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	/* Never wait on the socket here (a client sending its hello a byte
+	 * at a time would stall every image of this worker): read it once
+	 * all of it is there (its fds come with its first byte), or the peer
+	 * has gone. The hello timer bounds the wait. */
+	if (ioctl(q->sock, FIONREAD, &avail) == 0 &&
+	    avail < (int)sizeof(struct qcow2_ipc_hello)) {
+		char c;
+		ssize_t n = recv(q->sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+			uv_poll_stop(p);
+			attach_failed(q, n == 0 ? -ECONNRESET : -errno,
+				      "waiting for the hello");
+		}
+		return; /* more to come */
+	}
+	uv_poll_stop(p);
+	uv_timer_stop(&q->hello_timer);
 	ret = qcow2_ipc_server_recv_hello(q->sock, &att);
 	if (ret < 0) {
 		if (ret != -ECONNRESET && ret != -EPIPE)
@@ -354,9 +390,13 @@ void worker_attach_queue(struct msg *m)
 	free(qm);
 	uv_poll_init(&w->loop, &q->sock_poll, q->sock);
 	q->sock_poll.data = q;
-	q->handles = 1;
+	uv_timer_init(&w->loop, &q->hello_timer);
+	q->hello_timer.data = q;
+	q->hello_timing = true;
+	q->handles = 2;
 	q->next = w->queues;
 	w->queues = q;
+	uv_timer_start(&q->hello_timer, on_hello_timeout, QUEUE_HELLO_TIMEOUT_MS, 0);
 	uv_poll_start(&q->sock_poll, UV_READABLE | UV_DISCONNECT, on_hello);
 }
 

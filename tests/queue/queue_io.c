@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -506,6 +507,76 @@ static int run(const char *qemu_img)
 	json_decref(r);
 	r = NULL;
 	queue_free(&q4);
+
+	/* queue.attach behind another call in flight on the connection is
+	 * refused (the connection could not become the queue's) */
+	{
+		int fd2 = connect_ctl();
+		const char *two = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"image.flush\","
+				  "\"params\":{\"name\":\"disk\"}}\n"
+				  "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"queue.attach\","
+				  "\"params\":{\"name\":\"disk\"}}\n";
+		json_t *a, *b;
+		CHECK(fd2 >= 0 && write(fd2, two, strlen(two)) == (ssize_t)strlen(two));
+		a = read_reply(fd2);
+		b = read_reply(fd2);
+		{
+			json_t *att = json_integer_value(json_object_get(a, "id")) == 2 ? a : b;
+			int refused = json_integer_value(json_object_get(
+					      json_object_get(att, "error"), "code")) == -32600;
+			json_decref(a);
+			json_decref(b);
+			close(fd2);
+			CHECK(refused);
+		}
+	}
+
+	/* a client that never sends its hello is dropped after 5 s, and a
+	 * hello sent a byte at a time does not stall the worker (the other
+	 * queue's IO goes on meanwhile) */
+	{
+		int slow = connect_ctl();
+		json_t *sr;
+		char c;
+		struct timeval tv = { .tv_sec = 20 };
+		uint64_t t0;
+
+		CHECK(slow >= 0);
+		sr = call(slow, "queue.attach", "{\"name\":\"disk\"}");
+		CHECK(ok(sr));
+		json_decref(sr);
+		t0 = (uint64_t)time(NULL);
+		/* Feed the hello a byte at a time until the image's worker
+		 * answers an image.stats: it must answer long before the 64
+		 * bytes are in (a worker waiting on the socket answers only
+		 * after the last one). */
+		{
+			const char *req = "{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":"
+					  "\"image.stats\",\"params\":{\"name\":\"disk\"}}\n";
+			struct pollfd pf = { .fd = ctl, .events = POLLIN };
+			int sent = 0;
+
+			CHECK(write(slow, "Q", 1) == 1);
+			sent++;
+			CHECK(write(ctl, req, strlen(req)) == (ssize_t)strlen(req));
+			while (sent < 64 && poll(&pf, 1, 200) == 0) {
+				CHECK(write(slow, "Q", 1) == 1);
+				sent++;
+			}
+			sr = read_reply(ctl);
+			CHECK(ok(sr));
+			json_decref(sr);
+			CHECK(sent < 64);
+		}
+		CHECK(do_io(&q1, QCOW2_IPC_OP_READ, 0, 0, BLK, 0) == 0);
+		setsockopt(slow, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		/* the service's reply (a refusal) or end of file, within the
+		 * hello timeout, not our 20 s */
+		while (read(slow, &c, 1) > 0)
+			;
+		CHECK((uint64_t)time(NULL) - t0 < 15);
+		close(slow);
+	}
 
 	/* queue.detach: the service hangs up on the queue's connection */
 	CHECK(queue_attach(&q3, "disk") == 0);
