@@ -2,9 +2,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cache/cache.h"
+#include "io/io.h"
 
 struct slice_cache {
 	uint32_t slice_size;
@@ -24,13 +24,6 @@ struct slice_cache {
 	struct qcow2_cache_stats st;
 };
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void list_init(struct slice *head)
 {
@@ -307,7 +300,7 @@ void slice_cache_mark_dirty(struct slice_cache *c, struct slice *s)
 	if (!s->dirty) {
 		s->dirty = true;
 		if (c->ndirty++ == 0)
-			c->dirty_since_ns = mono_ns();
+			c->dirty_since_ns = monotonic_ns();
 	}
 }
 

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "engine/engine.h"
 
@@ -680,7 +679,6 @@ int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *info)
 int qcow2_get_stats(const struct qcow2_image *img, struct qcow2_stats *st)
 {
 	uint64_t since[3] = { img->dirty.since_ns, 0, 0 }, oldest = 0;
-	struct timespec ts;
 
 	*st = img->stats;
 	if (img->l2_cache) {
@@ -697,9 +695,7 @@ int qcow2_get_stats(const struct qcow2_image *img, struct qcow2_stats *st)
 		if (since[i] && (!oldest || since[i] < oldest))
 			oldest = since[i];
 	if (oldest) {
-		uint64_t now;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+		uint64_t now = monotonic_ns();
 		st->dirty_age_ns = now > oldest ? now - oldest : 0;
 	}
 	return 0;

@@ -34,7 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine/engine.h"
 
@@ -90,13 +89,6 @@ struct writeback {
 	struct ctx_deferred finish;  /* a round that did no IO ends here */
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 int writeback_init(struct qcow2_image *img)
 {
@@ -166,7 +158,7 @@ void writeback_clear_dirty_bit(struct qcow2_image *img)
 static void note_dirty(struct qcow2_image *img)
 {
 	if (!img->dirty.since_ns)
-		img->dirty.since_ns = now_ns();
+		img->dirty.since_ns = monotonic_ns();
 }
 
 void image_mark_l1_dirty(struct qcow2_image *img, uint32_t idx)
@@ -437,7 +429,7 @@ static void wb_finish(struct writeback *wb)
 	struct qcow2_flush_stats *fs = &img->stats.flush;
 	struct wb_waiter *done = wb->current;
 	struct slice_waiter *frozen = wb->frozen;
-	uint64_t ns = now_ns() - wb->start_ns;
+	uint64_t ns = monotonic_ns() - wb->start_ns;
 	int err = wb->error;
 	unsigned b = 0;
 
@@ -643,7 +635,7 @@ int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
 	wb->next = NULL;
 	wb->cause = cause;
 	wb->error = 0;
-	wb->start_ns = now_ns();
+	wb->start_ns = monotonic_ns();
 	/* Lazy refcounts: refcounts stay cached, except at close, when a
 	 * table moved (the header will point at it), or when the refcount
 	 * cache fills up. */

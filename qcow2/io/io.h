@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include "qcow2.h"
 
@@ -231,6 +232,18 @@ static inline uint64_t align_down(uint64_t v, uint64_t a)
 static inline uint64_t align_up(uint64_t v, uint64_t a)
 {
 	return (v + a - 1) / a * a;
+}
+
+/* ---- Time ------------------------------------------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC in ns: the clock of write-back latencies and of the
+ * ages of unwritten metadata. */
+static inline uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 #endif
