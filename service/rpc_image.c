@@ -147,7 +147,7 @@ static void open_req_free(struct open_req *o)
 	free(o);
 }
 
-static void close_done_at_stop(struct image_req *r);
+static void close_done(struct image_req *r);
 
 static void open_done(struct image_req *r)
 {
@@ -193,7 +193,7 @@ static void open_done(struct image_req *r)
 	if (svc->stopping) {
 		/* Opened while the service stops: close it right away. */
 		struct image_req *c = req_new(NULL, svc, si, worker_close_image,
-					      close_done_at_stop);
+					      close_done);
 		si->state = IMG_CLOSING;
 		if (c)
 			send_to_home(c);
@@ -407,11 +407,6 @@ static void close_done(struct image_req *r)
 		svc->all_closed(svc);
 }
 
-static void close_done_at_stop(struct image_req *r)
-{
-	close_done(r);
-}
-
 void rpc_image_close(struct rpc_call *call, json_t *params)
 {
 	struct close_params p = { 0 };
@@ -446,7 +441,7 @@ void images_close_all(struct svc *svc, void (*done)(struct svc *svc))
 
 		if (si->state != IMG_OPEN)
 			continue; /* opening: closed when open (open_done) */
-		r = req_new(NULL, svc, si, worker_close_image, close_done_at_stop);
+		r = req_new(NULL, svc, si, worker_close_image, close_done);
 		if (!r)
 			continue;
 		si->state = IMG_CLOSING;

@@ -59,25 +59,35 @@ static void family(FILE *f, const char *name, const char *type,
 	fprintf(f, "# HELP qcow2d_%s %s\n", name, help);
 }
 
-/* A counter per image from a path in its stats, with one extra label. */
+/*
+ * An integer per image from its stats: without a label, the one at path;
+ * with one, for each i the sample labelled values[i] comes from the path
+ * path + keys[i] + tail (keys: the stats' own names, values: the labels'
+ * when they differ; keys NULL: the same).
+ */
 static void per_image(FILE *f, json_t *images, const char *name,
-		      const char *suffix, const char *label,
-		      const char *const *values, const char *const *paths,
-		      unsigned n)
+		      const char *suffix, const char *path, const char *label,
+		      const char *const *values, const char *const *keys,
+		      unsigned n, const char *tail)
 {
 	const char *img;
 	json_t *v;
+	char at_path[128];
 
 	json_object_foreach(images, img, v) {
 		json_t *st = json_object_get(v, "stats");
+
+		if (!label) {
+			fprintf(f, "qcow2d_%s%s{image=\"%s\"} %lld\n", name, suffix,
+				img, (long long)ival(st, path));
+			continue;
+		}
 		for (unsigned i = 0; i < n; i++) {
-			if (label)
-				fprintf(f, "qcow2d_%s%s{image=\"%s\",%s=\"%s\"} %lld\n",
-					name, suffix, img, label, values[i],
-					(long long)ival(st, paths[i]));
-			else
-				fprintf(f, "qcow2d_%s%s{image=\"%s\"} %lld\n", name,
-					suffix, img, (long long)ival(st, paths[i]));
+			snprintf(at_path, sizeof(at_path), "%s%s%s", path,
+				 (keys ? keys : values)[i], tail);
+			fprintf(f, "qcow2d_%s%s{image=\"%s\",%s=\"%s\"} %lld\n", name,
+				suffix, img, label, values[i],
+				(long long)ival(st, at_path));
 		}
 	}
 }
@@ -111,38 +121,28 @@ static const char *const ops[] = { "read", "write", "flush", "write_zeroes",
 static void write_images(FILE *f, json_t *images)
 {
 	static const char *const causes[] = { "client", "timer", "eviction", "close" };
-	static const char *const cause_paths[] = {
-		"flush.by_cause.client", "flush.by_cause.timer",
-		"flush.by_cause.eviction", "flush.by_cause.close" };
 	static const char *const tables[] = { "l2", "refcount_block", "l1",
 					      "refcount_table" };
-	static const char *const table_paths[] = {
-		"flush.l2.bytes", "flush.refcount_blocks.bytes", "flush.l1.bytes",
-		"flush.refcount_table.bytes" };
+	static const char *const table_keys[] = { "l2", "refcount_blocks", "l1",
+						  "refcount_table" };
 	static const char *const caches[] = { "l2", "refcount" };
 	static const char *const clusters[] = { "allocated", "cow", "freed", "punched" };
-	const char *paths[8];
-	char buf[8][64], labels[160];
+	char labels[160];
 	const char *img;
 	json_t *v;
 
 	family(f, "image_requests", "counter", NULL,
 	       "Requests to the image, by operation (every path into it).");
-	for (unsigned i = 0; i < 5; i++) {
-		snprintf(buf[i], sizeof(buf[i]), "ops.%s.requests", ops[i]);
-		paths[i] = buf[i];
-	}
-	per_image(f, images, "image_requests", "_total", "op", ops, paths, 5);
+	per_image(f, images, "image_requests", "_total", "ops.", "op", ops, NULL, 5,
+		  ".requests");
 	family(f, "image_request_errors", "counter", NULL,
 	       "Requests that failed, by operation.");
-	for (unsigned i = 0; i < 5; i++)
-		snprintf(buf[i], sizeof(buf[i]), "ops.%s.errors", ops[i]);
-	per_image(f, images, "image_request_errors", "_total", "op", ops, paths, 5);
+	per_image(f, images, "image_request_errors", "_total", "ops.", "op", ops,
+		  NULL, 5, ".errors");
 	family(f, "image_request_bytes", "counter", "bytes",
 	       "Bytes read and written by requests that succeeded.");
-	for (unsigned i = 0; i < 5; i++)
-		snprintf(buf[i], sizeof(buf[i]), "ops.%s.bytes", ops[i]);
-	per_image(f, images, "image_request_bytes", "_total", "op", ops, paths, 5);
+	per_image(f, images, "image_request_bytes", "_total", "ops.", "op", ops,
+		  NULL, 5, ".bytes");
 
 	family(f, "image_request_duration_seconds", "histogram", "seconds",
 	       "Time from a request's arrival to its completion.");
@@ -160,12 +160,12 @@ static void write_images(FILE *f, json_t *images)
 
 	family(f, "image_writebacks", "counter", NULL,
 	       "Metadata write-backs, by cause.");
-	per_image(f, images, "image_writebacks", "_total", "cause", causes,
-		  cause_paths, 4);
+	per_image(f, images, "image_writebacks", "_total", "flush.by_cause.", "cause",
+		  causes, NULL, 4, "");
 	family(f, "image_writeback_errors", "counter", NULL,
 	       "Metadata write-backs that failed.");
-	paths[0] = "flush.errors";
-	per_image(f, images, "image_writeback_errors", "_total", NULL, NULL, paths, 1);
+	per_image(f, images, "image_writeback_errors", "_total", "flush.errors", NULL,
+		  NULL, NULL, 0, NULL);
 	family(f, "image_writeback_duration_seconds", "histogram", "seconds",
 	       "Time a metadata write-back took.");
 	json_object_foreach(images, img, v) {
@@ -178,16 +178,16 @@ static void write_images(FILE *f, json_t *images)
 	}
 	family(f, "image_metadata_written_bytes", "counter", "bytes",
 	       "Metadata bytes written back, by table.");
-	per_image(f, images, "image_metadata_written_bytes", "_total", "table",
-		  tables, table_paths, 4);
+	per_image(f, images, "image_metadata_written_bytes", "_total", "flush.",
+		  "table", tables, table_keys, 4, ".bytes");
 	family(f, "image_fdatasyncs", "counter", NULL,
 	       "fdatasync calls made for the image.");
-	paths[0] = "flush.fdatasyncs";
-	per_image(f, images, "image_fdatasyncs", "_total", NULL, NULL, paths, 1);
+	per_image(f, images, "image_fdatasyncs", "_total", "flush.fdatasyncs", NULL,
+		  NULL, NULL, 0, NULL);
 	family(f, "image_dirty_slices", "gauge", NULL,
 	       "L2 and refcount slices not yet written back.");
-	paths[0] = "flush.dirty_slices";
-	per_image(f, images, "image_dirty_slices", "", NULL, NULL, paths, 1);
+	per_image(f, images, "image_dirty_slices", "", "flush.dirty_slices", NULL,
+		  NULL, NULL, 0, NULL);
 	family(f, "image_oldest_dirty_seconds", "gauge", "seconds",
 	       "How long the oldest metadata change not yet written back has "
 	       "waited (at most).");
@@ -203,34 +203,26 @@ static void write_images(FILE *f, json_t *images)
 
 	for (unsigned k = 0; k < 3; k++) {
 		static const char *const what[] = { "hits", "misses", "evictions" };
-		char name[64], help[96];
+		char name[64], help[96], tail[32];
 		snprintf(name, sizeof(name), "image_cache_%s", what[k]);
 		snprintf(help, sizeof(help), "Metadata cache %s, by cache.", what[k]);
+		snprintf(tail, sizeof(tail), ".%s", what[k]);
 		family(f, name, "counter", NULL, help);
-		for (unsigned i = 0; i < 2; i++)
-			snprintf(buf[i], sizeof(buf[i]), "caches.%s.%s", caches[i],
-				 what[k]);
-		paths[0] = buf[0];
-		paths[1] = buf[1];
-		per_image(f, images, name, "_total", "cache", caches, paths, 2);
+		per_image(f, images, name, "_total", "caches.", "cache", caches, NULL, 2,
+			  tail);
 	}
 	family(f, "image_clusters", "counter", NULL,
 	       "Clusters allocated (of which copied on write), freed, punched.");
-	for (unsigned i = 0; i < 4; i++) {
-		snprintf(buf[i], sizeof(buf[i]), "clusters.%s", clusters[i]);
-		paths[i] = buf[i];
-	}
-	per_image(f, images, "image_clusters", "_total", "event", clusters, paths, 4);
+	per_image(f, images, "image_clusters", "_total", "clusters.", "event",
+		  clusters, NULL, 4, "");
 	family(f, "image_file_size_bytes", "gauge", "bytes",
 	       "Size of the image file.");
-	json_object_foreach(images, img, v)
-		fprintf(f, "qcow2d_image_file_size_bytes{image=\"%s\"} %lld\n", img,
-			(long long)ival(json_object_get(v, "stats"), "file.size"));
+	per_image(f, images, "image_file_size_bytes", "", "file.size", NULL, NULL,
+		  NULL, 0, NULL);
 	family(f, "image_file_allocated_bytes", "gauge", "bytes",
 	       "Bytes the image file takes on disk.");
-	json_object_foreach(images, img, v)
-		fprintf(f, "qcow2d_image_file_allocated_bytes{image=\"%s\"} %lld\n", img,
-			(long long)ival(json_object_get(v, "stats"), "file.allocated"));
+	per_image(f, images, "image_file_allocated_bytes", "", "file.allocated", NULL,
+		  NULL, NULL, 0, NULL);
 	family(f, "image_clients", "gauge", NULL, "Queues attached to the image.");
 	json_object_foreach(images, img, v)
 		fprintf(f, "qcow2d_image_clients{image=\"%s\"} %lld\n", img,
