@@ -143,6 +143,9 @@ static int reftable_grow(struct qcow2_image *img, uint64_t need,
 	struct allocator *al = &img->alloc;
 	int ret;
 
+	/* Refcounts found wrong may count clusters in use as free. */
+	if (image_refuse_if_corrupt(img) < 0)
+		return -EUCLEAN;
 	if (al->grow_phase && al->grower != w) {
 		w->next = al->grow_waiters;
 		al->grow_waiters = w;
@@ -228,6 +231,9 @@ int cluster_alloc_run(struct qcow2_image *img, uint64_t n,
 	struct allocator *al = &img->alloc;
 	int ret;
 
+	/* Refcounts found wrong may count clusters in use as free. */
+	if (image_refuse_if_corrupt(img) < 0)
+		return -EUCLEAN;
 	if (al->grow_phase && al->grower != w) {
 		w->next = al->grow_waiters;
 		al->grow_waiters = w;
@@ -286,6 +292,8 @@ int cluster_alloc(struct qcow2_image *img, bool table, struct slice_waiter *w,
 	struct allocator *al = &img->alloc;
 	int ret;
 
+	if (image_refuse_if_corrupt(img) < 0)
+		return -EUCLEAN;
 	if (!table && al->free_pool_len) {
 		*host = al->free_pool[--al->free_pool_len];
 		*fresh = false;
@@ -327,6 +335,8 @@ int cluster_alloc_bytes(struct qcow2_image *img, uint64_t reserve,
 	bool fresh, hold, span;
 	int ret;
 
+	if (image_refuse_if_corrupt(img) < 0)
+		return -EUCLEAN;
 	max_rc = refcount_max(img);
 	hold = max_rc >= 3;
 	end = al->cz_cluster + cs;

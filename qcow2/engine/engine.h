@@ -31,6 +31,19 @@ struct cluster_write;
  * img->error_seq; see request_fail()). */
 void image_set_error(struct qcow2_image *img, const char *fmt, ...)
 	QCOW2_PRINTF(2, 3);
+/*
+ * The engine found metadata that cannot be right (a table outside the
+ * file, an invalid entry, a refcount that would overflow): the message
+ * goes to image_set_error(), and the first one marks the image corrupt as
+ * QEMU does. From then on new writes are refused (-EUCLEAN) and nothing is
+ * allocated, reads go on, and a read-write v3 image gets the header's
+ * corrupt bit with its next write-back, so that nobody writes it again
+ * before a repair. The caller still fails its request (-EIO).
+ */
+void image_corrupt(struct qcow2_image *img, const char *fmt, ...)
+	QCOW2_PRINTF(2, 3);
+/* -EUCLEAN with a message when image_corrupt() marked the image, else 0. */
+int image_refuse_if_corrupt(struct qcow2_image *img);
 /* slice_load_fn of the image's caches: read the slice from the image file. */
 int image_load_slice(void *opaque, struct slice_cache *c, struct slice *s);
 
@@ -487,6 +500,9 @@ struct qcow2_image {
 	struct qcow2_stats stats;   /* counted by every module */
 	char last_error[256];
 	uint64_t error_seq;          /* bumped by every image_set_error() */
+	/* Why image_corrupt() marked the image corrupt while open ("" if it
+	 * did not): "FILE: its first finding", kept for the owner. */
+	char corrupt_reason[512];
 };
 
 /* ---- Inline helpers ----------------------------------------------------- */

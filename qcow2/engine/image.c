@@ -34,6 +34,46 @@ void image_set_error(struct qcow2_image *img, const char *fmt, ...)
 	img->error_seq++;
 }
 
+void image_corrupt(struct qcow2_image *img, const char *fmt, ...)
+{
+	va_list ap;
+	uint64_t v;
+
+	va_start(ap, fmt);
+	vsnprintf(img->last_error, sizeof(img->last_error), fmt, ap);
+	va_end(ap);
+	img->error_seq++;
+	if (img->corrupt_reason[0])
+		return;
+	snprintf(img->corrupt_reason, sizeof(img->corrupt_reason), "%.250s: %s",
+		 img->filename, img->last_error);
+	img->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+	/* Version 2 headers have no feature bits; a repair handle rewrites
+	 * the header itself. */
+	if (!img->wb || img->hdr.version < 3 || (img->flags & QCOW2_OPEN_REPAIR))
+		return;
+	memcpy(&v, img->hdr_block + 72, 8);
+	image_set_header_u64(img, 72, be64toh(v) | QCOW2_INCOMPAT_CORRUPT);
+}
+
+int image_refuse_if_corrupt(struct qcow2_image *img)
+{
+	if (!img->corrupt_reason[0])
+		return 0;
+	image_set_error(img, "writes are refused: the image was found corrupt "
+			"while open (%s); close it and repair it with qcow2-img "
+			"check -r all", img->corrupt_reason);
+	return -EUCLEAN;
+}
+
+const char *qcow2_corrupt_reason(const struct qcow2_image *img)
+{
+	for (; img; img = img->backing)
+		if (img->corrupt_reason[0])
+			return img->corrupt_reason;
+	return "";
+}
+
 const char *qcow2_last_error(const struct qcow2_image *img)
 {
 	return img->last_error;
@@ -191,7 +231,7 @@ static int check_writable(struct qcow2_image *img, struct qcow2_error *err)
 	    !(img->flags & QCOW2_OPEN_REPAIR)) {
 		set_err(err, "the image is marked corrupt; it can only be opened "
 			"read-only (repair it with qcow2-img check -r all)");
-		return -EACCES;
+		return -EUCLEAN;
 	}
 	return 0;
 }

@@ -39,7 +39,7 @@ static int check_compressed(struct qcow2_image *img, uint64_t desc,
 	uint64_t host, len;
 
 	if (img->has_data_file) {
-		image_set_error(img,
+		image_corrupt(img,
 				"corrupt image: compressed cluster at guest offset 0x%llx "
 				"in an image with an external data file",
 				(unsigned long long)guest);
@@ -49,7 +49,7 @@ static int check_compressed(struct qcow2_image *img, uint64_t desc,
 	if (host < img->cluster_size ||
 	    align_down(host, 512) + align_up(len + (host & 511), 512) >
 		    align_up(image_end(img), 512)) {
-		image_set_error(img,
+		image_corrupt(img,
 				"corrupt image: compressed cluster for guest offset 0x%llx "
 				"(host 0x%llx, %llu bytes) lies outside the file",
 				(unsigned long long)guest, (unsigned long long)host,
@@ -74,7 +74,7 @@ int l2_slice_lookup(struct qcow2_image *img, uint64_t guest,
 	if ((l2_off & (img->cluster_size - 1)) ||
 	    l2_off >= cluster_alloc_end(img) ||
 	    cluster_alloc_end(img) - l2_off < img->cluster_size) {
-		image_set_error(img,
+		image_corrupt(img,
 				"corrupt image: L1 entry %llu points to an L2 table at 0x%llx, "
 				"which is %s", (unsigned long long)l1_idx,
 				(unsigned long long)l2_off,
@@ -152,7 +152,7 @@ int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 		if (k == L2_READ_INVALID) {
 			if (ext->len)
 				break; /* report the good part first */
-			image_set_error(img,
+			image_corrupt(img,
 					"corrupt image: invalid L2 entry 0x%016llx (bitmap 0x%016llx) "
 					"for guest offset 0x%llx in the L2 table at 0x%llx",
 					(unsigned long long)e, (unsigned long long)bm,
@@ -165,7 +165,7 @@ int map_lookup(struct qcow2_image *img, uint64_t guest, uint64_t maxlen,
 		    align_down(host, img->cluster_size) >= image_end(img)) {
 			if (ext->len)
 				break;
-			image_set_error(img,
+			image_corrupt(img,
 					"corrupt image: guest offset 0x%llx maps to host offset "
 					"0x%llx, beyond the end of the file (%llu bytes)",
 					(unsigned long long)pos, (unsigned long long)host,

@@ -83,7 +83,7 @@ static int rc_locate(struct qcow2_image *img, uint64_t ci, uint64_t *key,
 		return -ENOENT;
 	block = rc->reftable[rt];
 	if (block >= cluster_alloc_end(img)) {
-		image_set_error(img, "corrupt image: refcount block at 0x%llx lies "
+		image_corrupt(img, "corrupt image: refcount block at 0x%llx lies "
 				"beyond the end of the image", (unsigned long long)block);
 		return -EIO;
 	}
@@ -120,7 +120,7 @@ int refcount_update(struct qcow2_image *img, uint64_t host, int64_t delta,
 	int ret = rc_locate(img, host >> img->cluster_bits, &key, &idx);
 
 	if (ret == -ENOENT) {
-		image_set_error(img, "no refcount block covers host cluster 0x%llx",
+		image_corrupt(img, "corrupt image: no refcount block covers host cluster 0x%llx",
 				(unsigned long long)host);
 		return -EIO;
 	}
@@ -133,7 +133,7 @@ int refcount_update(struct qcow2_image *img, uint64_t host, int64_t delta,
 	max = refcount_max(img);
 	if ((delta < 0 && v < (uint64_t)-delta) ||
 	    (delta > 0 && max - v < (uint64_t)delta)) {
-		image_set_error(img, "corrupt image: refcount of host cluster 0x%llx "
+		image_corrupt(img, "corrupt image: refcount of host cluster 0x%llx "
 				"would %s (%llu %+lld)", (unsigned long long)host,
 				delta < 0 ? "drop below zero" : "overflow",
 				(unsigned long long)v, (long long)delta);

@@ -249,6 +249,8 @@ int qcow2_truncate(struct qcow2_image *img, uint64_t size,
 		return -EINVAL;
 	if (!(img->flags & QCOW2_OPEN_RDWR) || !img->wb)
 		return -EROFS;
+	if (image_refuse_if_corrupt(img) < 0)
+		return -EUCLEAN;
 	if (size % 512) {
 		image_set_error(img, "the new size must be a multiple of 512 bytes");
 		return -EINVAL;

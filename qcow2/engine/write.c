@@ -264,6 +264,8 @@ static int wreq_start(struct qcow2_image *img, enum write_kind kind,
 		image_set_error(img, "%s is open read-only", img->filename);
 		return -EROFS;
 	}
+	if (image_refuse_if_corrupt(img) < 0)
+		return -EUCLEAN;
 	if (request_check_range(img, offset, len) < 0)
 		return -EINVAL;
 	req = wreq_new(img, kind, flags, offset, iov, iovcnt, len, cb, opaque);
@@ -315,6 +317,8 @@ int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset,
 		return -EINVAL;
 	if (!(img->flags & QCOW2_OPEN_RDWR) || !img->wb)
 		return -EROFS;
+	if (image_refuse_if_corrupt(img) < 0)
+		return -EUCLEAN;
 	if (img->has_data_file || img->block_size > img->cluster_size) {
 		image_set_error(img, "compressed clusters need the image's own "
 				"file and blocks no larger than a cluster");

@@ -158,6 +158,20 @@ int qcow2_close(struct qcow2_image *img, struct qcow2_error *err);
  * requests carry their own to their callback. */
 const char *qcow2_last_error(const struct qcow2_image *img);
 
+/*
+ * "" while the image and its backing chain look sound. Once the engine
+ * finds metadata that cannot be right (a table outside the file, an
+ * invalid table entry, a refcount that would overflow), it fails that
+ * request with -EIO and marks the file corrupt as QEMU does; this returns
+ * "FILE: what was found" (the first finding, of the image or else of the
+ * first backing file marked). A marked image refuses new writes, discards
+ * and resizes with -EUCLEAN and allocates nothing; reads go on; a flush
+ * still writes back what was changed before, and in a read-write v3
+ * image the header's corrupt bit with it, so that it opens read-only
+ * until repaired (qcow2-img check -r all). Lives until qcow2_close().
+ */
+const char *qcow2_corrupt_reason(const struct qcow2_image *img);
+
 enum qcow2_format { QCOW2_FORMAT_QCOW2 = 0, QCOW2_FORMAT_RAW = 1 };
 
 enum qcow2_compression { QCOW2_COMPRESSION_ZLIB = 0, QCOW2_COMPRESSION_ZSTD = 1 };
