@@ -18,6 +18,7 @@ static const char *const names[EV_NEVENTS] = {
 	[EV_QUEUE_ATTACHED] = "queue.attached",
 	[EV_QUEUE_DETACHED] = "queue.detached",
 	[EV_IO_ERROR] = "io.error",
+	[EV_IMAGE_CORRUPT] = "image.corrupt",
 };
 
 const char *svc_event_name(enum svc_event ev)
@@ -61,6 +62,20 @@ void io_error_on_main(struct msg *m)
 	free(e);
 }
 
+void image_corrupt_on_main(struct msg *m)
+{
+	struct corrupt_msg *c = (struct corrupt_msg *)m;
+
+	utf8_sanitize(c->reason); /* it names the file */
+	log_msg(LOG_ERROR, "image %s is marked corrupt: %s; it refuses writes "
+		"now: close it and repair it offline with qcow2-img check -r all",
+		c->si->name, c->reason);
+	svc_emit(c->svc, EV_IMAGE_CORRUPT,
+		 json_pack("{s:s, s:s}", "name", c->si->name, "message",
+			   c->reason));
+	free(c);
+}
+
 void rpc_events_subscribe(struct rpc_call *call, json_t *params)
 {
 	const char *key;
@@ -101,7 +116,7 @@ void rpc_events_subscribe(struct rpc_call *call, json_t *params)
 					call, RPC_INVALID_PARAMS,
 					"param 'events': unknown event %s%s%s (events: "
 					"image.opened, image.closed, queue.attached, "
-					"queue.detached, io.error)",
+					"queue.detached, io.error, image.corrupt)",
 					json_is_string(v) ? "'" : "",
 					json_is_string(v) ? json_string_value(v) : "(not a string)",
 					json_is_string(v) ? "'" : "");

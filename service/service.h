@@ -312,7 +312,7 @@ void conn_peer(const struct conn *conn, int *pid, int *uid);
  * event it asked for. */
 enum svc_event {
 	EV_IMAGE_OPENED, EV_IMAGE_CLOSED, EV_QUEUE_ATTACHED, EV_QUEUE_DETACHED,
-	EV_IO_ERROR, EV_NEVENTS,
+	EV_IO_ERROR, EV_IMAGE_CORRUPT, EV_NEVENTS,
 };
 void conn_subscribe(struct conn *conn, unsigned mask);
 /* Calls on the connection not yet answered (the caller's included). */
@@ -426,6 +426,10 @@ void worker_image_io_started(struct worker_image *wi);
 void worker_image_io_done(struct worker_image *wi, enum image_op op,
 			  uint64_t bytes, int result, uint64_t ns,
 			  const char *error);
+/* A request the engine refused when it was made (a write to a read-only
+ * or corrupt image, a range it rejects): counted as a failed request, but
+ * not an IO error (no io.error event: the client asked for it). */
+void worker_image_io_refused(struct worker_image *wi, enum image_op op);
 void worker_image_queue_added(struct worker_image *wi);
 void worker_image_queue_gone(struct worker_image *wi);
 
@@ -467,6 +471,17 @@ struct io_error_msg {
 
 /* On the main thread: emit the io.error event. */
 void io_error_on_main(struct msg *m);
+
+/* The engine marked an image corrupt (once per open image). */
+struct corrupt_msg {
+	struct msg m;
+	struct svc *svc;
+	struct svc_image *si;
+	char reason[512];
+};
+
+/* On the main thread: log it and emit the image.corrupt event. */
+void image_corrupt_on_main(struct msg *m);
 const char *image_op_name(enum image_op op);
 
 void worker_attach_queue(struct msg *m);

@@ -41,6 +41,7 @@ struct worker_image {
 	struct svc_image *si;       /* main's record: passed back, never read */
 	uint64_t err_window_ns, err_dropped;
 	unsigned err_in_window;
+	bool corrupt_reported;      /* image.corrupt was posted */
 };
 
 static const char *const op_names[OP_NOPS] = {
@@ -116,11 +117,33 @@ static void on_writeback_done(void *opaque, int result, const char *error);
 
 static void close_when_idle(struct worker_image *wi);
 
+/* Once the engine has marked the image corrupt (a request that found it
+ * failed, or a deferred free found a refcount that was wrong), tell the
+ * main thread, once. Checked on every failure and every tick. */
+static void check_corrupt(struct worker_image *wi)
+{
+	const char *why = qcow2_corrupt_reason(wi->img);
+	struct corrupt_msg *m;
+
+	if (wi->corrupt_reported || !why[0])
+		return;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return; /* the next check tries again */
+	wi->corrupt_reported = true;
+	m->m.fn = image_corrupt_on_main;
+	m->svc = wi->w->svc;
+	m->si = wi->si;
+	snprintf(m->reason, sizeof(m->reason), "%s", why);
+	mailbox_post(&m->svc->mb, &m->m);
+}
+
 static void on_tick(uv_timer_t *t)
 {
 	struct worker_image *wi = t->data;
 	int ret;
 
+	check_corrupt(wi);
 	if (wi->writeback_running || wi->close_req ||
 	    !qcow2_has_dirty_metadata(wi->img))
 		return;
@@ -143,6 +166,7 @@ static void on_writeback_done(void *opaque, int result, const char *error)
 
 	wi->writeback_running = false;
 	wi->busy--;
+	check_corrupt(wi);
 	if (result < 0) {
 		wi->timer_writeback_errors++;
 		log_msg(LOG_ERROR, "image %s: metadata write-back failed: %s "
@@ -367,26 +391,39 @@ static void report_io_error(struct worker_image *wi, enum image_op op,
 	mailbox_post(&m->svc->mb, &m->m);
 }
 
-void worker_image_io_done(struct worker_image *wi, enum image_op op,
-			  uint64_t bytes, int result, uint64_t ns,
-			  const char *error)
+static void count_op(struct worker_image *wi, enum image_op op,
+		     uint64_t bytes, int result, uint64_t ns)
 {
 	struct op_stats *st = &wi->ops[op];
 	unsigned b = 0;
 
 	st->requests++;
-	if (result < 0) {
+	if (result < 0)
 		st->errors++;
-		report_io_error(wi, op, result, error);
-	} else {
+	else
 		st->bytes += bytes;
-	}
 	st->total_ns += ns;
 	while (b + 1 < OP_HIST_BUCKETS && ns >= (1000ull << b))
 		b++;
 	st->hist[b]++;
+}
+
+void worker_image_io_done(struct worker_image *wi, enum image_op op,
+			  uint64_t bytes, int result, uint64_t ns,
+			  const char *error)
+{
+	count_op(wi, op, bytes, result, ns);
+	if (result < 0) {
+		report_io_error(wi, op, result, error);
+		check_corrupt(wi);
+	}
 	wi->busy--;
 	close_when_idle(wi);
+}
+
+void worker_image_io_refused(struct worker_image *wi, enum image_op op)
+{
+	count_op(wi, op, 0, -1, 0);
 }
 
 void worker_image_queue_added(struct worker_image *wi)
@@ -440,6 +477,9 @@ void worker_image_info(struct msg *m)
 			"data_file", json_string_lossy(in.data_file),
 			"l2_cache_size", (json_int_t)in.l2_cache_size,
 			"l2_slice_size", (json_int_t)in.l2_slice_size);
+		if (q && qcow2_corrupt_reason(wi->img)[0])
+			json_object_set_new(q, "corrupt_reason", json_string_lossy(
+						    qcow2_corrupt_reason(wi->img)));
 		if (!q || json_object_update(o, q) < 0) {
 			json_decref(o);
 			o = NULL;

@@ -202,6 +202,7 @@ static void start_op(struct wqueue *q, const struct qcow2_ipc_server_req *r)
 	if (ret < 0) {
 		/* refused at once (read-only image, a range the engine
 		 * rejects): the entry completes with the error */
+		worker_image_io_refused(q->wi, op->op);
 		free(op);
 		q->errors++;
 		qcow2_ipc_server_complete(q->srv, r->id, ret);

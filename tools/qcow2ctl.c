@@ -262,10 +262,10 @@ static const char events_help[] =
 "Usage: qcow2ctl events [EVENT...]\n"
 "\n"
 "Subscribe to events (events.subscribe; default: all of image.opened,\n"
-"image.closed, queue.attached, queue.detached, io.error) and print one\n"
-"line per event as it comes: local time, event, data. With --json, each\n"
-"event's params as one compact JSON object per line. Runs until SIGINT\n"
-"(Ctrl-C) or SIGTERM, then exits 0.\n";
+"image.closed, queue.attached, queue.detached, io.error, image.corrupt)\n"
+"and print one line per event as it comes: local time, event, data. With\n"
+"--json, each event's params as one compact JSON object per line. Runs\n"
+"until SIGINT (Ctrl-C) or SIGTERM, then exits 0.\n";
 
 static const char version_help[] =
 "Usage: qcow2ctl version\n"
@@ -894,6 +894,9 @@ static void info_lines(struct kv *kv, json_t *in, json_t *listed)
 		kv_line(kv, "dirty", "%s", ctl_yes_no(in, "dirty"));
 	if (take(kv, "corrupt"))
 		kv_line(kv, "corrupt", "%s", ctl_yes_no(in, "corrupt"));
+	if ((v = take(kv, "corrupt_reason")))
+		kv_line(kv, "found corrupt", "%s (writes refused; repair offline "
+			"with qcow2-img check -r all)", json_string_value(v));
 	if (take(kv, "snapshots"))
 		kv_line(kv, "snapshots", "%llu", ctl_ju(in, "snapshots"));
 	if (ctl_jget(in, "backing_file")) {

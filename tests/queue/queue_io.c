@@ -14,8 +14,12 @@
  * parser of python3-prometheus-client accepts and whose figures agree
  * (check_metrics.py).
  *
- * queue_io QCOW2D QEMU_IMG WORKDIR CHECK_METRICS
+ * With "corrupt", another scenario: an image found corrupt while open
+ * (run_corrupt()).
+ *
+ * queue_io QCOW2D QEMU_IMG WORKDIR CHECK_METRICS [corrupt]
  */
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -633,13 +637,149 @@ out:
 	return failures;
 }
 
+/* Damage the L2 entry of guest offset 0: its host offset + 512, no longer
+ * cluster aligned (make_bad.py's l2-entry-unaligned). */
+static int damage_l2_entry0(const char *path)
+{
+	uint64_t l1_off, l1e, e;
+	int fd = open(path, O_RDWR), ret = -1;
+
+	if (fd >= 0 && pread(fd, &l1_off, 8, 40) == 8 &&
+	    pread(fd, &l1e, 8, (off_t)be64toh(l1_off)) == 8 &&
+	    (be64toh(l1e) & 0x00fffffffffffe00ull) &&
+	    pread(fd, &e, 8, (off_t)(be64toh(l1e) & 0x00fffffffffffe00ull)) == 8 &&
+	    (be64toh(e) & 0x00fffffffffffe00ull)) {
+		e = htobe64(be64toh(e) + 512);
+		if (pwrite(fd, &e, 8, (off_t)(be64toh(l1e) & 0x00fffffffffffe00ull)) == 8 &&
+		    fsync(fd) == 0)
+			ret = 0;
+	}
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+/*
+ * An image found corrupt while qcow2d has it open: the read that finds it
+ * fails with EIO, a subscriber gets image.corrupt, later writes fail with
+ * EUCLEAN, reads elsewhere and flushes go on, image.info says so, another
+ * image is served as before; after the close the header's corrupt bit is
+ * on disk (qemu-img info), and image.open read-write is refused (Corrupt).
+ */
+static int run_corrupt(const char *qemu_img)
+{
+	struct queue q = { .sock = -1 }, q2 = { .sock = -1 };
+	char cmd[1024];
+	json_t *r = NULL, *res;
+	int ctl = -1, ev = -1;
+
+	ctl = connect_ctl();
+	CHECK(ctl >= 0);
+	/* good data at 0 and 2M, written through the service */
+	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"c\"}", img_path);
+	CHECK(ok(r));
+	json_decref(r);
+	r = NULL;
+	CHECK(queue_attach(&q, "c") == 0);
+	memset(q.data, 0x11, CHUNK);
+	CHECK(do_io(&q, QCOW2_IPC_OP_WRITE, 0, 0, 65536, 0) == 0);
+	memset(q.data, 0x33, CHUNK);
+	CHECK(do_io(&q, QCOW2_IPC_OP_WRITE, 0, 2 << 20, 65536, 0) == 0);
+	CHECK(do_io(&q, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0) == 0);
+	queue_free(&q);
+	r = call(ctl, "image.close", "{\"name\":\"c\",\"force\":true}");
+	CHECK(ok(r));
+	json_decref(r);
+	r = NULL;
+	CHECK(damage_l2_entry0(img_path) == 0);
+
+	ev = connect_ctl();
+	CHECK(ev >= 0);
+	r = call(ev, "events.subscribe", "{\"events\":[\"image.corrupt\"]}");
+	CHECK(ok(r));
+	json_decref(r);
+	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"c\"}", img_path);
+	CHECK(ok(r));
+	json_decref(r);
+	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"other\"}", img2_path);
+	CHECK(ok(r));
+	json_decref(r);
+	r = NULL;
+	CHECK(queue_attach(&q, "c") == 0);
+	CHECK(queue_attach(&q2, "other") == 0);
+
+	memset(q.data, 0, CHUNK);
+	CHECK(do_io(&q, QCOW2_IPC_OP_READ, 0, 2 << 20, 65536, 0) == 0);
+	CHECK(q.data[0] == 0x33 && q.data[65535] == 0x33);
+	CHECK(do_io(&q, QCOW2_IPC_OP_READ, 0, 0, 65536, 0) == -EIO);
+	r = read_reply(ev); /* the event, before any other line */
+	CHECK(r);
+	res = json_object_get(r, "params");
+	CHECK(!strcmp(json_string_value(json_object_get(res, "event")) ?: "",
+		      "image.corrupt"));
+	res = json_object_get(res, "data");
+	CHECK(!strcmp(json_string_value(json_object_get(res, "name")) ?: "", "c"));
+	CHECK(strstr(json_string_value(json_object_get(res, "message")) ?: "",
+		     "invalid L2 entry"));
+	json_decref(r);
+	r = NULL;
+	memset(q.data, 0x55, CHUNK);
+	CHECK(do_io(&q, QCOW2_IPC_OP_WRITE, 0, 4 << 20, 65536, 0) == -EUCLEAN);
+	CHECK(do_io(&q, QCOW2_IPC_OP_WRITE_ZEROES, 0, 2 << 20, 65536, 0) == -EUCLEAN);
+	CHECK(do_io(&q, QCOW2_IPC_OP_DISCARD, 0, 2 << 20, 65536, 0) == -EUCLEAN);
+	memset(q.data, 0, CHUNK);
+	CHECK(do_io(&q, QCOW2_IPC_OP_READ, 0, 2 << 20, 65536, 0) == 0);
+	CHECK(q.data[0] == 0x33 && q.data[65535] == 0x33);
+	CHECK(do_io(&q, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0) == 0);
+	r = call(ctl, "image.info", "{\"name\":\"c\"}");
+	CHECK(ok(r));
+	res = json_object_get(r, "result");
+	CHECK(json_is_true(json_object_get(res, "corrupt")));
+	CHECK(strstr(json_string_value(json_object_get(res, "corrupt_reason")) ?: "",
+		     "invalid L2 entry"));
+	json_decref(r);
+	r = NULL;
+	/* the other image carries on */
+	memset(q2.data, 0x77, CHUNK);
+	CHECK(do_io(&q2, QCOW2_IPC_OP_WRITE, 0, 0, 65536, 0) == 0);
+	memset(q2.data, 0, CHUNK);
+	CHECK(do_io(&q2, QCOW2_IPC_OP_READ, 0, 0, 65536, 0) == 0);
+	CHECK(q2.data[0] == 0x77 && q2.data[65535] == 0x77);
+	queue_free(&q);
+	queue_free(&q2);
+	r = call(ctl, "image.close", "{\"name\":\"c\",\"force\":true}");
+	CHECK(ok(r));
+	json_decref(r);
+	snprintf(cmd, sizeof(cmd), "%s info %s | grep -q 'corrupt: true'", qemu_img,
+		 img_path);
+	CHECK(system(cmd) == 0);
+	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"c\"}", img_path);
+	CHECK(r && error_class(r) && !strcmp(error_class(r), "Corrupt"));
+	json_decref(r);
+	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"c\","
+		 "\"read_only\":true}", img_path);
+	CHECK(ok(r));
+	json_decref(r);
+	r = NULL;
+out:
+	json_decref(r);
+	queue_free(&q);
+	queue_free(&q2);
+	if (ctl >= 0)
+		close(ctl);
+	if (ev >= 0)
+		close(ev);
+	return failures;
+}
+
 int main(int argc, char **argv)
 {
 	char cmd[1024];
 	int ret;
 
-	if (argc != 5) {
-		fprintf(stderr, "usage: queue_io QCOW2D QEMU_IMG WORKDIR CHECK_METRICS\n");
+	if (argc != 5 && !(argc == 6 && !strcmp(argv[5], "corrupt"))) {
+		fprintf(stderr, "usage: queue_io QCOW2D QEMU_IMG WORKDIR CHECK_METRICS "
+			"[corrupt]\n");
 		return 2;
 	}
 	workdir = argv[3];
@@ -668,7 +808,7 @@ int main(int argc, char **argv)
 		_exit(127);
 	}
 	start_service();
-	ret = run(argv[2]);
+	ret = argc == 6 ? run_corrupt(argv[2]) : run(argv[2]);
 	if (svc_pid > 0) {
 		kill(svc_pid, SIGKILL);
 		waitpid(svc_pid, NULL, 0);
