@@ -182,6 +182,29 @@ uint64_t now_ns(void);
 /* Begin a clean stop: stop accepting, close images, leave the loop. */
 void svc_stop(struct svc *svc);
 
+/* ---- metrics (rpc_metrics.c, main thread) -------------------------------- */
+
+#define METRICS_CONTENT_TYPE \
+	"application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+/* The end of a gather: err 0 and the OpenMetrics text (malloc'd, len
+ * bytes, NUL-terminated; the callee frees it), or a negative errno and no
+ * text. */
+typedef void (*metrics_done_fn)(void *opaque, int err, char *text,
+				size_t len);
+struct metrics_gather;
+
+/* Ask every open image's home worker for its statistics and write the
+ * text once all have answered: done(opaque, ...) runs once, on the main
+ * thread, perhaps before this returns. Returns the gather while it waits
+ * for answers, NULL when done has already run. Used by service.metrics
+ * and by GET /metrics (metrics_http.c). */
+struct metrics_gather *metrics_gather(struct svc *svc, metrics_done_fn done,
+				      void *opaque);
+/* The asker goes away before the answers come: done will not run (the
+ * gather frees itself when the last answer arrives). */
+void metrics_gather_cancel(struct metrics_gather *g);
+
 /* ---- control connections (control.c, main thread) ----------------------- */
 
 #define CONTROL_MAX_LINE (1u << 20)     /* bytes in one request line */
