@@ -3,7 +3,7 @@
 
 # Debian packages the project needs to build and test.
 QCOW2D_DEB_PACKAGES=(
-	libuv1-dev liburing-dev libjansson-dev libcmocka-dev
+	libuv1-dev liburing-dev libjansson-dev libcmocka-dev libmicrohttpd-dev
 	meson ninja-build zlib1g-dev libzstd-dev pkg-config
 	qemu-utils qemu-system-common fio gcc g++ python3
 	clang libclang-rt-14-dev cppcheck

@@ -39,11 +39,20 @@ static const char usage_text[] =
 "                        1000; 0: only on flush, eviction and close)\n"
 "  --log-level LEVEL     error, warn, info (default) or debug; logs go to\n"
 "                        stderr, one line per event\n"
+"  --metrics-listen ADDR:PORT\n"
+"                        also serve the OpenMetrics text of service.metrics\n"
+"                        over HTTP, GET /metrics, for Prometheus; ADDR is\n"
+"                        numeric, IPv4 or [IPv6] (127.0.0.1:9560,\n"
+"                        [::1]:9560) and only it is bound; PORT 0 takes a\n"
+"                        free port (the log names it). Default: off. No TLS\n"
+"                        and no authentication: bind a loopback or otherwise\n"
+"                        protected address\n"
 "  --version             print the version and exit\n"
 "  -h, --help            print this help and exit\n"
 "\n"
 "SIGTERM or SIGINT stops the service cleanly: it stops accepting, flushes\n"
-"and closes every image, and exits 0.\n";
+"and closes every image, lets metrics answers already made go out (at most\n"
+"5 s), and exits 0.\n";
 
 uint64_t now_ns(void)
 {
@@ -92,7 +101,7 @@ static int parse_uint(const char *opt, const char *s, unsigned max,
 }
 
 /* Settings from --config, for those the command line left unset. */
-static int load_config(const char *file, struct svc_config *cfg, bool have[4])
+static int load_config(const char *file, struct svc_config *cfg, bool have[5])
 {
 	json_error_t jerr;
 	json_t *j = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr), *v;
@@ -138,6 +147,19 @@ static int load_config(const char *file, struct svc_config *cfg, bool have[4])
 				if (add_allow_dir(cfg, json_string_value(d)) < 0)
 					goto out;
 			}
+		} else if (!strcmp(key, "metrics_listen") && json_is_string(v)) {
+			struct sockaddr_storage ss;
+			socklen_t sslen;
+
+			if (metrics_listen_parse(json_string_value(v), &ss, &sslen, msg,
+						 sizeof(msg)) < 0) {
+				fprintf(stderr, "qcow2d: --config %s: metrics_listen: %s\n",
+					file, msg);
+				goto out;
+			}
+			if (!have[4] &&
+			    !(cfg->metrics_listen = strdup(json_string_value(v))))
+				goto out;
 		} else if (!strcmp(key, "images")) {
 			if (images_check_config(v, msg, sizeof(msg)) < 0) {
 				fprintf(stderr, "qcow2d: --config %s: %s\n", file, msg);
@@ -147,7 +169,7 @@ static int load_config(const char *file, struct svc_config *cfg, bool have[4])
 		} else {
 			fprintf(stderr, "qcow2d: --config %s: unknown or invalid setting "
 				"'%s' (settings: socket, workers, allow_dirs, "
-				"flush_interval_ms, log_level, images)\n", file, key);
+				"flush_interval_ms, log_level, metrics_listen, images)\n", file, key);
 			goto out;
 		}
 	}
@@ -177,7 +199,7 @@ static int default_socket(struct svc_config *cfg)
 }
 
 enum { OPT_SOCKET = 256, OPT_WORKERS, OPT_ALLOW_DIR, OPT_CONFIG,
-       OPT_FLUSH_INTERVAL, OPT_LOG_LEVEL, OPT_VERSION };
+       OPT_FLUSH_INTERVAL, OPT_LOG_LEVEL, OPT_METRICS_LISTEN, OPT_VERSION };
 
 static int parse_args(int argc, char **argv, struct svc_config *cfg)
 {
@@ -188,12 +210,14 @@ static int parse_args(int argc, char **argv, struct svc_config *cfg)
 		{ "config", required_argument, NULL, OPT_CONFIG },
 		{ "flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+		{ "metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *config = NULL;
-	bool have[4] = { false }; /* socket, workers, flush interval, log level */
+	/* socket, workers, flush interval, log level, metrics listen */
+	bool have[5] = { false };
 	enum log_level level = LOG_INFO;
 	int c;
 
@@ -237,6 +261,21 @@ static int parse_args(int argc, char **argv, struct svc_config *cfg)
 			}
 			have[3] = true;
 			break;
+		case OPT_METRICS_LISTEN: {
+			struct sockaddr_storage ss;
+			socklen_t sslen;
+			char msg[320];
+
+			if (metrics_listen_parse(optarg, &ss, &sslen, msg,
+						 sizeof(msg)) < 0) {
+				fprintf(stderr, "qcow2d: --metrics-listen: %s\n", msg);
+				return 2;
+			}
+			free(cfg->metrics_listen);
+			cfg->metrics_listen = strdup(optarg);
+			have[4] = true;
+			break;
+		}
 		case OPT_VERSION:
 			printf("qcow2d %s\n", QCOW2D_VERSION);
 			return 0;
@@ -274,18 +313,25 @@ static void free_config(struct svc_config *cfg)
 		free(cfg->allow_dirs[i]);
 	free(cfg->allow_dirs);
 	json_decref(cfg->open_at_start);
+	free(cfg->metrics_listen);
 }
 
 /* ---- start and stop ------------------------------------------------------ */
+
+/* The last step: the HTTP side's answers are out (or it has none). */
+static void stopped(struct svc *svc)
+{
+	uv_close((uv_handle_t *)&svc->sigterm, NULL);
+	uv_close((uv_handle_t *)&svc->sigint, NULL);
+	mailbox_close(&svc->mb);
+	log_msg(LOG_INFO, "stopped");
+}
 
 static void all_closed(struct svc *svc)
 {
 	workers_stop(svc);
 	control_close_all(svc);
-	uv_close((uv_handle_t *)&svc->sigterm, NULL);
-	uv_close((uv_handle_t *)&svc->sigint, NULL);
-	mailbox_close(&svc->mb);
-	log_msg(LOG_INFO, "stopped");
+	metrics_http_stop(svc, stopped);
 }
 
 void svc_stop(struct svc *svc)
@@ -299,6 +345,7 @@ void svc_stop(struct svc *svc)
 	log_msg(LOG_INFO, "stopping: closing %u image(s)", svc->nimages);
 	if (!uv_is_closing((uv_handle_t *)&svc->listener))
 		uv_close((uv_handle_t *)&svc->listener, NULL);
+	metrics_http_quiesce(svc);
 	images_close_all(svc, all_closed);
 }
 
@@ -341,10 +388,14 @@ int main(int argc, char **argv)
 		free_config(&svc.cfg);
 		return 1;
 	}
+	/* The control socket last: once it answers, the rest is up. */
 	ret = workers_start(&svc, svc.cfg.workers);
+	if (ret == 0)
+		ret = metrics_http_start(&svc);
 	if (ret == 0)
 		ret = control_listen(&svc);
 	if (ret < 0) {
+		metrics_http_stop(&svc, NULL);
 		if (svc.nworkers)
 			workers_stop(&svc);
 		mailbox_close(&svc.mb);

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT OR Apache-2.0 */
 /*
- * service.metrics (main thread): the service's counters and every open
- * image's statistics in the OpenMetrics text format, for a Prometheus
- * scraper. Each image's figures come from its home worker (the same round
- * trip as image.stats, counted since open so that counters never go back
- * when someone resets image.stats); once all have answered, the text is
- * written family by family (OpenMetrics keeps a family's samples together).
- * Names have the qcow2d_ prefix, base units (seconds, bytes) and counters
- * end in _total.
+ * The service's counters and every open image's statistics in the
+ * OpenMetrics text format, for a Prometheus scraper (main thread). One
+ * gather, metrics_gather(), serves both ways of asking: the JSON-RPC method
+ * service.metrics (below) and GET /metrics over HTTP (metrics_http.c).
+ * Each image's figures come from its home worker (the same round trip as
+ * image.stats, counted since open so that counters never go back when
+ * someone resets image.stats); once all have answered, the text is written
+ * family by family (OpenMetrics keeps a family's samples together). Names
+ * have the qcow2d_ prefix, base units (seconds, bytes) and counters end in
+ * _total.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -16,11 +18,12 @@
 
 #include "service.h"
 
-struct gather {
-	struct rpc_call *call;
+struct metrics_gather {
 	struct svc *svc;
-	unsigned pending;
+	unsigned pending;           /* images yet to answer, + 1 while posting */
 	json_t *images;             /* name -> {"stats", "clients"} */
+	metrics_done_fn done;       /* NULL: cancelled, nothing is written */
+	void *opaque;
 };
 
 /* The member at a dotted path ("flush.by_cause.client"), or NULL. */
@@ -288,34 +291,47 @@ static void write_service(FILE *f, struct svc *svc)
 				&svc->workers[i].stats.images, memory_order_relaxed));
 }
 
-static void finish_gather(struct gather *g)
+/* All have answered: write the text and hand it over (unless cancelled). */
+static void finish_gather(struct metrics_gather *g)
 {
+	metrics_done_fn done = g->done;
+	void *opaque = g->opaque;
 	char *text = NULL;
 	size_t len = 0;
-	FILE *f = open_memstream(&text, &len);
+	FILE *f;
+	int err = 0;
 
-	if (!f) {
-		rpc_reply_protocol_error(g->call, RPC_INTERNAL_ERROR, "out of memory");
-	} else {
-		write_service(f, g->svc);
-		write_images(f, g->images);
-		fputs("# EOF\n", f);
-		fclose(f);
-		rpc_reply_result(g->call, json_pack("{s:s, s:s}", "content_type",
-						    "application/openmetrics-text; "
-						    "version=1.0.0; charset=utf-8",
-						    "text", text));
-		free(text);
+	if (done) {
+		f = open_memstream(&text, &len);
+		if (!f) {
+			err = -ENOMEM;
+		} else {
+			write_service(f, g->svc);
+			write_images(f, g->images);
+			fputs("# EOF\n", f);
+			if (ferror(f))
+				err = -ENOMEM;
+			if (fclose(f) != 0 && !err)
+				err = -ENOMEM;
+			if (err) {
+				free(text);
+				text = NULL;
+				len = 0;
+			}
+		}
 	}
 	json_decref(g->images);
 	free(g);
+	if (done)
+		done(opaque, err, text, len);
 }
 
 static void image_done(struct image_req *r)
 {
-	struct gather *g = r->reply_opaque;
+	struct metrics_gather *g = r->reply_opaque;
 
-	if (r->result == 0 && r->reply)
+	/* (cancelled or not: the gather is freed by its last answer) */
+	if (r->result == 0 && r->reply && g->done)
 		json_object_set_new(g->images, r->si->name,
 				    json_pack("{s:o, s:i}", "stats", r->reply,
 					      "clients", (int)r->si->clients));
@@ -326,21 +342,19 @@ static void image_done(struct image_req *r)
 		finish_gather(g);
 }
 
-void rpc_service_metrics(struct rpc_call *call, json_t *params)
+struct metrics_gather *metrics_gather(struct svc *svc, metrics_done_fn done,
+				      void *opaque)
 {
-	struct svc *svc = call->svc;
-	struct gather *g;
+	struct metrics_gather *g = calloc(1, sizeof(*g));
 
-	if (rpc_decode(call, params, NULL, 0, NULL) < 0)
-		return;
-	g = calloc(1, sizeof(*g));
 	if (!g || !(g->images = json_object())) {
 		free(g);
-		rpc_reply_protocol_error(call, RPC_INTERNAL_ERROR, "out of memory");
-		return;
+		done(opaque, -ENOMEM, NULL, 0);
+		return NULL;
 	}
-	g->call = call;
 	g->svc = svc;
+	g->done = done;
+	g->opaque = opaque;
 	g->pending = 1;
 	for (struct svc_image *si = svc->images; si; si = si->next) {
 		struct image_req *r;
@@ -355,6 +369,40 @@ void rpc_service_metrics(struct rpc_call *call, json_t *params)
 		g->pending++;
 		mailbox_post(&si->home->mb, &r->m);
 	}
-	if (--g->pending == 0)
+	if (--g->pending == 0) {
 		finish_gather(g);
+		return NULL;
+	}
+	return g;
+}
+
+void metrics_gather_cancel(struct metrics_gather *g)
+{
+	g->done = NULL;
+	g->opaque = NULL;
+}
+
+/* ---- service.metrics ------------------------------------------------------ */
+
+static void rpc_metrics_done(void *opaque, int err, char *text, size_t len)
+{
+	struct rpc_call *call = opaque;
+
+	(void)len;
+	if (err < 0) {
+		rpc_reply_protocol_error(call, RPC_INTERNAL_ERROR, "cannot write the "
+					 "metrics: %s", strerror(-err));
+		return;
+	}
+	rpc_reply_result(call, json_pack("{s:s, s:s}", "content_type",
+					 METRICS_CONTENT_TYPE, "text", text));
+	free(text);
+}
+
+void rpc_service_metrics(struct rpc_call *call, json_t *params)
+{
+	if (rpc_decode(call, params, NULL, 0, NULL) < 0)
+		return;
+	/* (the call holds its connection: nothing to cancel) */
+	metrics_gather(call->svc, rpc_metrics_done, call);
 }

@@ -22,6 +22,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "qcow2.h"
@@ -75,6 +76,7 @@ struct svc_config {
 	unsigned flush_interval_ms;
 	enum log_level log_level;
 	json_t *open_at_start;      /* image.open params, from --config */
+	char *metrics_listen;       /* --metrics-listen ADDR:PORT, or NULL */
 };
 
 /* ---- workers (worker.c) ------------------------------------------------- */
@@ -176,11 +178,55 @@ struct svc {
 	void (*all_closed)(struct svc *svc); /* stopping: images all closed */
 	struct svc_counters counters;
 	json_t *method_counts;       /* method -> {"calls": N, "errors": {class: N}} */
+	struct metrics_http *http;   /* --metrics-listen's server, or NULL */
 };
 
 uint64_t now_ns(void);
 /* Begin a clean stop: stop accepting, close images, leave the loop. */
 void svc_stop(struct svc *svc);
+
+/* ---- metrics (rpc_metrics.c, main thread) -------------------------------- */
+
+#define METRICS_CONTENT_TYPE \
+	"application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+/* The end of a gather: err 0 and the OpenMetrics text (malloc'd, len
+ * bytes, NUL-terminated; the callee frees it), or a negative errno and no
+ * text. */
+typedef void (*metrics_done_fn)(void *opaque, int err, char *text,
+				size_t len);
+struct metrics_gather;
+
+/* Ask every open image's home worker for its statistics and write the
+ * text once all have answered: done(opaque, ...) runs once, on the main
+ * thread, perhaps before this returns. Returns the gather while it waits
+ * for answers, NULL when done has already run. Used by service.metrics
+ * and by GET /metrics (metrics_http.c). */
+struct metrics_gather *metrics_gather(struct svc *svc, metrics_done_fn done,
+				      void *opaque);
+/* The asker goes away before the answers come: done will not run (the
+ * gather frees itself when the last answer arrives). */
+void metrics_gather_cancel(struct metrics_gather *g);
+
+/* ---- GET /metrics over HTTP (metrics_http.c, main thread) ---------------- */
+
+#define METRICS_HTTP_MAX_CONNS 64       /* connections at once */
+#define METRICS_HTTP_TIMEOUT_S 10       /* a connection idle this long goes */
+#define METRICS_HTTP_STOP_MS 5000       /* at the stop, for answers to go out */
+
+/* "A.B.C.D:PORT" or "[IPV6]:PORT" (numeric; port 0: any free one). -EINVAL
+ * with what is expected in msg. */
+int metrics_listen_parse(const char *s, struct sockaddr_storage *ss,
+			 socklen_t *sslen, char *msg, size_t msglen);
+/* cfg.metrics_listen set: bind it and serve GET /metrics on the main loop
+ * (svc->http). Errors are logged with what to do; 0 when not configured. */
+int metrics_http_start(struct svc *svc);
+/* Stop accepting connections (the stop begins). */
+void metrics_http_quiesce(struct svc *svc);
+/* Answer what is waiting, let the answers go out (bounded), stop the
+ * server and close its handles; then stopped(svc), if given (at once when
+ * there is no server). */
+void metrics_http_stop(struct svc *svc, void (*stopped)(struct svc *svc));
 
 /* ---- control connections (control.c, main thread) ----------------------- */
 

@@ -353,6 +353,10 @@ class Service:
         check(self.running(), "qcow2d is not running at the stop (status %s):\n%s"
               % (self.proc.returncode, self.log_text()[-3000:]))
         self.proc.send_signal(signal.SIGTERM)
+        return self.stopped(allow_log)
+
+    def stopped(self, allow_log=()):
+        """After a SIGTERM: the checks of stop()."""
         try:
             rc = self.proc.wait(60)
         except subprocess.TimeoutExpired:

@@ -1235,6 +1235,483 @@ def stop(ctx):
     say("SIGINT stops cleanly too; a stale socket file is taken over")
 
 
+# ---- metrics over HTTP (--metrics-listen) --------------------------------------------
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+OPS = ["read", "write", "flush", "write_zeroes", "discard"]
+
+
+def parse_openmetrics(text, what):
+    """The families of text by name, parsed by python3-prometheus-client's
+    strict OpenMetrics parser (any deviation raises)."""
+    try:
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    except ImportError as e:  # no silent skip: say what is missing
+        raise TestFailure("prometheus_client is missing (%s): install Debian's "
+                          "python3-prometheus-client (scripts/test.sh does) and run "
+                          "with /usr/bin/python3" % e)
+    try:
+        return {f.name: f for f in text_string_to_metric_families(text)}
+    except Exception as e:
+        raise TestFailure("%s: not valid OpenMetrics (%s):\n%s" % (what, e, text[-2000:]))
+
+
+def metrics_port(svc, host="127.0.0.1"):
+    """The port qcow2d says it serves metrics on (--metrics-listen with port
+    0): its log names it."""
+    pat = re.compile(r"^info: metrics: serving http://%s:(\d+)/metrics$"
+                     % re.escape(host), re.M)
+    deadline = time.monotonic() + 10
+    while True:
+        m = pat.search(svc.log_text())
+        if m:
+            return int(m.group(1))
+        check(svc.running() and time.monotonic() < deadline,
+              "no 'metrics: serving http://%s:PORT/metrics' in the log:\n%s"
+              % (host, svc.log_text()[-3000:]))
+        time.sleep(0.02)
+
+
+def fetch(url, method="GET", data=None, timeout=20):
+    """(status, headers, body) of one request on a connection of its own;
+    error statuses are answers too."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        e.close()
+        return e.code, e.headers, body
+
+
+def scrape(url, what):
+    """GET url: 200, the OpenMetrics content type, a body that parses."""
+    st, hdr, body = fetch(url)
+    check(st == 200, "%s: status %d: %r" % (what, st, body[:300]))
+    check(hdr.get("Content-Type") == OPENMETRICS,
+          "%s: Content-Type %r, expected %r" % (what, hdr.get("Content-Type"), OPENMETRICS))
+    check(hdr.get("Content-Length") == str(len(body)),
+          "%s: Content-Length %r for %d bytes" % (what, hdr.get("Content-Length"), len(body)))
+    text = body.decode("utf-8")  # strict
+    check(text.endswith("# EOF\n"), "%s: the text does not end with '# EOF'" % what)
+    return parse_openmetrics(text, what)
+
+
+def label_sets(fams, skip=()):
+    return {name: sorted(sorted(s.labels.items()) for s in f.samples)
+            for name, f in fams.items() if name not in skip}
+
+
+@case
+def metrics_http(ctx):
+    """--metrics-listen: GET /metrics answers the text of service.metrics
+    (strict OpenMetrics, its content type, every image labelled); HEAD,
+    404 for other paths, 405 for other methods; keep-alive and concurrent
+    scrapes; SIGTERM while scrapes run: exit 0, the port closed."""
+    import http.client
+    a = make_image(ctx.path("a.qcow2"), "64M")
+    b = make_image(ctx.path("b.qcow2"), "16M")
+    svc = ctx.service(args=["--metrics-listen", "127.0.0.1:0"], log_level="debug")
+    port = metrics_port(svc)
+    base = "http://127.0.0.1:%d" % port
+    url = base + "/metrics"
+    check("info: metrics: serving %s" % url in svc.log_text(), "the address at info level")
+
+    fams = scrape(url, "GET /metrics, no image open")
+    check(fams["qcow2d_images"].samples[0].value == 0, "images %r" % fams["qcow2d_images"])
+    check(not fams["qcow2d_image_requests"].samples, "image samples with no image open")
+    check(re.search(r"^debug: metrics: GET from 127\.0\.0\.1:\d+: 200, \d+ bytes in ",
+                    svc.log_text(), re.M), "no debug line for the scrape:\n%s"
+          % svc.log_text()[-2000:])
+    say("GET /metrics with no image: 200, %s, strict OpenMetrics; the scrape "
+        "logged at debug" % OPENMETRICS)
+
+    with svc.conn() as c:
+        c.ok("image.open", {"path": a})
+        c.ok("image.open", {"path": b, "name": "bee", "worker": 1})
+        c.ok("image.flush", {"name": "a.qcow2"})
+        rpc = c.ok("service.metrics")
+        check(rpc["content_type"] == OPENMETRICS, "service.metrics: %r" % rpc["content_type"])
+        rpc_fams = parse_openmetrics(rpc["text"], "service.metrics")
+        fams = scrape(url, "GET /metrics, two images open")
+    check(fams["qcow2d_images"].samples[0].value == 2, "images %r" % fams["qcow2d_images"])
+    for img in ("a.qcow2", "bee"):
+        ops = sorted(s.labels["op"] for s in fams["qcow2d_image_requests"].samples
+                     if s.labels.get("image") == img)
+        check(ops == sorted(OPS), "%s: qcow2d_image_requests ops %r" % (img, ops))
+    wb = [s.value for s in fams["qcow2d_image_writebacks"].samples
+          if s.labels == {"image": "a.qcow2", "cause": "client"}]
+    check(wb == [1.0], "a.qcow2's client write-back: %r" % wb)
+    # The same families and samples as service.metrics (the control request
+    # counters differ: that call itself is counted).
+    skip = ("qcow2d_control_requests", "qcow2d_control_errors")
+    check(sorted(fams) == sorted(rpc_fams),
+          "families: HTTP %s, service.metrics %s" % (sorted(fams), sorted(rpc_fams)))
+    check(label_sets(fams, skip) == label_sets(rpc_fams, skip),
+          "the samples of GET /metrics and service.metrics differ")
+    say("with images open: every image's samples, the same families and samples "
+        "as service.metrics")
+
+    st, hdr, body = fetch(url, method="HEAD")
+    check(st == 200 and body == b"" and hdr.get("Content-Type") == OPENMETRICS,
+          "HEAD /metrics: %d %r %r" % (st, hdr.get("Content-Type"), body[:100]))
+    for path in ("/", "/metrics/", "/metrics/x", "/metricsx", "/foo"):
+        st, hdr, body = fetch(base + path)
+        check(st == 404 and b"/metrics" in body, "GET %s: %d %r" % (path, st, body))
+    st, hdr, body = fetch(base + "/foo", method="POST", data=b"x")
+    check(st == 404, "POST /foo: %d" % st)
+    for method, data in (("POST", b"some=body"), ("PUT", b"x"), ("DELETE", None),
+                         ("OPTIONS", None)):
+        st, hdr, body = fetch(url, method=method, data=data)
+        check(st == 405 and hdr.get("Allow") == "GET, HEAD",
+              "%s /metrics: %d, Allow %r, %r" % (method, st, hdr.get("Allow"), body))
+    scrape(url + "?name[]=x", "GET /metrics with a query")
+    say("HEAD /metrics: 200 without body; other paths 404; POST, PUT, DELETE, "
+        "OPTIONS 405 with Allow: GET, HEAD; a query string is ignored")
+
+    # Keep-alive: three scrapes on one connection.
+    hc = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    for i in range(3):
+        hc.request("GET", "/metrics")
+        r = hc.getresponse()
+        body = r.read()
+        check(r.status == 200 and r.getheader("Content-Type") == OPENMETRICS,
+              "keep-alive scrape %d: %d" % (i, r.status))
+        parse_openmetrics(body.decode(), "keep-alive scrape %d" % i)
+    say("three scrapes on one keep-alive connection")
+
+    # Concurrent scrapes (each a gather of its own).
+    results = []
+
+    def worker():
+        try:
+            f = scrape(url, "concurrent")
+            results.append(f["qcow2d_images"].samples[0].value)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            results.append(e)
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    check(results == [2.0] * 16, "16 concurrent scrapes: %r" % results)
+    check(svc.running(), "qcow2d died")
+    say("16 concurrent scrapes, each answered")
+
+    # SIGTERM while scrapes run: each gets a whole answer, a 503, or its
+    # connection closed; qcow2d exits 0 with a clean log.
+    stop = threading.Event()
+    outcomes = {"ok": 0, "503": 0, "closed": 0}
+    bad = []
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                st, hdr, body = fetch(url, timeout=30)
+                if st == 200:
+                    parse_openmetrics(body.decode(), "a scrape at the stop")
+                    outcomes["ok"] += 1
+                elif st == 503:
+                    outcomes["503"] += 1
+                else:
+                    bad.append("status %d" % st)
+            except TestFailure as e:
+                bad.append(str(e))
+            except (OSError, http.client.HTTPException):
+                outcomes["closed"] += 1  # refused, reset or cut: the stop
+            if outcomes["closed"] > 50:
+                return
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while outcomes["ok"] < 8 and not bad and time.monotonic() < deadline:
+        time.sleep(0.02)
+    check(outcomes["ok"] >= 8, "scrapes before the stop: %r %s" % (outcomes, bad[:3]))
+    log = svc.stop()  # exit 0, 'stopped' last, no error line
+    stop.set()
+    for t in threads:
+        t.join(60)
+    check(not bad, "scrapes at the stop: %s" % bad[:3])
+    try:  # the idle keep-alive connection is closed
+        hc.request("GET", "/metrics")
+        r = hc.getresponse()
+        r.read()
+        raise TestFailure("a keep-alive connection outlived qcow2d: %d" % r.status)
+    except (OSError, http.client.HTTPException):
+        pass
+    hc.close()
+    s = socket.socket()
+    try:
+        check(s.connect_ex(("127.0.0.1", port)) != 0, "port %d still accepts after the stop"
+              % port)
+    finally:
+        s.close()
+    check("metrics: HTTP server stopped" in log, "the log: %s" % log[-2000:])
+    for p in (a, b):
+        qemu_img_check(p)
+    say("SIGTERM during scrapes (%d answered, %d 503, %d cut): exit 0, the port "
+        "closed, images clean" % (outcomes["ok"], outcomes["503"], outcomes["closed"]))
+
+
+def slow_reader(port):
+    """A connection that asks for /metrics and reads nothing yet, with a
+    receive window small enough that a large answer cannot all go out."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: qcow2d\r\n\r\n")
+    return s
+
+
+def read_answer(s):
+    """The status, headers and body of the one answer on s, read to its
+    end of file."""
+    data = b""
+    while True:
+        try:
+            more = s.recv(1 << 16)
+        except ConnectionResetError:
+            more = b""
+        if not more:
+            break
+        data += more
+    s.close()
+    head, sep, body = data.partition(b"\r\n\r\n")
+    check(sep, "no whole HTTP header: %r" % data[:300])
+    lines = head.decode("latin-1").split("\r\n")
+    hdr = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return lines[0], hdr, body
+
+
+@case
+def metrics_http_stop(ctx):
+    """SIGTERM with an answer still going out: qcow2d waits for it (the
+    client gets it whole) and then exits 0; one that is not read within
+    5 s is dropped, and qcow2d exits 0."""
+    # An answer larger than what the kernel buffers (the sender's buffer
+    # grows up to tcp_wmem's 4 MiB on loopback): 250 images with 64-byte
+    # names.
+    base = make_image(ctx.path("base.qcow2"), "1M")
+    imgs = []
+    for i in range(250):
+        imgs.append(ctx.path("i%03d.qcow2" % i))
+        shutil.copyfile(base, imgs[-1])
+
+    def open_all(svc):
+        with svc.conn() as c:
+            for i, p in enumerate(imgs):
+                c.send(c.request("image.open", {"path": p, "name": ("i%03d-" % i).ljust(64, "x")}))
+            for p in imgs:
+                r = c.recv()
+                check("result" in r, "image.open: %r" % r)
+
+    svc = ctx.service(args=["--metrics-listen", "127.0.0.1:0"], log_level="debug")
+    port = metrics_port(svc)
+    open_all(svc)
+    size = len(fetch("http://127.0.0.1:%d/metrics" % port)[2])
+    check(size > 5 << 20, "the text with 250 images: %d bytes" % size)
+
+    s = slow_reader(port)
+    time.sleep(0.5)  # answered: as much as fits is in the sockets' buffers
+    svc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30  # the images close, then it waits for us
+    while "debug: metrics: stopping: 1 answer(s) to send first" not in svc.log_text():
+        check(svc.running(), "qcow2d exited with an answer of %d bytes unread:\n%s"
+              % (size, svc.log_text()[-2000:]))
+        check(time.monotonic() < deadline, "the stop does not wait for the answer:\n%s"
+              % svc.log_text()[-2000:])
+        time.sleep(0.05)
+    time.sleep(0.5)
+    check(svc.running(), "qcow2d exited with an answer of %d bytes unread" % size)
+    status, hdr, body = read_answer(s)
+    t0 = time.monotonic()
+    check(status == "HTTP/1.1 200 OK" and hdr.get("content-type") == OPENMETRICS and
+          hdr.get("content-length") == str(len(body)),
+          "the answer read after SIGTERM: %r %r, %d bytes" % (status, hdr, len(body)))
+    parse_openmetrics(body.decode(), "the answer read after SIGTERM")
+    log = svc.stopped()
+    check("not sent within" not in log, "the log: %s" % log[-2000:])
+    check(time.monotonic() - t0 < 3, "qcow2d took %.1f s to stop once the answer was read"
+          % (time.monotonic() - t0))
+    say("SIGTERM with %d bytes of an answer unread: qcow2d waits, the client reads "
+        "it whole, qcow2d exits 0" % size)
+
+    svc = ctx.service(args=["--metrics-listen", "127.0.0.1:0"])
+    port = metrics_port(svc)
+    open_all(svc)
+    s = slow_reader(port)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    svc.proc.send_signal(signal.SIGTERM)
+    log = svc.stopped()
+    took = time.monotonic() - t0
+    s.close()
+    check(4.5 <= took <= 30, "qcow2d stopped %.1f s after SIGTERM, the bound is 5 s" % took)
+    check("warn: metrics: 1 answer(s) not sent within 5000 ms of the stop; dropping them"
+          in log, "the log: %s" % log[-2000:])
+    for p in imgs[:10]:
+        qemu_img_check(p)
+    say("an answer never read: dropped %.1f s after SIGTERM, exit 0" % took)
+
+
+@case
+def metrics_http_limits(ctx):
+    """--metrics-listen's limits: a client that sends half a request does
+    not hold the others up; at 64 connections the next one waits, and is
+    served as soon as one of them goes; qcow2d drops the idle ones after
+    10 s."""
+    svc = ctx.service(args=["--metrics-listen", "127.0.0.1:0"])
+    port = metrics_port(svc)
+    url = "http://127.0.0.1:%d/metrics" % port
+
+    half = socket.create_connection(("127.0.0.1", port), timeout=20)
+    half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+    scrape(url, "GET /metrics beside a half request")
+    say("half a request does not hold up a scrape")
+
+    t0 = time.monotonic()
+    idle = [half]
+    for _ in range(63):
+        idle.append(socket.create_connection(("127.0.0.1", port), timeout=20))
+    time.sleep(0.5)  # all 64 accepted
+    result = []
+
+    def late():
+        try:
+            result.append(scrape(url, "the 65th connection"))
+        except Exception as e:  # noqa: BLE001 (reported below)
+            result.append(e)
+    t = threading.Thread(target=late)
+    t.start()
+    t.join(2)
+    check(t.is_alive(), "the 65th connection was served while 64 were open: %r" % result)
+    # One goes: its place is taken at once. (MHD takes its listening socket
+    # out of its epoll set at the limit and puts it back at the start of a
+    # run only: without a second run the 65th would wait for the next
+    # timeout, the idle ones' 10 s.)
+    t1 = time.monotonic()
+    idle.pop().close()
+    t.join(30)
+    waited = time.monotonic() - t1
+    check(len(result) == 1 and isinstance(result[0], dict),
+          "the 65th connection, once one of the 64 went: %r" % result)
+    check(waited < 3, "the 65th was served %.1f s after a place became free" % waited)
+    say("64 connections: the 65th waits, and is served %.2f s after one goes" % waited)
+
+    for s in idle:  # each dropped by qcow2d after 10 s idle
+        s.settimeout(30)
+        try:
+            data = s.recv(4096)
+        except OSError:
+            data = b""
+        check(data == b"", "an idle connection got %r" % data)
+        s.close()
+    took = time.monotonic() - t0
+    check(8 <= took <= 30, "idle connections closed after %.1f s; the timeout is 10 s" % took)
+    say("idle connections dropped after %.1f s" % took)
+    svc.check_alive("the connection limit")
+    scrape(url, "GET /metrics after the limit")
+    svc.stop()
+
+
+@case
+def metrics_http_config(ctx):
+    """--metrics-listen values that cannot work stop qcow2d at start with a
+    message saying what to do (exit 2 for a malformed value, 1 when it
+    cannot be bound); metrics_listen in --config; [::1] when the host has
+    IPv6."""
+    sock = os.path.join(ctx.work, "never.sock")
+
+    def start_fails(args, status, *in_output):
+        p = subprocess.run([ctx.exe, "--socket", sock, "--workers", "1"] + args,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=30)
+        check(p.returncode == status, "qcow2d %s: status %d (%d expected): %s"
+              % (" ".join(args), p.returncode, status, p.stdout))
+        for s in in_output:
+            check(s in p.stdout, "qcow2d %s: %r not in its message: %s"
+                  % (" ".join(args), s, p.stdout))
+        check(not os.path.exists(sock), "a control socket was made: %s" % args)
+        return p.stdout
+
+    for bad in ("localhost:9560", "127.0.0.1", "127.0.0.1:", ":9560", "127.0.0.1:65536",
+                "127.0.0.1:-1", "127.0.0.1:+80", "127.0.0.1: 80", "1.2.3:80",
+                "127.0.0.1:80x", "::1:9560", "[::1]9560", "[::1]", "[localhost]:80",
+                "[]:80", "[::1]:99999", ""):
+        start_fails(["--metrics-listen", bad], 2,
+                    "qcow2d: --metrics-listen: expected IPV4:PORT or [IPV6]:PORT",
+                    "got '%s'" % bad)
+    say("malformed --metrics-listen values: exit 2, what is expected and what was given")
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        out = start_fails(["--metrics-listen", "127.0.0.1:%d" % port], 1,
+                          "cannot listen for metrics on 127.0.0.1:%d: Address already in use"
+                          % port, "choose another port")
+    finally:
+        busy.close()
+    start_fails(["--metrics-listen", "192.0.2.1:0"], 1,
+                "cannot listen for metrics on 192.0.2.1:0: Cannot assign requested address",
+                "not one of this host's")
+    say("a port in use and an address the host lacks: exit 1 and what to do (%s)"
+        % out.strip().splitlines()[-1])
+
+    cfg = ctx.path("cfg.json")
+    with open(cfg, "w") as f:
+        json.dump({"metrics_listen": "localhost:1"}, f)
+    start_fails(["--config", cfg], 2, "qcow2d: --config %s: metrics_listen: expected" % cfg)
+    with open(cfg, "w") as f:
+        json.dump({"metrics_listen": 9560}, f)
+    start_fails(["--config", cfg], 2, "unknown or invalid setting 'metrics_listen'")
+    with open(cfg, "w") as f:
+        json.dump({"metrics_listen": "127.0.0.1:0", "workers": 1}, f)
+    svc = ctx.service(args=["--config", cfg])
+    scrape("http://127.0.0.1:%d/metrics" % metrics_port(svc), "metrics_listen from --config")
+    svc.stop()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    with open(cfg, "w") as f:
+        json.dump({"metrics_listen": "127.0.0.1:%d" % busy.getsockname()[1]}, f)
+    try:
+        svc = ctx.service(args=["--config", cfg, "--metrics-listen", "127.0.0.1:0"])
+        scrape("http://127.0.0.1:%d/metrics" % metrics_port(svc), "the command line's")
+        svc.stop()
+    finally:
+        busy.close()
+    say("metrics_listen in --config: checked, served; --metrics-listen wins over it")
+
+    try:
+        s6 = socket.socket(socket.AF_INET6)
+        s6.bind(("::1", 0))
+        s6.close()
+        have6 = True
+    except OSError:
+        have6 = False
+    if have6:
+        svc = ctx.service(args=["--metrics-listen", "[::1]:0"])
+        port = metrics_port(svc, "[::1]")
+        scrape("http://[::1]:%d/metrics" % port, "GET over IPv6")
+        s4 = socket.socket()
+        try:
+            check(s4.connect_ex(("127.0.0.1", port)) != 0,
+                  "[::1]:%d also accepts on 127.0.0.1" % port)
+        finally:
+            s4.close()
+        svc.stop()
+        say("[::1]:0: served over IPv6, and only there")
+    else:
+        say("no IPv6 on this host: [::1] not tried")
+
+
 # ---- main -----------------------------------------------------------------------------
 
 
