@@ -39,6 +39,10 @@ static const char usage_text[] =
 "                        1000; 0: only on flush, eviction and close)\n"
 "  --log-level LEVEL     error, warn, info (default) or debug; logs go to\n"
 "                        stderr, one line per event\n"
+"  --state-file FILE     keep the open images' image.open params in FILE\n"
+"                        (an absolute path) and open them again at start:\n"
+"                        after a crash, a SIGKILL or a clean stop, the\n"
+"                        images come back with their names and options\n"
 "  --metrics-listen ADDR:PORT\n"
 "                        also serve the OpenMetrics text of service.metrics\n"
 "                        over HTTP, GET /metrics, for Prometheus; ADDR is\n"
@@ -101,7 +105,7 @@ static int parse_uint(const char *opt, const char *s, unsigned max,
 }
 
 /* Settings from --config, for those the command line left unset. */
-static int load_config(const char *file, struct svc_config *cfg, bool have[5])
+static int load_config(const char *file, struct svc_config *cfg, bool have[6])
 {
 	json_error_t jerr;
 	json_t *j = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr), *v;
@@ -160,6 +164,10 @@ static int load_config(const char *file, struct svc_config *cfg, bool have[5])
 			if (!have[4] &&
 			    !(cfg->metrics_listen = strdup(json_string_value(v))))
 				goto out;
+		} else if (!strcmp(key, "state_file") && json_is_string(v)) {
+			if (!have[5] &&
+			    !(cfg->state_file = strdup(json_string_value(v))))
+				goto out;
 		} else if (!strcmp(key, "images")) {
 			if (images_check_config(v, msg, sizeof(msg)) < 0) {
 				fprintf(stderr, "qcow2d: --config %s: %s\n", file, msg);
@@ -169,7 +177,8 @@ static int load_config(const char *file, struct svc_config *cfg, bool have[5])
 		} else {
 			fprintf(stderr, "qcow2d: --config %s: unknown or invalid setting "
 				"'%s' (settings: socket, workers, allow_dirs, "
-				"flush_interval_ms, log_level, metrics_listen, images)\n", file, key);
+				"flush_interval_ms, log_level, metrics_listen, state_file, "
+				"images)\n", file, key);
 			goto out;
 		}
 	}
@@ -177,6 +186,31 @@ static int load_config(const char *file, struct svc_config *cfg, bool have[5])
 out:
 	json_decref(j);
 	return ret;
+}
+
+/* The record is read now, and its directory must take a new file: a
+ * service that could not keep it would lose its images at a restart. */
+static int check_state_file(struct svc_config *cfg)
+{
+	char dir[PATH_MAX], *slash;
+
+	if (cfg->state_file[0] != '/') {
+		fprintf(stderr, "qcow2d: state_file: expected an absolute path, "
+			"got '%s'\n", cfg->state_file);
+		return -EINVAL;
+	}
+	snprintf(dir, sizeof(dir), "%s", cfg->state_file);
+	slash = strrchr(dir, '/');
+	if (slash == dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	if (access(dir, W_OK | X_OK) < 0) {
+		fprintf(stderr, "qcow2d: --state-file %s: cannot write in %s: %s\n",
+			cfg->state_file, dir, strerror(errno));
+		return -errno;
+	}
+	return state_load(cfg->state_file, &cfg->state_images);
 }
 
 static int default_socket(struct svc_config *cfg)
@@ -199,7 +233,8 @@ static int default_socket(struct svc_config *cfg)
 }
 
 enum { OPT_SOCKET = 256, OPT_WORKERS, OPT_ALLOW_DIR, OPT_CONFIG,
-       OPT_FLUSH_INTERVAL, OPT_LOG_LEVEL, OPT_METRICS_LISTEN, OPT_VERSION };
+       OPT_FLUSH_INTERVAL, OPT_LOG_LEVEL, OPT_METRICS_LISTEN, OPT_STATE_FILE,
+       OPT_VERSION };
 
 static int parse_args(int argc, char **argv, struct svc_config *cfg)
 {
@@ -211,13 +246,14 @@ static int parse_args(int argc, char **argv, struct svc_config *cfg)
 		{ "flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 		{ "metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN },
+		{ "state-file", required_argument, NULL, OPT_STATE_FILE },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *config = NULL;
-	/* socket, workers, flush interval, log level, metrics listen */
-	bool have[5] = { false };
+	/* socket, workers, flush interval, log level, metrics listen, state */
+	bool have[6] = { false };
 	enum log_level level = LOG_INFO;
 	int c;
 
@@ -276,6 +312,16 @@ static int parse_args(int argc, char **argv, struct svc_config *cfg)
 			have[4] = true;
 			break;
 		}
+		case OPT_STATE_FILE:
+			if (optarg[0] != '/') {
+				fprintf(stderr, "qcow2d: --state-file: expected an "
+					"absolute path, got '%s'\n", optarg);
+				return 2;
+			}
+			free(cfg->state_file);
+			cfg->state_file = strdup(optarg);
+			have[5] = true;
+			break;
 		case OPT_VERSION:
 			printf("qcow2d %s\n", QCOW2D_VERSION);
 			return 0;
@@ -298,6 +344,8 @@ static int parse_args(int argc, char **argv, struct svc_config *cfg)
 		cfg->log_level = level;
 	if (!cfg->socket_path && default_socket(cfg) < 0)
 		return 2;
+	if (cfg->state_file && check_state_file(cfg) < 0)
+		return 2;
 	if (!cfg->workers) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		cfg->workers = n > 0 ? (n > QCOW2D_MAX_WORKERS ? QCOW2D_MAX_WORKERS :
@@ -314,6 +362,8 @@ static void free_config(struct svc_config *cfg)
 	free(cfg->allow_dirs);
 	json_decref(cfg->open_at_start);
 	free(cfg->metrics_listen);
+	free(cfg->state_file);
+	json_decref(cfg->state_images);
 }
 
 /* ---- start and stop ------------------------------------------------------ */
@@ -413,8 +463,11 @@ int main(int argc, char **argv)
 		QCOW2D_VERSION, svc.nworkers, svc.cfg.flush_interval_ms,
 		svc.cfg.n_allow_dirs ? "" : ", no --allow-dir: files named by "
 		"images are followed only when image.open names them");
+	/* the config's images, then the record's that are not open yet */
 	if (svc.cfg.open_at_start)
-		images_open_at_start(&svc);
+		images_open_at_start(&svc, svc.cfg.open_at_start, false);
+	if (svc.cfg.state_images)
+		images_open_at_start(&svc, svc.cfg.state_images, true);
 	uv_run(svc.loop, UV_RUN_DEFAULT);
 	ret = uv_loop_close(svc.loop);
 	if (ret < 0)

@@ -54,6 +54,7 @@ static void image_free(struct svc_image *si)
 	free(si->name);
 	free(si->path);
 	free(si->real);
+	json_decref(si->params);
 	free(si);
 }
 

@@ -179,6 +179,8 @@ static void open_done(struct image_req *r)
 	r->reply = NULL;
 	log_msg(LOG_INFO, "image %s opened (%s%s) on worker %u", si->name,
 		si->path, si->read_only ? ", read-only" : "", si->home->id);
+	if (!svc->stopping)
+		state_save(svc);
 	svc_emit(svc, EV_IMAGE_OPENED,
 		 json_pack("{s:s, s:s, s:i, s:b}", "name", si->name, "path",
 			   si->path, "worker", (int)si->home->id, "read_only",
@@ -203,7 +205,7 @@ static void open_done(struct image_req *r)
 /* Start opening an image; call may be NULL (--config). Returns 0, or
  * -errno after replying (or logging) the reason. */
 static int start_open(struct svc *svc, struct rpc_call *call,
-		      const struct open_params *p)
+		      const struct open_params *p, json_t *params)
 {
 	char real[PATH_MAX], *base;
 	const char *name = p->name;
@@ -286,6 +288,10 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 			open_req_free(o);
 		FAIL(ERR_FAILED, ENOMEM, "out of memory");
 	}
+	/* what the state file records: the params, with the name it got */
+	si->params = json_deep_copy(params ? params : json_object());
+	if (si->params)
+		json_object_set_new(si->params, "name", json_string(si->name));
 	si->read_only = p->read_only;
 	si->home = &svc->workers[p->has_worker ? p->worker :
 				 svc->next_worker++ % svc->nworkers];
@@ -326,7 +332,7 @@ void rpc_image_open(struct rpc_call *call, json_t *params)
 
 	if (rpc_decode(call, params, open_spec, OPEN_SPEC_N, &p) < 0)
 		return;
-	start_open(call->svc, call, &p);
+	start_open(call->svc, call, &p, params);
 }
 
 int images_check_config(json_t *list, char *msg, size_t msglen)
@@ -352,18 +358,25 @@ int images_check_config(json_t *list, char *msg, size_t msglen)
 	return 0;
 }
 
-void images_open_at_start(struct svc *svc)
+void images_open_at_start(struct svc *svc, json_t *list, bool skip_open)
 {
 	size_t i;
 	json_t *params;
 
-	json_array_foreach(svc->cfg.open_at_start, i, params) {
+	json_array_foreach(list, i, params) {
 		struct open_params p = { 0 };
-		char why[512];
+		char why[512], real[PATH_MAX];
 
 		if (params_decode(params, open_spec, OPEN_SPEC_N, &p, "image.open",
-				  why, sizeof(why)) == 0)
-			start_open(svc, NULL, &p);
+				  why, sizeof(why)) < 0)
+			continue; /* (checked when the file was read) */
+		if (skip_open &&
+		    ((p.name && registry_find(svc, p.name)) ||
+		     (realpath(p.path, real) && registry_find_real(svc, real)))) {
+			log_msg(LOG_DEBUG, "state file: %s is open already", p.path);
+			continue;
+		}
+		start_open(svc, NULL, &p, params);
 	}
 }
 
@@ -383,6 +396,11 @@ static void close_done(struct image_req *r)
 {
 	struct svc *svc = r->svc;
 	struct svc_image *si = r->si;
+
+	/* Recorded before the reply goes out (it is closing, so left out);
+	 * the stop's closes keep the record: those images come back. */
+	if (!svc->stopping)
+		state_save(svc);
 
 	if (r->result < 0) {
 		log_msg(LOG_ERROR, "image %s closed, but its final flush failed: %s",

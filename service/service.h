@@ -77,6 +77,8 @@ struct svc_config {
 	enum log_level log_level;
 	json_t *open_at_start;      /* image.open params, from --config */
 	char *metrics_listen;       /* --metrics-listen ADDR:PORT, or NULL */
+	char *state_file;           /* --state-file FILE, or NULL */
+	json_t *state_images;       /* image.open params from the state file */
 };
 
 /* ---- workers (worker.c) ------------------------------------------------- */
@@ -139,6 +141,7 @@ struct svc_image {
 	uint32_t block_size, mem_align;
 	struct worker_image *wi;    /* the worker's record: touched there only */
 	uint64_t opened_ns;
+	json_t *params;             /* image.open's params, for the state file */
 };
 
 struct svc_image *registry_find(struct svc *svc, const char *name);
@@ -395,7 +398,16 @@ void rpc_image_flush(struct rpc_call *call, json_t *params);
 /* Check the images a --config file opens at start (-EINVAL, reason in
  * msg); then open them (no connection: failures are logged). */
 int images_check_config(json_t *list, char *msg, size_t msglen);
-void images_open_at_start(struct svc *svc);
+/* Open each image of list (image.open params) as if asked; with
+ * skip_open, quietly skip those whose name or file is already open. */
+void images_open_at_start(struct svc *svc, json_t *list, bool skip_open);
+
+/* The record of open images (state.c). state_load(): the image.open
+ * params in file (NULL when it does not exist yet), or -EINVAL after
+ * saying why on stderr. state_save(): rewrite it from the open images
+ * (no-op without --state-file); errors are logged. */
+int state_load(const char *file, json_t **images);
+int state_save(struct svc *svc);
 /* Shutdown: close every image (the workers flush them); then done(svc). */
 void images_close_all(struct svc *svc, void (*done)(struct svc *svc));
 

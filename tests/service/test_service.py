@@ -872,6 +872,88 @@ def events(ctx):
     svc.stop()
 
 
+@case
+def state_file(ctx):
+    """--state-file: the open images come back after a SIGKILL and after a
+    clean stop, with their names and options; image.close takes one out;
+    a config image is not opened twice; a bad record or an unwritable
+    directory stops the start with a message."""
+    a = make_image(ctx.path("a.qcow2"), "16M")
+    b = make_image(ctx.path("b.qcow2"), "16M")
+    c = make_image(ctx.path("c.qcow2"), "16M")
+    state = ctx.path("state.json")
+
+    def names(svc):
+        with svc.conn() as conn:
+            return {x["name"]: x for x in conn.ok("image.list")["images"]}
+
+    svc = ctx.service(["--state-file", state])
+    with svc.conn() as conn:
+        conn.ok("image.open", {"path": a, "name": "disk-a", "read_only": True})
+        conn.ok("image.open", {"path": b, "flush_interval_ms": 250})
+        conn.ok("image.open", {"path": c, "name": "disk-c"})
+        conn.ok("image.close", {"name": "disk-c"})
+    with open(state) as f:
+        doc = json.load(f)
+    check(doc["version"] == 1 and [x["name"] for x in doc["images"]] ==
+          ["disk-a", "b.qcow2"], "the record: %r" % doc)
+    check(not os.path.exists(state + ".tmp"), "a temporary file was left")
+    svc.proc.kill()
+    svc.proc.wait()
+    svc.kill()
+    say("the record holds the open images, with the names they got")
+
+    svc = ctx.service(["--state-file", state])
+    deadline = time.monotonic() + 10
+    while set(names(svc)) != {"disk-a", "b.qcow2"}:
+        check(time.monotonic() < deadline, "after a SIGKILL and a restart: %r"
+              % names(svc))
+        time.sleep(0.05)
+    with svc.conn() as conn:
+        check(conn.ok("image.info", {"name": "disk-a"})["read_only"] is True,
+              "disk-a came back read-write")
+        check(conn.ok("image.info", {"name": "b.qcow2"})["flush_interval_ms"] == 250,
+              "b.qcow2 lost its flush interval")
+    svc.stop()
+    say("a SIGKILL: the images come back with their options")
+
+    cfg = ctx.path("cfg.json")
+    with open(cfg, "w") as f:
+        json.dump({"images": [{"path": b}]}, f)
+    svc = ctx.service(["--state-file", state, "--config", cfg])
+    deadline = time.monotonic() + 10
+    while set(names(svc)) != {"disk-a", "b.qcow2"}:
+        check(time.monotonic() < deadline, "after a clean stop: %r" % names(svc))
+        time.sleep(0.05)
+    with svc.conn() as conn:
+        conn.ok("image.close", {"name": "disk-a"})
+    text = svc.stop()
+    check("already open" not in text, "the config's image was opened twice:\n%s" % text)
+    with open(state) as f:
+        check([x["name"] for x in json.load(f)["images"]] == ["b.qcow2"],
+              "image.close did not take disk-a out")
+    say("a clean stop keeps the record; a config image is opened once")
+
+    with open(state, "w") as f:
+        f.write('{"version": 1, "images": [{"path": 5}]}')
+    p = subprocess.run([ctx.exe, "--socket", ctx.path("x.sock"), "--state-file", state],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    check(p.returncode == 2 and "--state-file" in p.stdout and "path" in p.stdout
+          and "move it away" in p.stdout, "a bad record: %d %s" % (p.returncode, p.stdout))
+    # (root writes in a read-only directory: a missing one then)
+    if os.geteuid() != 0:
+        ro = ctx.path("ro")
+        os.mkdir(ro, 0o500)
+        bad_dir = os.path.join(ro, "s.json")
+    else:
+        bad_dir = ctx.path("nodir", "s.json")
+    p = subprocess.run([ctx.exe, "--socket", ctx.path("x.sock"), "--state-file", bad_dir],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    check(p.returncode == 2 and "cannot write" in p.stdout,
+          "a directory it cannot write: %d %s" % (p.returncode, p.stdout))
+    say("a bad record and a directory it cannot write stop the start with a message")
+
+
 # ---- queue.attach (the control side; tests/queue drives the data path) ----------
 
 
