@@ -20,6 +20,9 @@ struct bench {
 	uint64_t seed;
 	uint64_t *lat_ns;
 	char first_error[256];  /* the first failed request's message */
+	/* --writeback-interval: the service's lazy write-back timer */
+	uint64_t wb_interval_ns, wb_last_ns, wb_started;
+	bool wb_running;
 };
 
 struct bench_req {
@@ -45,6 +48,35 @@ static uint64_t xorshift(uint64_t *s)
 }
 
 static void bench_issue(struct bench_req *r);
+
+static void writeback_done(void *opaque, int ret, const char *error)
+{
+	struct bench *b = opaque;
+
+	(void)ret; /* counted in the image's flush statistics */
+	(void)error;
+	b->wb_running = false;
+}
+
+/* What qcow2d's per-image timer does, checked after every wake-up (the
+ * requests in flight keep them coming). */
+static void writeback_tick(struct bench *b)
+{
+	uint64_t t;
+
+	if (!b->wb_interval_ns || b->wb_running)
+		return;
+	t = now_ns();
+	if (t - b->wb_last_ns < b->wb_interval_ns)
+		return;
+	b->wb_last_ns = t;
+	if (!qcow2_has_dirty_metadata(b->img))
+		return;
+	if (qcow2_writeback(b->img, writeback_done, b) == 0) {
+		b->wb_running = true;
+		b->wb_started++;
+	}
+}
 
 static void bench_done(void *opaque, int ret, const char *error)
 {
@@ -117,6 +149,10 @@ static const char *usage_text =
 	"  -o, --offset OFFSET           first sequential offset (default 0)\n"
 	"      --random                  SIZE-aligned random offsets instead\n"
 	"      --seed N                  random seed (default 1)\n"
+	"      --writeback-interval MS   write dirty metadata back every MS\n"
+	"                                milliseconds, as qcow2d's --flush-interval\n"
+	"                                does (default 0: only when a cache is full\n"
+	"                                and at close); prints what was written\n"
 	"  -w, --write                   write instead of read (the image is\n"
 	"                                opened read-write; data is overwritten)\n"
 	"      --json                    one JSON object on stdout\n"
@@ -136,6 +172,7 @@ int cmd_bench(int argc, char **argv)
 		{ "offset", required_argument, 0, 'o' },
 		{ "random", no_argument, 0, 'r' },
 		{ "seed", required_argument, 0, 'e' },
+		{ "writeback-interval", required_argument, 0, 'W' },
 		{ "write", no_argument, 0, 'w' },
 		{ "json", no_argument, 0, 'j' },
 		{ "help", no_argument, 0, 'h' },
@@ -149,6 +186,7 @@ int cmd_bench(int argc, char **argv)
 	struct qcow2_ctx *ctx;
 	struct qcow2_image *img;
 	struct qcow2_info in;
+	struct qcow2_stats st;
 	struct bench_req *reqs;
 	int opt, status = 0;
 
@@ -159,7 +197,7 @@ int cmd_bench(int argc, char **argv)
 		if (r)
 			continue;
 		switch (opt) {
-		case 'c': case 'd': case 's': case 'S': case 'o': case 'e':
+		case 'c': case 'd': case 's': case 'S': case 'o': case 'e': case 'W':
 			if (cli_parse_size(optarg, &v) < 0) {
 				fprintf(stderr, "%s: bench: invalid number '%s'\n", cli_prog, optarg);
 				return 2;
@@ -169,6 +207,7 @@ int cmd_bench(int argc, char **argv)
 			else if (opt == 's') b.size = v;
 			else if (opt == 'S') b.step = v;
 			else if (opt == 'o') b.offset = v;
+			else if (opt == 'W') b.wb_interval_ns = v * 1000000ull;
 			else b.seed = v ? v : 1;
 			break;
 		case 'r': b.random = true; break;
@@ -228,6 +267,7 @@ int cmd_bench(int argc, char **argv)
 		       o.backend == QCOW2_BACKEND_SYNC ? "sync" : "io_uring",
 		       o.buffered ? "writeback" : "none");
 	t0 = now_ns();
+	b.wb_last_ns = t0;
 	for (uint64_t i = 0; i < depth && b.issued < b.count; i++)
 		bench_issue(&reqs[i]);
 	while (b.done < b.count) {
@@ -236,9 +276,11 @@ int cmd_bench(int argc, char **argv)
 			status = 1;
 			break;
 		}
+		writeback_tick(&b);
 	}
 	elapsed = now_ns() - t0;
 	qcow2_ctx_run(ctx);
+	qcow2_get_stats(img, &st);
 	if (b.errors) {
 		fprintf(stderr, "%s: bench: %" PRIu64 " requests failed; the first: %s\n",
 			cli_prog, b.errors, b.first_error);
@@ -267,6 +309,20 @@ int cmd_bench(int argc, char **argv)
 			json_object_set_new(r, "lat-us-p999", json_real(pct(b.lat_ns, b.done, 99.9)));
 			json_object_set_new(r, "lat-us-max", json_real((double)b.lat_ns[b.done - 1] / 1000.0));
 			json_object_set_new(r, "errors", json_integer((json_int_t)b.errors));
+			if (b.write)
+				json_object_set_new(r, "writeback", json_pack(
+					"{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f}",
+					"interval-ms", (json_int_t)(b.wb_interval_ns / 1000000),
+					"timer", (json_int_t)b.wb_started,
+					"eviction", (json_int_t)st.flush.flushes[QCOW2_FLUSH_EVICTION],
+					"errors", (json_int_t)st.flush.errors,
+					"metadata-bytes", (json_int_t)(st.flush.l2_bytes +
+						st.flush.refblock_bytes + st.flush.l1_bytes +
+						st.flush.reftable_bytes),
+					"fdatasyncs", (json_int_t)st.flush.fdatasyncs,
+					"allocated-clusters", (json_int_t)st.allocated_clusters,
+					"seconds", (double)st.flush.total_ns / 1e9,
+					"max-seconds", (double)st.flush.max_ns / 1e9));
 			json_dumpf(r, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 			printf("\n");
 			json_decref(r);
@@ -277,6 +333,16 @@ int cmd_bench(int argc, char **argv)
 			       pct(b.lat_ns, b.done, 50), pct(b.lat_ns, b.done, 90),
 			       pct(b.lat_ns, b.done, 99), pct(b.lat_ns, b.done, 99.9),
 			       (double)b.lat_ns[b.done - 1] / 1000.0);
+			if (b.write)
+				printf("metadata write-backs: %" PRIu64 " by the timer, %"
+				       PRIu64 " by eviction; %" PRIu64 " bytes of "
+				       "metadata, %" PRIu64 " fdatasyncs, %.2f s (longest "
+				       "%.2f s) before the close\n",
+				       b.wb_started, st.flush.flushes[QCOW2_FLUSH_EVICTION],
+				       st.flush.l2_bytes + st.flush.refblock_bytes +
+					       st.flush.l1_bytes + st.flush.reftable_bytes,
+				       st.flush.fdatasyncs, (double)st.flush.total_ns / 1e9,
+				       (double)st.flush.max_ns / 1e9);
 		}
 	}
 out:
