@@ -66,7 +66,7 @@ void mailbox_close(struct mailbox *mb);
 /* image.open's l2_cache_size: the engine allocates the whole cache (and a
  * record per slice) at open; one request must not take the host's memory. */
 #define QCOW2D_MAX_L2_CACHE (1ull << 30)
-#define QCOW2D_DEFAULT_FLUSH_INTERVAL_MS 1000
+#define QCOW2D_DEFAULT_FLUSH_INTERVAL_MS 30000
 
 struct svc_config {
 	char *socket_path;

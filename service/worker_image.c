@@ -138,14 +138,24 @@ static void check_corrupt(struct worker_image *wi)
 	mailbox_post(&m->svc->mb, &m->m);
 }
 
+/* The lazy write-back: metadata changed more than flush_interval_ms ago
+ * and not written back since (by a client flush, most often) is written
+ * back now. Ticks come four times per interval, so that the oldest change
+ * waits at most 1.25 intervals. A guest that flushes more often than the
+ * interval never sees a timer round: each round freezes metadata (and so
+ * allocating writes) until its fdatasyncs are done. */
 static void on_tick(uv_timer_t *t)
 {
 	struct worker_image *wi = t->data;
+	struct qcow2_stats st;
 	int ret;
 
 	check_corrupt(wi);
 	if (wi->writeback_running || wi->close_req ||
 	    !qcow2_has_dirty_metadata(wi->img))
+		return;
+	qcow2_get_stats(wi->img, &st);
+	if (st.dirty_age_ns < (uint64_t)wi->flush_interval_ms * 1000000ull)
 		return;
 	ret = qcow2_writeback(wi->img, on_writeback_done, wi);
 	if (ret < 0) {
@@ -253,9 +263,10 @@ void worker_open_image(struct msg *m)
 	wi->opened_ns = wi->base.ns = now_ns();
 	uv_timer_init(&w->loop, &wi->timer);
 	wi->timer.data = wi;
-	if (wi->flush_interval_ms)
-		uv_timer_start(&wi->timer, on_tick, wi->flush_interval_ms,
-			       wi->flush_interval_ms);
+	if (wi->flush_interval_ms) {
+		uint64_t tick = wi->flush_interval_ms / 4 ? wi->flush_interval_ms / 4 : 1;
+		uv_timer_start(&wi->timer, on_tick, tick, tick);
+	}
 	wi->next = w->images;
 	w->images = wi;
 	atomic_fetch_add_explicit(&w->stats.images, 1, memory_order_relaxed);

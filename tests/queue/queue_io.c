@@ -512,6 +512,49 @@ static int run(const char *qemu_img)
 	r = NULL;
 	queue_free(&q4);
 
+	/* the timer writes back only what changed longer ago than the
+	 * interval (400 ms): metadata a client flushes within 250 ms is never
+	 * the timer's; metadata nobody flushes is, within 1.25 intervals */
+	r = call(ctl, "image.close", "{\"name\":\"d2\",\"force\":true}");
+	CHECK(ok(r));
+	json_decref(r);
+	r = call(ctl, "image.open", "{\"path\":\"%s\",\"name\":\"d3\","
+		 "\"flush_interval_ms\":400}", img2_path);
+	CHECK(ok(r));
+	json_decref(r);
+	r = NULL;
+	CHECK(queue_attach(&q4, "d3") == 0);
+	memset(q4.data, 0x78, BLK);
+	for (int k = 0; k < 4; k++) {
+		CHECK(do_io(&q4, QCOW2_IPC_OP_WRITE, 0, ((uint64_t)k << 23) + (1 << 20),
+			    BLK, 0) == 0);
+		usleep(250000);
+		CHECK(do_io(&q4, QCOW2_IPC_OP_FLUSH, 0, 0, 0, 0) == 0);
+	}
+	r = call(ctl, "image.stats", "{\"name\":\"d3\"}");
+	CHECK(ok(r) && json_integer_value(json_object_get(json_object_get(json_object_get(
+			       json_object_get(r, "result"), "flush"), "by_cause"), "timer")) == 0);
+	json_decref(r);
+	r = NULL;
+	CHECK(do_io(&q4, QCOW2_IPC_OP_WRITE, 0, (5ull << 23) + (1 << 20), BLK, 0) == 0);
+	{
+		json_int_t timer = 0;
+		bool dirty = true;
+		for (int t = 0; t < 60 && (timer == 0 || dirty); t++) {
+			usleep(50000);
+			r = call(ctl, "image.stats", "{\"name\":\"d3\"}");
+			CHECK(ok(r));
+			timer = json_integer_value(json_object_get(json_object_get(json_object_get(
+				json_object_get(r, "result"), "flush"), "by_cause"), "timer"));
+			dirty = json_is_true(json_object_get(json_object_get(
+				json_object_get(r, "result"), "flush"), "dirty"));
+			json_decref(r);
+			r = NULL;
+		}
+		CHECK(timer == 1 && !dirty);
+	}
+	queue_free(&q4);
+
 	/* queue.attach behind another call in flight on the connection is
 	 * refused (the connection could not become the queue's) */
 	{

@@ -251,7 +251,7 @@ def methods(ctx):
               "version %r" % i)
         check(i["refcount_bits"] == q["format-specific"]["data"]["refcount-bits"], "refcount_bits")
         check(i["read_only"] is False and i["direct"] is True, "read_only/direct %r" % i)
-        check(i["flush_interval_ms"] == 1000, "the default flush interval: %r" % i)
+        check(i["flush_interval_ms"] == 30000, "the default flush interval: %r" % i)
         check(i["l2_slice_size"] == 4096 and i["l2_cache_size"] % 4096 == 0
               and i["l2_cache_size"] >= 8192, "the default L2 cache: %r" % i)
         check(i["backing_file"] is None and i["data_file"] is None and not i["dirty"]
