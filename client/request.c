@@ -418,6 +418,11 @@ static void req_complete(struct q2c_queue *q, struct q2c_req *r, int res)
 		req_list_push_front(&q->pending, r);
 		return;
 	}
+	/* qcow2d refuses flushes of a read-only image; with nothing ever
+	 * written, every write is as durable as it will be (QEMU's flush of a
+	 * read-only device succeeds too). */
+	if (r->op == QCOW2_IPC_OP_FLUSH && res == -EROFS)
+		res = 0;
 	r->ret = res;
 	if (res < 0)
 		r->msg = service_msg(r, res);
