@@ -60,8 +60,10 @@ int main(int argc, char **argv)
 	}
 	q = q2c_get_queue(b, 0);
 	/* Plain memory: the library copies it through the queue's data area
-	 * (a VMM maps its guest RAM with q2c_map_mem_region() instead). */
-	if (posix_memalign(&out, 4096, LEN) || posix_memalign(&in, 4096, LEN)) {
+	 * (a VMM maps its guest RAM with q2c_map_mem_region() instead).
+	 * Buffers follow buf-alignment (a power of two; 1 with qcow2d today). */
+	if (align < 1 || align > LEN || !(out = aligned_alloc((size_t)align, LEN)) ||
+	    !(in = aligned_alloc((size_t)align, LEN))) {
 		fprintf(stderr, "hello: out of memory\n");
 		goto out;
 	}
