@@ -124,6 +124,7 @@ struct q2c {
 	/* known after connect */
 	struct q2c_rules rules;
 	char *image;                    /* the image's name in qcow2d */
+	char *abs_path;                 /* path, made absolute for image.open */
 	bool opened;                    /* q2c_connect() opened it: close it */
 	/* The handle's own control connection; properties may be read from
 	 * any thread (stats is a call), so calls on it are serialised. */
@@ -243,6 +244,8 @@ static inline struct q2c_req *req_list_pop(struct req_list *l)
 int queue_create(struct q2c *b, int index, struct q2c_queue **out);
 /* queue.attach on a new connection, then the ipc handshake. */
 int queue_attach(struct q2c_queue *q);
+/* True when the service hung up on the queue (it is marked dead). */
+bool queue_gone(struct q2c_queue *q);
 /* Waits (bounded) for what is in flight, hangs up, frees. */
 void queue_destroy(struct q2c_queue *q, int wait_ms);
 

@@ -54,8 +54,8 @@ int q2c_create(struct q2c **out)
 	return 0;
 }
 
-/* image.info's answer into the handle's rules. */
-static int read_info(struct q2c *b)
+/* image.info's answer: the image's rules. */
+static int read_info(struct q2c *b, struct q2c_rules *out)
 {
 	json_t *r;
 	json_int_t size, bs, ma;
@@ -74,12 +74,12 @@ static int read_info(struct q2c *b)
 		json_decref(r);
 		return q2c_err(-EPROTO, "qcow2d's image.info does not describe a disk");
 	}
-	b->rules.capacity = (uint64_t)size;
-	b->rules.block_size = (uint32_t)bs;
-	b->rules.mem_align = (uint32_t)ma;
-	b->rules.buf_align = SERVICE_BUF_ALIGN;
-	b->rules.max_io = SERVICE_MAX_IO;
-	b->rules.read_only = json_is_true(json_object_get(r, "read_only")) || b->want_read_only;
+	out->capacity = (uint64_t)size;
+	out->block_size = (uint32_t)bs;
+	out->mem_align = (uint32_t)ma;
+	out->buf_align = SERVICE_BUF_ALIGN;
+	out->max_io = SERVICE_MAX_IO;
+	out->read_only = json_is_true(json_object_get(r, "read_only")) || b->want_read_only;
 	json_decref(r);
 	return 0;
 }
@@ -87,11 +87,13 @@ static int read_info(struct q2c *b)
 static int open_image(struct q2c *b)
 {
 	static _Atomic unsigned seq;
-	char *abs = NULL, *cwd = NULL;
+	char *cwd;
 	json_t *r, *params;
 	int ret;
 
-	if (!b->name) {
+	if (b->image) {
+		/* reopening (q2c_reconnect()): the same name */
+	} else if (!b->name) {
 		if (asprintf(&b->image, "q2c-%d-%u", (int)getpid(), ++seq) < 0)
 			b->image = NULL;
 	} else {
@@ -99,18 +101,21 @@ static int open_image(struct q2c *b)
 	}
 	if (!b->image)
 		return q2c_err(-ENOMEM, "out of memory");
-	/* qcow2d takes absolute paths only (its directory is not ours). */
-	if (b->path[0] != '/') {
-		cwd = getcwd(NULL, 0);
-		if (!cwd || asprintf(&abs, "%s/%s", cwd, b->path) < 0) {
+	/* qcow2d takes absolute paths only (its directory is not ours); a
+	 * reopen uses the same one, whatever our directory is now. */
+	if (!b->abs_path) {
+		if (b->path[0] == '/') {
+			b->abs_path = strdup(b->path);
+		} else if ((cwd = getcwd(NULL, 0))) {
+			if (asprintf(&b->abs_path, "%s/%s", cwd, b->path) < 0)
+				b->abs_path = NULL;
 			free(cwd);
-			return q2c_err(-ENOMEM, "cannot make %s an absolute path", b->path);
 		}
-		free(cwd);
+		if (!b->abs_path)
+			return q2c_err(-ENOMEM, "cannot make %s an absolute path", b->path);
 	}
-	params = json_pack("{s:s, s:s, s:b}", "path", abs ? abs : b->path, "name", b->image,
+	params = json_pack("{s:s, s:s, s:b}", "path", b->abs_path, "name", b->image,
 			   "read_only", b->want_read_only);
-	free(abs);
 	ret = handle_call(b, "image.open", params, &r);
 	if (ret < 0)
 		return ret;
@@ -128,6 +133,8 @@ static int connect_handle(struct q2c *b)
 	if (!b->path && !b->name)
 		return q2c_err(-EINVAL, "set \"path\" (open an image) or \"name\" (an image "
 			       "qcow2d has open) before q2c_connect()");
+	free(b->abs_path);              /* "path" may have changed since a failed try */
+	b->abs_path = NULL;
 	if (!b->socket && (ret = rpc_default_socket(&b->socket)) < 0)
 		return ret;
 	ret = rpc_connect(b->socket, &b->ctl);
@@ -140,7 +147,7 @@ static int connect_handle(struct q2c *b)
 		ret = b->image ? 0 : q2c_err(-ENOMEM, "out of memory");
 	}
 	if (ret == 0)
-		ret = read_info(b);
+		ret = read_info(b, &b->rules);
 	if (ret < 0) {
 		if (b->opened) {
 			json_t *r;
@@ -250,14 +257,83 @@ void q2c_destroy(struct q2c **bp)
 	free(b->path);
 	free(b->name);
 	free(b->image);
+	free(b->abs_path);
 	free(b);
 	*bp = NULL;
 out:
 	errno = saved;
 }
 
+/* image.open again, as q2c_connect() did; an image open under our name
+ * already (another caller reopened it) is fine if it is the same file. */
+static int reopen_image(struct q2c *b)
+{
+	json_t *r, *img;
+	size_t i;
+	int ret = open_image(b);
+
+	if (ret != -EEXIST)
+		return ret;
+	ret = handle_call(b, "image.list", NULL, &r);
+	if (ret < 0)
+		return ret;
+	ret = q2c_err(-EEXIST, "qcow2d has another image open under the name %s", b->image);
+	json_array_foreach(json_object_get(r, "images"), i, img) {
+		const char *name = json_string_value(json_object_get(img, "name"));
+		const char *path = json_string_value(json_object_get(img, "path"));
+		if (name && path && !strcmp(name, b->image) && b->abs_path &&
+		    !strcmp(path, b->abs_path))
+			ret = 0;
+	}
+	json_decref(r);
+	return ret;
+}
+
+static int reconnect_handle(struct q2c *b)
+{
+	struct q2c_rules now;
+	int fd, old, ret;
+
+	if (b->state == Q2C_CREATED)
+		return q2c_err(-EINVAL, "q2c_connect() comes before q2c_reconnect()");
+	ret = rpc_connect(b->socket, &fd);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&b->ctl_lock);
+	old = b->ctl;
+	b->ctl = fd;
+	pthread_mutex_unlock(&b->ctl_lock);
+	if (old >= 0)
+		close(old);
+	if (b->opened && (ret = reopen_image(b)) < 0)
+		return ret;
+	ret = read_info(b, &now);
+	if (ret < 0)
+		return ret;
+	if (now.capacity != b->rules.capacity || now.block_size != b->rules.block_size ||
+	    (now.read_only && !b->rules.read_only))
+		return q2c_err(-EPROTO, "image %s is not what it was (capacity %llu, block size "
+			       "%u, read-only %d)", b->image, (unsigned long long)now.capacity,
+			       now.block_size, now.read_only);
+	/* Only queues whose service is gone: attaching a live one again
+	 * would have two services serve one region. Each keeps its region,
+	 * whose in-flight table the new service recovers from. */
+	for (int i = 0; i < b->nr_queues; i++) {
+		struct q2c_queue *q = b->queues[i];
+		if (q->broken || !queue_gone(q))
+			continue;
+		ret = queue_attach(q);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
 int q2c_reconnect(struct q2c *b)
 {
-	(void)b;
-	return q2c_err(-ENOTSUP, "q2c_reconnect: not implemented yet");
+	int saved = errno;
+	int ret = b ? reconnect_handle(b) : q2c_err(-EINVAL, "q2c_reconnect: no handle");
+
+	errno = saved;
+	return ret;
 }

@@ -189,6 +189,11 @@ static int check_conn(struct q2c_queue *q)
 		       "was detached): q2c_reconnect() attaches again", q->index);
 }
 
+bool queue_gone(struct q2c_queue *q)
+{
+	return q->dead || check_conn(q) == -ECONNRESET;
+}
+
 static void ts_now(struct timespec *t)
 {
 	clock_gettime(CLOCK_MONOTONIC, t);

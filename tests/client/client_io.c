@@ -26,7 +26,14 @@
  *            in flight (qcow2d stays healthy), a queue whose image is
  *            closed under it (-ECONNRESET)
  *
- *   client_io QCOW2D QEMU_IMG WORKDIR props|io|edges
+ *   restart  q2c_reconnect(): qcow2d stopped with requests in the ring and
+ *            killed, then started again (a handle attached by name waits for
+ *            the image to be open again: -ENOENT until then); killed while
+ *            busy at random moments, many times; stopped cleanly with a
+ *            request left in the ring. Every request completes exactly once,
+ *            with the right data; then qemu-img as judge (leaks allowed)
+ *
+ *   client_io QCOW2D QEMU_IMG WORKDIR props|io|edges|restart
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1088,6 +1095,10 @@ static int run_edges(void)
 		CHECK(strstr(q2c_get_error_msg(), "hung up"));
 		CHECK(q2cq_do_io(eq, c, 0, 1, NULL) == -ECONNRESET);
 		CHECK(q2c_get_str(e, "stats", &s) == -ENOENT);
+		/* q2c_reconnect() opens it again and attaches the queue: the
+		 * read left in the ring completes */
+		CHECK(q2c_reconnect(e) == 0);
+		CHECK(wait_all(eq, 1, 0) == 0);
 		q2c_destroy(&e);
 	}
 
@@ -1126,13 +1137,272 @@ out:
 	return failures;
 }
 
+/* ---- restart: qcow2d killed and started again --------------------------------------- */
+
+/* Up to 32 requests of 64 KiB (and one flush); epoch: the restarts
+ * counted when each completed. */
+struct batch {
+	uint64_t off[33];
+	uint8_t *buf[33];
+	bool is_read[33], is_flush[33], fua[33], done[33];
+	int epoch[33];
+	int n;
+};
+
+/* Collects the batch's completions; when qcow2d is gone (-ECONNRESET),
+ * starts another and reconnects. Every request must complete once, with
+ * 0; writes go into the model, reads are checked against it. */
+static int collect(struct q2c *b, struct batch *bt, uint8_t *model, int *restarts)
+{
+	struct q2c_queue *q = q2c_get_queue(b, 0);
+	int got = 0;
+
+	while (got < bt->n) {
+		struct q2c_completion c[32];
+		int n = q2cq_do_io(q, c, 1, 32, NULL);
+		if (n == -ECONNRESET) {
+			int tries = 0;
+			if (svc_pid > 0) {
+				waitpid(svc_pid, NULL, 0);
+				svc_pid = -1;
+			}
+			start_service();
+			(*restarts)++;
+			/* its image lock may outlive a killed qcow2d a little */
+			while (q2c_reconnect(b) < 0) {
+				if (++tries == 100) {
+					fprintf(stderr, "client_io: reconnect: %s\n",
+						q2c_get_error_msg());
+					return -1;
+				}
+				usleep(20000);
+			}
+			continue;
+		}
+		if (n < 0) {
+			fprintf(stderr, "client_io: do_io: %s\n", q2c_get_error_msg());
+			return -1;
+		}
+		for (int i = 0; i < n; i++) {
+			int k = (int)(uintptr_t)c[i].user_data;
+			if (k < 0 || k >= bt->n || bt->done[k] || c[i].ret != 0) {
+				fprintf(stderr, "client_io: completion %d: ret %d (%s)%s\n", k,
+					c[i].ret, c[i].error_msg ? c[i].error_msg : "-",
+					k >= 0 && k < bt->n && bt->done[k] ? ", twice" : "");
+				return -1;
+			}
+			bt->done[k] = true;
+			bt->epoch[k] = *restarts;
+			if (bt->is_flush[k])
+				continue;
+			if (bt->is_read[k] ? memcmp(bt->buf[k], model + bt->off[k], 65536)
+					   : (memcpy(model + bt->off[k], bt->buf[k], 65536), 0)) {
+				fprintf(stderr, "client_io: a read at %llu differs from the "
+					"model (request %d; first bytes %02x %02x, model %02x %02x)\n",
+					(unsigned long long)bt->off[k], k, bt->buf[k][0], bt->buf[k][1],
+					model[bt->off[k]], model[bt->off[k] + 1]);
+				return -1;
+			}
+		}
+		got += n;
+	}
+	return 0;
+}
+
+/* Makes the batch's writes durable. A write that completed before qcow2d
+ * was killed and was not followed by a flush may be lost, as on any disk
+ * with a cache: those are written again; then a flush. A FUA write is
+ * durable when it completes, killed or not: never written again. Repeated
+ * until no restart came in between. */
+static int settle(struct q2c *b, struct batch *bt, uint8_t *model, int *restarts)
+{
+	struct q2c_queue *q = q2c_get_queue(b, 0);
+
+	for (;;) {
+		struct batch again;
+		int orig[33], r0 = *restarts;
+
+		memset(&again, 0, sizeof(again));
+		for (int k = 0; k < bt->n; k++) {
+			if (bt->is_read[k] || bt->is_flush[k] || bt->fua[k] || bt->epoch[k] == r0)
+				continue;
+			orig[again.n] = k;
+			again.off[again.n] = bt->off[k];
+			again.buf[again.n] = bt->buf[k];
+			q2cq_write(q, bt->off[k], bt->buf[k], 65536, (void *)(uintptr_t)again.n, 0);
+			again.n++;
+		}
+		again.is_flush[again.n] = true;
+		q2cq_flush(q, (void *)(uintptr_t)again.n, 0);
+		again.n++;
+		if (collect(b, &again, model, restarts) < 0)
+			return -1;
+		for (int j = 0; j < again.n - 1; j++)
+			bt->epoch[orig[j]] = again.epoch[j];
+		if (*restarts == r0)
+			return 0;
+	}
+}
+
+static int run_restart(void)
+{
+	struct q2c *a = NULL, *b2 = NULL;
+	struct q2c_mem_region reg = { 0 };
+	struct q2c_queue *q;
+	struct q2c_completion c[4];
+	uint8_t *model = calloc(1, DISK), *heap = malloc(32 * 65536);
+	char img[300], name[64], cmd[700];
+	uint64_t seed = 99;
+	struct batch bt;
+	int restarts = 0, st;
+
+	if (!model || !heap)
+		die("malloc");
+	make_image("rs", img, sizeof(img));
+	snprintf(name, sizeof(name), "rs-%d", (int)getpid());
+	a = handle(img, name, false);
+	CHECK(a);
+	CHECK(q2c_set_int(a, "num-entries", 16) == 0);
+	CHECK(q2c_set_int(a, "data-area-size", 1 << 20) == 0);
+	CHECK(q2c_alloc_mem_region(a, &reg, 16 * 65536) == 0);
+	CHECK(q2c_map_mem_region(a, &reg) == 0);
+	CHECK(q2c_start(a) == 0);
+	q = q2c_get_queue(a, 0);
+	b2 = handle(NULL, name, false);
+	CHECK(b2);
+	CHECK(q2c_start(b2) == 0);
+
+	/* Requests in the ring that the old qcow2d never took: stopped, then
+	 * killed. The new one takes them from the SQ. */
+	memset(&bt, 0, sizeof(bt));
+	for (int i = 0; i < 32; i++) {
+		bt.off[i] = (uint64_t)i * 65536;
+		bt.buf[i] = i < 16 ? (uint8_t *)reg.addr + i * 65536 : heap + i * 65536;
+		fill(bt.buf[i], 65536, &seed);
+		q2cq_write(q, bt.off[i], bt.buf[i], 65536, (void *)(uintptr_t)i, 0);
+	}
+	bt.n = 32;
+	CHECK(collect(a, &bt, model, &restarts) == 0);
+	CHECK(settle(a, &bt, model, &restarts) == 0);
+	CHECK(kill(svc_pid, SIGSTOP) == 0);
+	CHECK(waitpid(svc_pid, &st, WUNTRACED) == svc_pid && WIFSTOPPED(st));
+	memset(&bt, 0, sizeof(bt));
+	for (int i = 0; i < 24; i++) {
+		bt.is_read[i] = i >= 16;
+		bt.off[i] = bt.is_read[i] ? (uint64_t)(i - 16) * 65536 : (32 + (uint64_t)i) * 65536;
+		bt.buf[i] = i % 2 ? (uint8_t *)reg.addr + (i / 2) * 65536 : heap + i * 65536;
+		if (bt.is_read[i]) {
+			memset(bt.buf[i], 0xee, 65536);
+			q2cq_read(q, bt.off[i], bt.buf[i], 65536, (void *)(uintptr_t)i, 0);
+		} else {
+			fill(bt.buf[i], 65536, &seed);
+			bt.fua[i] = i % 4 == 0;
+			q2cq_write(q, bt.off[i], bt.buf[i], 65536, (void *)(uintptr_t)i,
+				   bt.fua[i] ? Q2C_REQ_FUA : 0);
+		}
+	}
+	bt.n = 24;
+	CHECK(q2cq_do_io(q, c, 0, 4, NULL) == 0);
+	CHECK(kill(svc_pid, SIGKILL) == 0);
+	CHECK(waitpid(svc_pid, NULL, 0) == svc_pid);
+	svc_pid = -1;
+	CHECK(q2cq_do_io(q, c, 1, 4, NULL) == -ECONNRESET);
+	CHECK(q2c_reconnect(a) < 0);                    /* nobody there yet */
+	CHECK(q2cq_do_io(q, c, 1, 4, NULL) == -ECONNRESET);
+	start_service();
+	CHECK(q2c_reconnect(b2) == -ENOENT);            /* its image is not open yet */
+	for (int tries = 0; q2c_reconnect(a) < 0; tries++) {
+		CHECK(tries < 100);
+		usleep(20000);
+	}
+	CHECK(collect(a, &bt, model, &restarts) == 0);
+	CHECK(settle(a, &bt, model, &restarts) == 0);
+	CHECK(q2c_reconnect(b2) == 0);                  /* now it is */
+	{
+		uint8_t *p = heap;
+		q2cq_read(q2c_get_queue(b2, 0), 40 * 65536, p, 65536, NULL, 0);
+		CHECK(wait_all(q2c_get_queue(b2, 0), 1, 0) == 0);
+		CHECK(!memcmp(p, model + 40 * 65536, 65536));
+	}
+
+	/* Killed while busy, at a few moments: some requests taken, some
+	 * completed, some not even taken; nothing lost, nothing twice. */
+	for (int round = 0; round < 12; round++) {
+		memset(&bt, 0, sizeof(bt));
+		for (int i = 0; i < 32; i++) {
+			bt.off[i] = ((uint64_t)(round % 4) * 32 + (uint64_t)i) * 65536 + (8u << 20);
+			bt.buf[i] = i % 2 && i < 32 ? (uint8_t *)reg.addr + (i / 2) * 65536
+						    : heap + i * 65536;
+			fill(bt.buf[i], 65536, &seed);
+			bt.fua[i] = i % 5 == 0;
+			q2cq_write(q, bt.off[i], bt.buf[i], 65536, (void *)(uintptr_t)i,
+				   bt.fua[i] ? Q2C_REQ_FUA : 0);
+		}
+		bt.n = 32;
+		CHECK(q2cq_do_io(q, c, 0, 0, NULL) == 0);
+		if (round % 3 == 1) {
+			usleep((useconds_t)(rnd(&seed) % 3000));
+			CHECK(kill(svc_pid, SIGKILL) == 0);
+		}
+		CHECK(collect(a, &bt, model, &restarts) == 0);
+		CHECK(settle(a, &bt, model, &restarts) == 0);
+	}
+	CHECK(restarts >= 4);
+
+	/* A clean stop (SIGTERM detaches the queues, closes the image), then
+	 * a start: the request left in the ring completes. */
+	CHECK(stop_service() == 0);
+	memset(&bt, 0, sizeof(bt));
+	bt.is_read[0] = true;
+	bt.off[0] = 8u << 20;
+	bt.buf[0] = heap;
+	q2cq_read(q, bt.off[0], bt.buf[0], 65536, (void *)0, 0);
+	bt.n = 1;
+	CHECK(collect(a, &bt, model, &restarts) == 0);
+
+	/* everything reads back as the model */
+	for (uint64_t off = 0; off < (16u << 20); off += 1 << 20) {
+		uint8_t *p = malloc(1 << 20);
+		CHECK(p);
+		q2cq_read(q, off, p, 1 << 20, NULL, 0);
+		if (wait_all(q, 1, 0) < 0 || memcmp(p, model + off, 1 << 20)) {
+			free(p);
+			CHECK(!"read back");
+		}
+		free(p);
+	}
+	q2c_destroy(&b2);
+	q2c_destroy(&a);
+	q2c_free_mem_region(NULL, &reg);
+	reg.addr = NULL;
+	CHECK(stop_service() == 0);
+	/* qcow2d was killed: leaked clusters are allowed (exit 3), nothing else */
+	snprintf(cmd, sizeof(cmd), "%s check -q %s", qemu_img, img);
+	st = system(cmd);
+	CHECK(WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 3));
+	{
+		char fix[800];
+		snprintf(fix, sizeof(fix), "%s check -q -r leaks %s >/dev/null", qemu_img, img);
+		CHECK(system(fix) == 0);
+	}
+	CHECK(judge(img, model) == 0);
+out:
+	q2c_destroy(&b2);
+	q2c_destroy(&a);
+	if (reg.addr)
+		q2c_free_mem_region(NULL, &reg);
+	free(model);
+	free(heap);
+	return failures;
+}
+
 int main(int argc, char **argv)
 {
 	char cmd[1024];
 	int ret;
 
 	if (argc != 5) {
-		fprintf(stderr, "usage: client_io QCOW2D QEMU_IMG WORKDIR props|io|edges\n");
+		fprintf(stderr, "usage: client_io QCOW2D QEMU_IMG WORKDIR props|io|edges|restart\n");
 		return 2;
 	}
 	setenv("QCOW2D", argv[1], 1);
@@ -1153,6 +1423,8 @@ int main(int argc, char **argv)
 		ret = run_io();
 	else if (!strcmp(argv[4], "edges"))
 		ret = run_edges();
+	else if (!strcmp(argv[4], "restart"))
+		ret = run_restart();
 	else
 		ret = -1;
 	if (svc_pid > 0 && ret == 0 && stop_service() < 0)
