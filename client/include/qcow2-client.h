@@ -57,7 +57,9 @@
  * Service restart. When qcow2d stops answering (it was killed and started
  * again), q2cq_do_io() returns -ECONNRESET; q2c_reconnect() then attaches
  * the queues to the new service and resubmits every request that was in
- * flight, so that none is lost and none completes twice.
+ * flight, so that none is lost and none completes twice. As with a disk's
+ * cache, a write that completed but was not yet followed by a flush may
+ * be lost with the service that acknowledged it; a FUA write is not.
  */
 #ifndef QCOW2_CLIENT_H
 #define QCOW2_CLIENT_H
@@ -96,7 +98,8 @@ struct q2c_completion {
 };
 
 /* Request flags. */
-#define Q2C_REQ_FUA (1u << 0)       /* write: durable when it completes */
+#define Q2C_REQ_FUA (1u << 0)       /* write, write_zeroes: durable when it
+                                     * completes (a flush follows it) */
 #define Q2C_REQ_NO_UNMAP (1u << 1)  /* write_zeroes: keep the space */
 
 /* The message of this thread's last failed call ("" if none). */
@@ -133,7 +136,9 @@ void q2c_destroy(struct q2c **b);
  *                                             (a power of two, default 128)
  *   data-area-size       int   connect..start bytes per queue for requests
  *                                             whose buffers are not in a
- *                                             mapped region (default 4 MiB)
+ *                                             mapped region (default 4 MiB,
+ *                                             a multiple of 4096); such a
+ *                                             request is at most this long
  *   capacity             u64   after connect  disk size in bytes
  *   request-alignment    int   after connect  offsets and lengths are
  *                                             multiples of it
@@ -151,7 +156,8 @@ void q2c_destroy(struct q2c **b);
  *                                             JSON (image.stats' result)
  *
  * -ENOENT for an unknown name, -EACCES for one that cannot be set (or
- * read) now, -EINVAL for a bad value.
+ * read) now, -ENOTTY for the wrong type (as libblkio), -EINVAL for a bad
+ * value.
  */
 int q2c_get_bool(struct q2c *b, const char *name, bool *value);
 int q2c_get_int(struct q2c *b, const char *name, int *value);
@@ -182,7 +188,9 @@ struct q2c_queue *q2c_get_queue(struct q2c *b, int index);
  * image again when q2c_connect() had opened it, attach every queue again
  * and resubmit what was in flight. The queues keep their requests and
  * completions; call it from the thread that owns the handle, with no
- * queue in use by another thread. */
+ * queue in use by another thread. While qcow2d is not back (a failed
+ * connect: -ECONNREFUSED, -ENOENT) or, for a handle attached by "name",
+ * the image is not open again (-ENOENT), call it again later. */
 int q2c_reconnect(struct q2c *b);
 
 /* ---- requests (one queue, one thread) ----------------------------------- */
@@ -209,7 +217,9 @@ void q2cq_flush(struct q2c_queue *q, void *user_data, uint32_t flags);
  * updated with the time left) and return up to max_completions of them in
  * completions. Returns how many it returned (>= 0), or a negative errno:
  * -ETIME when the timeout passed first (completions gathered so far stay
- * queued for the next call), -EINVAL for bad arguments, -ECONNRESET when
+ * queued for the next call), -EINVAL for bad arguments (min_completions
+ * above max_completions, or above the requests queued and not yet
+ * returned: that wait could never end), -ECONNRESET when
  * the service is gone (see q2c_reconnect()), -EPROTO when the queue is
  * broken. min_completions 0 never waits.
  */
