@@ -245,13 +245,15 @@ static int queue_wait(struct q2c_queue *q, const struct timespec *deadline)
 	do
 		n = ppoll(p, 2, deadline ? &left : NULL, NULL);
 	while (n < 0 && errno == EINTR && !deadline);
-	if (n < 0 && errno != EINTR)
-		return q2c_err(-errno, "queue %d: poll: %s", q->index,
-			       q2c_strerror(errno, eb, sizeof(eb)));
+	/* A signal with a deadline: the caller looks at the time again. */
+	ret = n < 0 && errno != EINTR ? -errno : 0;
 	if (qcow2_ipc_client_woken(q->ipc) < 0) {
 		q->broken = true;
 		return q2c_err(-EPROTO, "queue %d: qcow2d found the queue broken", q->index);
 	}
+	if (ret < 0)
+		return q2c_err(ret, "queue %d: poll: %s", q->index,
+			       q2c_strerror(ret, eb, sizeof(eb)));
 	if (n > 0 && p[1].revents && (ret = check_conn(q)) < 0)
 		return ret;
 	return n == 0 ? -ETIME : 0;

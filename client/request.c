@@ -372,9 +372,12 @@ int req_submit_pending(struct q2c_queue *q)
 		ret = 0;
 	if (ret == 0 && any)
 		ret = qcow2_ipc_client_commit(q->ipc);
-	if (ret < 0)
+	if (ret < 0) {
 		q->broken = true;
-	return ret;
+		return q2c_err(ret, "queue %d is broken (a protocol error: qcow2d's log "
+			       "says which)", q->index);
+	}
+	return 0;
 }
 
 /* ---- completions ------------------------------------------------------------------ */
@@ -436,7 +439,8 @@ int req_reap(struct q2c_queue *q)
 
 	if (ret < 0) {
 		q->broken = true;
-		return ret;
+		return q2c_err(ret, "queue %d is broken (a protocol error: qcow2d's log "
+			       "says which)", q->index);
 	}
 	for (unsigned i = 0; i < n; i++) {
 		struct q2c_req *r = (struct q2c_req *)(uintptr_t)q->cpl[i].tag;
