@@ -1170,7 +1170,7 @@ static int collect(struct q2c *b, struct batch *bt, uint8_t *model, int *restart
 			(*restarts)++;
 			/* its image lock may outlive a killed qcow2d a little */
 			while (q2c_reconnect(b) < 0) {
-				if (++tries == 100) {
+				if (++tries == 250) {
 					fprintf(stderr, "client_io: reconnect: %s\n",
 						q2c_get_error_msg());
 					return -1;
@@ -1312,7 +1312,7 @@ static int run_restart(void)
 	start_service();
 	CHECK(q2c_reconnect(b2) == -ENOENT);            /* its image is not open yet */
 	for (int tries = 0; q2c_reconnect(a) < 0; tries++) {
-		CHECK(tries < 100);
+		CHECK(tries < 250);
 		usleep(20000);
 	}
 	CHECK(collect(a, &bt, model, &restarts) == 0);
