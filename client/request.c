@@ -166,14 +166,12 @@ static int req_check(struct q2c_queue *q, struct q2c_req *r, const struct iovec 
 
 /* ---- queueing ------------------------------------------------------------------ */
 
-static void req_queue(struct q2c_queue *q, uint8_t op, uint64_t start, uint64_t len,
+static void queue_one(struct q2c_queue *q, uint8_t op, uint64_t start, uint64_t len,
 		      const struct iovec *iov, int iovcnt, void *user_data, uint32_t flags)
 {
 	struct q2c_req *r;
 	int n = 0;
 
-	if (!q)
-		return;
 	r = req_get(q);
 	if (!r) {
 		q->lost++;      /* said by the next q2cq_do_io() */
@@ -211,6 +209,16 @@ static void req_queue(struct q2c_queue *q, uint8_t op, uint64_t start, uint64_t 
 		if (iov[i].iov_len)
 			r->iov[r->iovcnt++] = iov[i];
 	req_list_push(&q->pending, r);
+}
+
+static void req_queue(struct q2c_queue *q, uint8_t op, uint64_t start, uint64_t len,
+		      const struct iovec *iov, int iovcnt, void *user_data, uint32_t flags)
+{
+	int saved = errno;      /* malloc may set it: the caller's stays */
+
+	if (q)
+		queue_one(q, op, start, len, iov, iovcnt, user_data, flags);
+	errno = saved;
 }
 
 void q2cq_read(struct q2c_queue *q, uint64_t start, void *buf, size_t len, void *user_data,

@@ -785,8 +785,11 @@ static int run_edges(void)
 	q = q2c_get_queue(a, 0);
 
 	/* invalid requests: each completes with -EINVAL and a message */
+	errno = 4242;
 	q2cq_read(q, 1, buf, BLK, NULL, 0);
+	CHECK(errno == 4242);
 	CHECK(expect_invalid(q, "unaligned offset", "request-alignment") == 0);
+	CHECK(errno == 4242);
 	q2cq_read(q, 0, buf, (size_t)ra + 1, NULL, 0);
 	CHECK(expect_invalid(q, "unaligned length", "request-alignment") == 0);
 	q2cq_write(q, DISK, buf, BLK, NULL, 0);
