@@ -13,10 +13,9 @@
  * client's raw control page or its fds: qcow2_ipc_client_handshake() passes
  * the fds, submit/commit/reap/wait move the indices, and the structs that
  * render the layout stay public in qcow2_ipc.h for a C peer that maps
- * the region itself. The call eventfd would serve a VMM's own event loop, but
- * only together with a client-side sleep protocol (setting cq_need_wakeup
- * and rechecking, like the service's prepare_sleep/woken), which does not
- * exist yet: the two become public together. validate is the check take()
+ * the region itself. The call eventfd is public (a VMM's own event loop
+ * polls it, with qcow2_ipc_client_prepare_sleep/woken); the queue memfd and
+ * the kick eventfd are not. validate is the check take()
  * runs on every entry; tests feed it entries without going through a ring.
  */
 #ifndef QCOW2_IPC_TESTING_H
@@ -30,13 +29,12 @@
  * qcow2_ipc_client_free(). */
 struct qcow2_ipc_ctrl *qcow2_ipc_client_ctrl(struct qcow2_ipc_client *c);
 
-/* The client's queue memfd, kick eventfd (client -> service) and call
- * eventfd (service -> client); owned by the client, closed by
- * qcow2_ipc_client_free(). Tests dup them to attach a service without a
- * socket, map a second view of the region, or count calls. */
+/* The client's queue memfd and kick eventfd (client -> service); owned by
+ * the client, closed by qcow2_ipc_client_free(). Tests dup them (and the
+ * public call fd) to attach a service without a socket, or map a second
+ * view of the region. */
 int qcow2_ipc_client_queue_fd(const struct qcow2_ipc_client *c);
 int qcow2_ipc_client_kick_fd(const struct qcow2_ipc_client *c);
-int qcow2_ipc_client_call_fd(const struct qcow2_ipc_client *c);
 
 /* Validates one entry (a local copy) against geometry, region sizes and opts;
  * fills req (its iov must hold max_segs). Used by take on every entry. */

@@ -373,10 +373,33 @@ static bool client_cq_ready(struct qcow2_ipc_client *c)
 	       c->cq_head;
 }
 
-int qcow2_ipc_client_wait(struct qcow2_ipc_client *c, unsigned spin, int timeout_ms)
+int qcow2_ipc_client_prepare_sleep(struct qcow2_ipc_client *c)
 {
 	struct qcow2_ipc_ctrl *ctrl = c->v.ctrl;
 
+	if (client_check_broken(c) < 0)
+		return -EPROTO;
+	/* Set the flag, fence, recheck: a completion published before the
+	 * service could see our flag is caught here, one published after it
+	 * comes with a call (pairs with the fence in the service's publish). */
+	atomic_store_explicit(&ctrl->cq_cons.cq_need_wakeup, 1, memory_order_relaxed);
+	ring_full_fence();
+	if (client_cq_ready(c) || client_check_broken(c) < 0) {
+		atomic_store_explicit(&ctrl->cq_cons.cq_need_wakeup, 0, memory_order_relaxed);
+		return c->broken ? -EPROTO : -EAGAIN;
+	}
+	return 0;
+}
+
+int qcow2_ipc_client_woken(struct qcow2_ipc_client *c)
+{
+	ring_doorbell_drain(c->call_fd);
+	atomic_store_explicit(&c->v.ctrl->cq_cons.cq_need_wakeup, 0, memory_order_relaxed);
+	return client_check_broken(c);
+}
+
+int qcow2_ipc_client_wait(struct qcow2_ipc_client *c, unsigned spin, int timeout_ms)
+{
 	for (unsigned i = 0;; i++) {
 		if (client_check_broken(c) < 0)
 			return -EPROTO;
@@ -386,26 +409,21 @@ int qcow2_ipc_client_wait(struct qcow2_ipc_client *c, unsigned spin, int timeout
 			break;
 		ring_cpu_relax();
 	}
-	/* Set the flag, fence, recheck: a completion published before the
-	 * service could see our flag is caught here, one published after it
-	 * comes with a call. */
-	atomic_store_explicit(&ctrl->cq_cons.cq_need_wakeup, 1, memory_order_relaxed);
-	ring_full_fence();
-	int ret = 0;
-	if (!client_cq_ready(c) && client_check_broken(c) == 0) {
-		struct pollfd p = { .fd = c->call_fd, .events = POLLIN };
-		int n;
-		do
-			n = poll(&p, 1, timeout_ms);
-		while (n < 0 && errno == EINTR);
-		if (n < 0)
-			ret = -errno;
-		else if (n == 0)
-			ret = -ETIMEDOUT;
-		ring_doorbell_drain(c->call_fd);
-	}
-	atomic_store_explicit(&ctrl->cq_cons.cq_need_wakeup, 0, memory_order_relaxed);
-	if (client_check_broken(c) < 0)
+	int ret = qcow2_ipc_client_prepare_sleep(c);
+	if (ret == -EAGAIN)
+		return 0;
+	if (ret < 0)
+		return ret;
+	struct pollfd p = { .fd = c->call_fd, .events = POLLIN };
+	int n;
+	do
+		n = poll(&p, 1, timeout_ms);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		ret = -errno;
+	else if (n == 0)
+		ret = -ETIMEDOUT;
+	if (qcow2_ipc_client_woken(c) < 0)
 		return -EPROTO;
 	return ret;
 }

@@ -70,11 +70,12 @@ setup_args() {
 
 # What ninja builds: everything, except in build-fuzz (its only suite is
 # fuzz): the fuzz targets and what they link; and in build-tsan (its only
-# suite is service): the service and the tools its tests drive.
+# suite is service): the service, the tools its tests drive, and the client
+# library's tests (two queues on two threads through libqcow2-client).
 build_targets() {
 	[[ $1 == build-fuzz ]] && tests/fuzz/run.sh --list | sed 's|^|tests/fuzz/fuzz-|'
 	[[ $1 == build-tsan ]] && echo service/qcow2d tests/queue/queue_io \
-		tools/qcow2ctl tools/qcow2-img
+		tools/qcow2ctl tools/qcow2-img tests/client/client_io
 	return 0
 }
 

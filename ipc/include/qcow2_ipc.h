@@ -27,7 +27,9 @@
  * Completions and requests are collected by polling (reap, take) or by
  * sleeping in a wait function; a service with its own event loop polls
  * qcow2_ipc_server_kick_fd() between qcow2_ipc_server_prepare_sleep() and
- * qcow2_ipc_server_woken().
+ * qcow2_ipc_server_woken(), and a client with its own event loop polls
+ * qcow2_ipc_client_call_fd() between qcow2_ipc_client_prepare_sleep() and
+ * qcow2_ipc_client_woken().
  *
  * Lifetimes and ownership.
  *  - What the caller passes in (options, requests and their segment arrays)
@@ -42,8 +44,9 @@
  *    successful qcow2_ipc_server_open() takes them over (sets them to -1), a
  *    failed one leaves them. qcow2_ipc_server_close() unmaps and closes
  *    everything the server holds.
- *  - An fd an object returns (qcow2_ipc_server_kick_fd()) stays the
- *    object's: poll it, do not read or close it. Pointers into the mappings
+ *  - An fd an object returns (qcow2_ipc_server_kick_fd(),
+ *    qcow2_ipc_client_call_fd()) stays the object's: poll it, do not
+ *    close it; read it only as qcow2_ipc_client_call_fd() says. Pointers into the mappings
  *    (qcow2_ipc_client_data(), qcow2_ipc_server_region()) are valid until
  *    the object is freed or closed; a taken request's iov until
  *    qcow2_ipc_server_complete() of its id.
@@ -337,16 +340,32 @@ int qcow2_ipc_client_reap(struct qcow2_ipc_client *c, struct qcow2_ipc_completio
 			  unsigned max, unsigned *nr);
 /* Waits for a completion: spins `spin` times, then sleeps on the call
  * eventfd (timeout_ms < 0: no limit). 0 when something may be reaped,
- * -ETIMEDOUT, -EPROTO when the service marked the queue broken. */
+ * -ETIMEDOUT, -EPROTO when the service marked the queue broken. It is
+ * prepare_sleep, poll and woken below. */
 int qcow2_ipc_client_wait(struct qcow2_ipc_client *c, unsigned spin, int timeout_ms);
+/* Sleep protocol, for a client that waits in its own event loop (the
+ * counterpart of the service's). prepare_sleep sets cq_need_wakeup, fences
+ * and looks at the CQ again: 0 when the caller may sleep until the call
+ * fd is readable (the flag stays set: the service calls on each publish
+ * until it is cleared), -EAGAIN when completions are there already (the
+ * flag is cleared: reap), -EPROTO when the queue is broken. woken drains
+ * the call fd and clears the flag; 0 or -EPROTO. A caller may leave the
+ * flag set across many wake-ups and reaps (an event loop that only ever
+ * sleeps); clearing it, by woken, makes a busy client's queue silent. */
+int qcow2_ipc_client_prepare_sleep(struct qcow2_ipc_client *c);
+int qcow2_ipc_client_woken(struct qcow2_ipc_client *c);
+/* The call eventfd (service -> client: completions, or the queue broke),
+ * non-blocking. The client's: poll it; drain it through woken, or read it
+ * (8 bytes) where the caller's loop owns the wait. The client may also
+ * write it (8 bytes, a count of 1) to wake its own loop: the service only
+ * writes it. */
+int qcow2_ipc_client_call_fd(const struct qcow2_ipc_client *c);
 unsigned qcow2_ipc_client_in_flight(const struct qcow2_ipc_client *c);
 /* Fills *out (the caller sets out->size). */
 int qcow2_ipc_client_get_stats(const struct qcow2_ipc_client *c,
 			       struct qcow2_ipc_client_stats *out);
-/* The client's fds and its raw mapping are not part of the API: the
- * handshake passes the fds, and the call eventfd becomes public together
- * with a client-side sleep protocol for a VMM's own event loop (the
- * counterpart of the service's prepare_sleep/woken), which is not built. */
+/* The client's other fds and its raw mapping are not part of the API:
+ * the handshake passes the fds. */
 
 /* ---- service side ---------------------------------------------------------------- */
 

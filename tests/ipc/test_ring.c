@@ -800,6 +800,82 @@ static void test_doorbells(void **state)
 	pair_fini(&p);
 }
 
+/* The client's sleep protocol for its own event loop: prepare_sleep sets
+ * cq_need_wakeup only when the CQ is empty (the lost-wakeup check), the
+ * service then calls on each publish until woken clears the flag, and the
+ * client may ring its own call fd. */
+static void test_client_sleep_protocol(void **state)
+{
+	(void)state;
+	struct pair p;
+	struct qcow2_ipc_server_stats ss = { .size = sizeof(ss) };
+	struct qcow2_ipc_server_req req[8];
+	struct qcow2_ipc_completion comp[8];
+	unsigned n;
+
+	pair_init(&p, &default_geometry, 0);
+	int call = qcow2_ipc_client_call_fd(p.c);
+	_Atomic uint32_t *flag = &qcow2_ipc_client_ctrl(p.c)->cq_cons.cq_need_wakeup;
+
+	/* Nothing in the CQ: the caller may sleep, the flag is set. */
+	assert_true(call >= 0);
+	assert_int_equal(qcow2_ipc_client_prepare_sleep(p.c), 0);
+	assert_int_equal(atomic_load(flag), 1);
+	assert_false(fd_readable(call));
+
+	/* The service publishes: the fd becomes readable; the flag stays set,
+	 * so a second publish calls again. */
+	submit_reads(&p, 1, 2);
+	assert_int_equal(qcow2_ipc_server_take(p.s, req, 8, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(qcow2_ipc_server_complete(p.s, req[0].id, 0), 0);
+	assert_int_equal(qcow2_ipc_server_publish(p.s), 0);
+	assert_true(fd_readable(call));
+	assert_int_equal(qcow2_ipc_server_complete(p.s, req[1].id, 0), 0);
+	assert_int_equal(qcow2_ipc_server_publish(p.s), 0);
+	qcow2_ipc_server_get_stats(p.s, &ss);
+	assert_int_equal(ss.calls, 2);
+
+	/* Completions there already: no sleep, the flag is cleared. */
+	assert_int_equal(qcow2_ipc_client_prepare_sleep(p.c), -EAGAIN);
+	assert_int_equal(atomic_load(flag), 0);
+	/* woken drains the fd (a count of 2) and leaves the flag clear. */
+	assert_int_equal(qcow2_ipc_client_woken(p.c), 0);
+	assert_false(fd_readable(call));
+	assert_int_equal(atomic_load(flag), 0);
+	assert_int_equal(qcow2_ipc_client_reap(p.c, comp, 8, &n), 0);
+	assert_int_equal(n, 2);
+
+	/* Flag clear (a busy client): publish makes no call. */
+	submit_reads(&p, 3, 1);
+	assert_int_equal(qcow2_ipc_server_take(p.s, req, 8, &n), 0);
+	assert_int_equal(qcow2_ipc_server_complete(p.s, req[0].id, 0), 0);
+	assert_int_equal(qcow2_ipc_server_publish(p.s), 0);
+	qcow2_ipc_server_get_stats(p.s, &ss);
+	assert_int_equal(ss.calls, 2);
+	assert_false(fd_readable(call));
+	assert_int_equal(qcow2_ipc_client_reap(p.c, comp, 8, &n), 0);
+	assert_int_equal(n, 1);
+
+	/* The client may wake its own loop through the fd. */
+	uint64_t one = 1;
+	assert_int_equal(write(call, &one, 8), 8);
+	assert_true(fd_readable(call));
+	assert_int_equal(qcow2_ipc_client_woken(p.c), 0);
+	assert_false(fd_readable(call));
+
+	/* A broken queue: -EPROTO from both, the flag left clear. */
+	assert_int_equal(qcow2_ipc_client_prepare_sleep(p.c), 0);
+	atomic_store(&qcow2_ipc_client_ctrl(p.c)->sq_prod.sq_tail, 1000);
+	assert_int_equal(qcow2_ipc_server_take(p.s, req, 8, &n), -EPROTO);
+	assert_true(fd_readable(call));
+	assert_int_equal(qcow2_ipc_client_woken(p.c), -EPROTO);
+	assert_int_equal(atomic_load(flag), 0);
+	assert_int_equal(qcow2_ipc_client_prepare_sleep(p.c), -EPROTO);
+	assert_int_equal(atomic_load(flag), 0);
+	pair_fini(&p);
+}
+
 /* The service stops taking when the CQ could not hold the completions, and
  * then sleeps instead of spinning. (A client that keeps at most cq_entries
  * requests outstanding, as the library does, never gets here; this one
@@ -1046,6 +1122,7 @@ int main(void)
 		cmocka_unit_test(test_inflight_reattach),
 		cmocka_unit_test(test_protocol_errors),
 		cmocka_unit_test(test_doorbells),
+		cmocka_unit_test(test_client_sleep_protocol),
 		cmocka_unit_test(test_cq_backpressure),
 		cmocka_unit_test(test_client_submit_checks),
 		cmocka_unit_test(test_hugetlb_region),

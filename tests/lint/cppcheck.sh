@@ -21,4 +21,5 @@ done
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 exec cppcheck -q --enable=warning,portability --error-exitcode=1 --inline-suppr \
 	--std=c11 -D_GNU_SOURCE --include="$here/cppcheck_macros.h" \
-	-I qcow2/include -I qcow2 -I ipc/include -I ipc -I tools "${dirs[@]}"
+	-I qcow2/include -I qcow2 -I ipc/include -I ipc -I client/include -I client -I tools \
+	"${dirs[@]}"
