@@ -196,7 +196,7 @@ static int set(struct q2c *b, const char *name, enum ptype type, union pval v)
 int q2c_get_bool(struct q2c *b, const char *name, bool *value)
 {
 	int saved = errno;
-	union pval v;
+	union pval v = { 0 };
 	int ret = get(b, name, T_BOOL, &v, NULL);
 
 	if (ret == 0)
@@ -208,7 +208,7 @@ int q2c_get_bool(struct q2c *b, const char *name, bool *value)
 int q2c_get_int(struct q2c *b, const char *name, int *value)
 {
 	int saved = errno;
-	union pval v;
+	union pval v = { 0 };
 	int ret = get(b, name, T_INT, &v, NULL);
 
 	if (ret == 0)
@@ -220,7 +220,7 @@ int q2c_get_int(struct q2c *b, const char *name, int *value)
 int q2c_get_uint64(struct q2c *b, const char *name, uint64_t *value)
 {
 	int saved = errno;
-	union pval v;
+	union pval v = { 0 };
 	int ret = get(b, name, T_U64, &v, NULL);
 
 	if (ret == 0)
@@ -232,7 +232,7 @@ int q2c_get_uint64(struct q2c *b, const char *name, uint64_t *value)
 int q2c_get_str(struct q2c *b, const char *name, char **value)
 {
 	int saved = errno;
-	union pval v;
+	union pval v = { 0 };
 	int ret = get(b, name, T_STR, &v, value);
 
 	errno = saved;
