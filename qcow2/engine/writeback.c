@@ -72,6 +72,11 @@ struct writeback {
 	char msg[256];              /* error's message: to the flush's waiters,
 				       and to mutators while it lasts */
 	bool wrote_since_sync;
+	/* Data written before the round began is not yet synced: the first
+	 * fdatasync of the round covers it. Data completing during the round
+	 * is no table's business yet (metadata is frozen, and an entry is
+	 * made only after its data is written): the next round's. */
+	bool data_pending;
 	uint64_t start_ns;
 	struct wb_waiter *current;  /* served by the running flush */
 	struct wb_waiter *next;     /* need another round */
@@ -393,7 +398,11 @@ static uint64_t wb_write_table(struct writeback *wb, enum wb_what what,
 }
 
 /* Queue an fdatasync of the image (and of its data file) when something
- * written since the last one needs it. Returns true if queued. */
+ * written since the last one needs it: metadata this round wrote, or data
+ * written before the round began. Returns true if queued. (Data writes
+ * that complete while a stage waits for its sync do not ask for another
+ * one: under a steady load that would sync again and again while
+ * metadata stays frozen.) */
 static bool wb_sync(struct writeback *wb, bool force)
 {
 	struct qcow2_image *img = wb->img;
@@ -403,9 +412,11 @@ static bool wb_sync(struct writeback *wb, bool force)
 		.what = WB_W_SYNC,
 	};
 
-	if (!force && !wb->wrote_since_sync && !img->dirty.data_unsynced)
+	if (!force && !wb->wrote_since_sync && !wb->data_pending)
 		return false;
 	wb->wrote_since_sync = false;
+	wb->data_pending = false;
+	/* covers every data write completed so far */
 	img->dirty.data_unsynced = false;
 	if (img->file.no_sync)
 		return false;
@@ -635,6 +646,7 @@ int writeback_start(struct qcow2_image *img, enum qcow2_flush_cause cause,
 	wb->next = NULL;
 	wb->cause = cause;
 	wb->error = 0;
+	wb->data_pending = img->dirty.data_unsynced;
 	wb->start_ns = monotonic_ns();
 	/* Lazy refcounts: refcounts stay cached, except at close, when a
 	 * table moved (the header will point at it), or when the refcount
