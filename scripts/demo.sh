@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# A tour of the engine: build, make a sample image with qemu-img, then
-#   qcow2-img info / map / convert (compared with qemu-img convert) / bench,
-#   writes through qcow2-io judged by qemu-img (compare with qemu-io's result
-#   on a copy; check), qcow2-img check, and create / convert -O qcow2 -c /
-#   resize judged by qemu-img; then the service: qcow2d on a temporary
-#   socket, qcow2ctl open / list / info / flush / check / stats / metrics /
-#   events / close, a clean stop, qemu-img check.
+# The main job: build everything, then the service end to end:
+#   a sample image (qemu-img), qcow2d on a temporary socket, qcow2ctl open,
+#   qcow2-bench through libqcow2-client (writes with verify, then reads that
+#   check every block against them), qcow2ctl stats with the metadata-flush
+#   statistics, qcow2ctl close, a clean stop (SIGTERM), qemu-img check;
+# then a tour of the engine and the offline tools: qcow2-img info / map /
+#   convert (compared with qemu-img convert) / bench, writes through qcow2-io
+#   judged by qemu-img, qcow2-img check, create / convert -O qcow2 -c /
+#   resize judged by qemu-img, and qcow2ctl's other commands (list, info,
+#   flush, check, metrics, events) on a backing chain.
+# Ends with one line: "demo: all steps succeeded" or what failed.
 #
 #   ./scripts/demo.sh            everything (installs missing Debian packages)
 #   DEMO_DIR=/some/dir ./scripts/demo.sh
 #
-# The sample (in ./demo-work unless DEMO_DIR is set; not committed) is a 1 GiB
-# qcow2 v3 image with 64 KiB clusters over a compressed qcow2 backing file,
-# with data, zero ranges and discards written by qemu-io.
+# The images live in ./demo-work unless DEMO_DIR is set (not committed).
 set -uo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -36,7 +38,10 @@ fi
 ninja -C build -j2 || { echo "demo: build failed" >&2; exit 1; }
 img_tool=$root/build/tools/qcow2-img
 io_tool=$root/build/tools/qcow2-io
-for t in "$img_tool" "$io_tool"; do
+svc_tool=$root/build/service/qcow2d
+ctl_tool=$root/build/tools/qcow2ctl
+bench_tool=$root/build/tools/qcow2-bench
+for t in "$img_tool" "$io_tool" "$svc_tool" "$ctl_tool" "$bench_tool"; do
 	[[ -x $t ]] || { echo "demo: $t was not built" >&2; exit 1; }
 done
 
@@ -44,7 +49,58 @@ demo=${DEMO_DIR:-$root/demo-work}
 mkdir -p "$demo"
 demo=$(cd "$demo" && pwd -P)
 cd "$demo" || exit 2
-rm -f base.raw base.qcow2 sample.qcow2 sample-qemu.raw sample-qcow2d.raw map.txt map.json
+rm -f base.raw base.qcow2 sample.qcow2 sample-qemu.raw sample-qcow2d.raw map.txt map.json \
+	vm.qcow2 vm.verify state.json
+
+sock=$(mktemp -d /tmp/qcow2d-demo.XXXXXX)/qcow2d.sock
+ctl() {
+	echo "+ qcow2ctl $*"
+	"$ctl_tool" --socket "$sock" "$@"
+}
+start_qcow2d() {
+	echo "+ qcow2d --socket $sock --workers 2 --allow-dir $demo --state-file $demo/state.json &"
+	"$svc_tool" --socket "$sock" --workers 2 --allow-dir "$demo" \
+		--state-file "$demo/state.json" >>qcow2d.log 2>&1 &
+	svc_pid=$!
+	for _ in $(seq 200); do
+		"$ctl_tool" --socket "$sock" version >/dev/null 2>&1 && return 0
+		sleep 0.05
+	done
+	step_failed "qcow2d did not start (see $demo/qcow2d.log)"
+	return 1
+}
+stop_qcow2d() {
+	echo "+ kill -TERM $svc_pid   (qcow2d: finish, flush and close every image, exit 0)"
+	kill -TERM "$svc_pid"
+	wait "$svc_pid" || step_failed "qcow2d did not stop cleanly (see qcow2d.log)"
+}
+
+section "the main job: a VM disk served by qcow2d, IO through libqcow2-client"
+: >qcow2d.log
+echo "+ qemu-img create -f qcow2 vm.qcow2 2G"
+qemu-img create -q -f qcow2 vm.qcow2 2G || step_failed "qemu-img create"
+if start_qcow2d; then
+	ctl open "$demo/vm.qcow2" --name vm || step_failed "qcow2ctl open"
+	echo
+	echo "+ qcow2-bench --rw randwrite --bs 4k --size 1G --iodepth 32 --numjobs 2 --fsync 256 --runtime 5 --verify --verify-state vm.verify vm"
+	echo "  (every block written carries its offset and a generation; the generations are saved)"
+	"$bench_tool" --socket "$sock" --rw randwrite --bs 4k --size 1G --iodepth 32 --numjobs 2 \
+		--fsync 256 --runtime 5 --verify --verify-state vm.verify vm ||
+		step_failed "qcow2-bench write with verify"
+	echo
+	echo "+ qcow2-bench --rw randread --bs 4k --size 1G --iodepth 32 --numjobs 2 --runtime 5 --zero-copy --verify --verify-state vm.verify vm"
+	echo "  (every block read is checked against the generation written last)"
+	"$bench_tool" --socket "$sock" --rw randread --bs 4k --size 1G --iodepth 32 --numjobs 2 \
+		--runtime 5 --zero-copy --verify --verify-state vm.verify vm ||
+		step_failed "qcow2-bench read with verify"
+	echo
+	ctl stats vm || step_failed "qcow2ctl stats"
+	ctl close vm || step_failed "qcow2ctl close"
+	stop_qcow2d
+	echo "+ qemu-img check vm.qcow2"
+	qemu-img check vm.qcow2 || step_failed "qemu-img check after qcow2d"
+fi
+rm -f vm.verify
 
 section "sample image (qemu-img / qemu-io)"
 set -e
@@ -189,19 +245,8 @@ echo "+ qcow2-img dump compressed.qcow2 l2 0 (the first entries)"
 head -n 6 l2-dump.txt
 rm -f l2-dump.txt
 
-section "the service: qcow2d, driven by qcow2ctl"
-svc_tool=$root/build/service/qcow2d
-ctl_tool=$root/build/tools/qcow2ctl
-sock=$(mktemp -d /tmp/qcow2d-demo.XXXXXX)/qcow2d.sock
-ctl() {
-	echo "+ qcow2ctl $*"
-	"$ctl_tool" --socket "$sock" "$@"
-}
-"$svc_tool" --socket "$sock" --workers 2 --allow-dir "$demo" \
-	>qcow2d.log 2>&1 &
-svc_pid=$!
-for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
-if [[ -S $sock ]]; then
+section "qcow2ctl: the operator's view (a backing chain, events, metrics)"
+if start_qcow2d; then
 	"$ctl_tool" --socket "$sock" events >events.log 2>&1 &
 	ev_pid=$!
 	sleep 0.2
@@ -212,26 +257,20 @@ if [[ -S $sock ]]; then
 	ctl info demo || step_failed "qcow2ctl info"
 	ctl flush demo || step_failed "qcow2ctl flush"
 	ctl check demo || step_failed "qcow2ctl check"
-	ctl stats demo || step_failed "qcow2ctl stats"
 	echo "+ qcow2ctl metrics (the write-back families)"
 	"$ctl_tool" --socket "$sock" metrics | grep -E '^qcow2d_image_writebacks_total' ||
 		step_failed "qcow2ctl metrics"
 	ctl close demo || step_failed "qcow2ctl close"
+	ctl close sample.qcow2 || step_failed "qcow2ctl close (read-only)"
 	kill -INT "$ev_pid" 2>/dev/null
 	wait "$ev_pid"
 	echo "+ qcow2ctl events (what a subscriber saw)"
 	cat events.log
-	kill -TERM "$svc_pid"
-	wait "$svc_pid" || step_failed "qcow2d did not stop cleanly (see qcow2d.log)"
+	stop_qcow2d
 	echo "+ qcow2d's log"
 	cat qcow2d.log
 	echo "+ qemu-img check service.qcow2"
 	qemu-img check service.qcow2 || step_failed "qemu-img check after qcow2d"
-	echo "(IO through the service's queues is driven by the tests for now:"
-	echo " the client library and qcow2-bench come next)"
-else
-	step_failed "qcow2d did not start (see $demo/qcow2d.log)"
-	kill "$svc_pid" 2>/dev/null
 fi
 rm -rf "$(dirname "$sock")"
 

@@ -441,15 +441,16 @@ static void complete(struct job *j, const struct q2c_completion *c)
 
 /* q2c_reconnect() until the service is back with the image, for at most
  * 60 s: until then it fails with -ECONNREFUSED (nobody listens), -ENOENT
- * (the image is not open again yet) or -ECONNRESET (the dying service's
- * socket took the connection, then closed). */
+ * or -EBUSY (the image is not open again yet, or is being opened) or
+ * -ECONNRESET (the dying service's socket took the connection, then
+ * closed). */
 static int reconnect_retrying(void)
 {
 	uint64_t give_up = now_ns() + 60000000000ull;
 	int ret;
 
 	while ((ret = q2c_reconnect(handle)) == -ECONNREFUSED || ret == -ENOENT ||
-	       ret == -ECONNRESET || ret == -EPIPE) {
+	       ret == -EBUSY || ret == -ECONNRESET || ret == -EPIPE) {
 		if (now_ns() > give_up)
 			break;
 		usleep(50000);
@@ -871,7 +872,7 @@ int main(int argc, char **argv)
 	double secs, cpu0, cpu1, scpu0 = -1, scpu1 = -1;
 	int ret, align = 1, status = 0;
 	bool ro;
-	pid_t spid;
+	pid_t spid, spid0;
 
 	ret = parse_opts(argc, argv);
 	if (ret >= 0)
@@ -969,7 +970,7 @@ int main(int argc, char **argv)
 		{ status = fail("attaching the queues"); goto out; }
 	for (unsigned i = 0; i < o.numjobs; i++)
 		jobs[i].q = q2c_get_queue(handle, (int)i);
-	spid = service_pid(sock);
+	spid0 = spid = service_pid(sock);
 	scpu0 = spid ? proc_cpu(spid) : -1;
 	cpu0 = self_cpu();
 	t0 = now_ns();
@@ -986,7 +987,7 @@ int main(int argc, char **argv)
 	cpu1 = self_cpu();
 	/* the service's own process after a restart: whatever answers now */
 	spid = service_pid(sock);
-	scpu1 = spid && scpu0 >= 0 && !reconnects ? proc_cpu(spid) : -1;
+	scpu1 = spid && spid == spid0 && scpu0 >= 0 && !reconnects ? proc_cpu(spid) : -1;
 
 	for (unsigned i = 0; i < o.numjobs; i++) {
 		struct job *j = &jobs[i];

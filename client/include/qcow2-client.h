@@ -189,8 +189,10 @@ struct q2c_queue *q2c_get_queue(struct q2c *b, int index);
  * and resubmit what was in flight. The queues keep their requests and
  * completions; call it from the thread that owns the handle, with no
  * queue in use by another thread. While qcow2d is not back (a failed
- * connect: -ECONNREFUSED, -ENOENT) or, for a handle attached by "name",
- * the image is not open again (-ENOENT), call it again later. */
+ * connect: -ECONNREFUSED, -ENOENT; -ECONNRESET when the dying service's
+ * socket still took the connection) or the image is not open again
+ * (-ENOENT; -EBUSY while qcow2d is opening it, e.g. from its
+ * --state-file), call it again later (qcow2-bench retries for 60 s). */
 int q2c_reconnect(struct q2c *b);
 
 /* ---- requests (one queue, one thread) ----------------------------------- */
