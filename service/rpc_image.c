@@ -289,7 +289,7 @@ static int start_open(struct svc *svc, struct rpc_call *call,
 		FAIL(ERR_FAILED, ENOMEM, "out of memory");
 	}
 	/* what the state file records: the params, with the name it got */
-	si->params = json_deep_copy(params ? params : json_object());
+	si->params = params ? json_deep_copy(params) : json_object();
 	if (si->params)
 		json_object_set_new(si->params, "name", json_string(si->name));
 	si->read_only = p->read_only;
