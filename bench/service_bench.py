@@ -208,7 +208,7 @@ def main():
         if rw not in ("randread", "randwrite", "read", "write"):
             return None
         img = image_for(kind)
-        n = 200000 if bs == "4k" else 4000
+        n = (20000 if qd == 1 else 100000) if bs == "4k" else 2000
         out = run([QIMG, "bench", "--json", "-c", str(n), "-d", str(qd), "-s", bs] +
                   (["--random"] if rw.startswith("rand") else []) +
                   (["-w"] if "write" in rw else []) + [img])
