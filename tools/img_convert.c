@@ -1321,8 +1321,13 @@ static int convert_qcow2(const struct cli_open *o, struct qcow2_ctx *ctx,
 			struct slot *next = NULL;
 			unsigned writing = 0;
 
+			/* (a slot whose writes are all done is given back
+			 * below: it no longer counts, or with the other
+			 * reader finished and this one waiting for its slots,
+			 * nobody would wake the writer to write the rest) */
 			for (unsigned i = 0; i < nheld; i++)
-				writing += held[i]->state == SLOT_WRITING;
+				writing += held[i]->state == SLOT_WRITING &&
+					   held[i]->writes > 0;
 			if (!co->unordered && writing >= CONVERT_WRITING)
 				break;
 			for (unsigned i = 0; i < nheld; i++) {
