@@ -72,10 +72,7 @@ struct op_result {
 	uint64_t hist[HIST_N];
 };
 
-struct job;
-
 struct slot {
-	struct job *j;
 	void *buf;
 	uint64_t block;           /* index in the job's slice */
 	uint64_t gen;             /* a write's generation */
@@ -464,12 +461,11 @@ static int reconnect_retrying(void)
 
 /* After -ECONNRESET: park until every running job has, then one of them
  * reconnects (no queue is in use then) and all go on. */
-static int job_reconnect(struct job *j)
+static int job_reconnect(void)
 {
 	unsigned gen;
 	int ret;
 
-	(void)j;
 	pthread_mutex_lock(&rc_lock);
 	gen = rc_generation;
 	rc_parked++;
@@ -525,7 +521,7 @@ static void *job_run(void *arg)
 			break;
 		n = q2cq_do_io(j->q, cpl, 1, (int)o.iodepth + 1, NULL);
 		if (n == -ECONNRESET) {
-			n = job_reconnect(j);
+			n = job_reconnect();
 			if (n == 0) {
 				mark_uncertain(j);
 				continue;
@@ -938,7 +934,6 @@ int main(int argc, char **argv)
 		j->nblocks = per_job;
 		j->rng = o.seed * 0x9e3779b97f4a7c15ull + i;
 		j->slots = calloc(o.iodepth, sizeof(*j->slots));
-		j->flush.j = j;
 		if (o.verify) {
 			j->gen = calloc(per_job, sizeof(*j->gen));
 			j->durable = calloc(per_job, sizeof(*j->durable));
@@ -955,7 +950,6 @@ int main(int argc, char **argv)
 		    (o.verify && o.fsync && (!j->stamp || !j->dirty || !j->covered)))
 			{ status = fail("out of memory"); goto out; }
 		for (unsigned k = 0; k < o.iodepth; k++) {
-			j->slots[k].j = j;
 			if (o.zero_copy)
 				j->slots[k].buf = (char *)region.addr +
 						  ((uint64_t)i * o.iodepth + k) * o.bs;
